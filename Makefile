@@ -1,0 +1,56 @@
+# NovaCron: the two commands are `make demo` (the main job) and `make test` (everything CI checks).
+SHELL := /bin/bash
+SWIFT ?= swift
+FUZZ_SECONDS ?= 300
+FUZZ_SMOKE_SECONDS ?= 15
+QUICK ?=
+ARGS ?=
+
+.PHONY: all deps build release test unit-test fuzz fuzz-smoke fuzz-build demo bench bench-wire fmt lint clean
+
+all: build
+
+deps:
+	@bash scripts/install-deps.sh
+
+build: deps
+	$(SWIFT) build
+
+release: deps
+	$(SWIFT) build -c release --scratch-path .build-release
+
+## test: install deps, build, run every test, then a short libFuzzer run of every fuzz target.
+test: unit-test fuzz-smoke
+
+unit-test: deps
+	$(SWIFT) build --build-tests
+	$(SWIFT) test --skip-build
+
+## demo: the best end-to-end thing NovaCron does today (see README).
+demo: build
+	.build/debug/novacron wire loopback
+
+## fuzz: libFuzzer on every fuzz target for FUZZ_SECONDS each (default 300 s, millions of inputs).
+fuzz: fuzz-build
+	@bash scripts/fuzz.sh $(FUZZ_SECONDS)
+
+fuzz-smoke: fuzz-build
+	@bash scripts/fuzz.sh $(FUZZ_SMOKE_SECONDS)
+
+fuzz-build: deps
+	FUZZ=1 $(SWIFT) build -c release --sanitize=fuzzer --product WireFrameFuzzer --scratch-path .build-fuzz
+
+## bench: every benchmark (long). QUICK=1 for a short version; ARGS passes flags through.
+bench: bench-wire
+
+bench-wire: release
+	python3 Benchmarks/bench_wire.py $(if $(QUICK),--quick) $(ARGS)
+
+fmt:
+	$(SWIFT) format --in-place --recursive Package.swift Sources Tests Fuzz
+
+lint:
+	$(SWIFT) format lint --recursive Package.swift Sources Tests Fuzz
+
+clean:
+	rm -rf .build .build-release .build-fuzz fuzz-artifacts

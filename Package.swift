@@ -1,0 +1,99 @@
+// swift-tools-version: 6.1
+import PackageDescription
+
+/// Settings every NovaCron Swift target uses: Swift 6 language mode (strict concurrency) and `any` spelled out.
+let strictSettings: [SwiftSetting] = [
+    .enableUpcomingFeature("ExistentialAny")
+]
+
+var package = Package(
+    name: "NovaCron",
+    platforms: [.macOS(.v14)],
+    products: [
+        .executable(name: "novacron", targets: ["novacron"]),
+        .library(name: "DWCPWire", targets: ["DWCPWire"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
+        .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
+    ],
+    targets: [
+        // MARK: System libraries (Debian packages installed by scripts/install-deps.sh)
+        .systemLibrary(
+            name: "CXXHash",
+            pkgConfig: "libxxhash",
+            providers: [.apt(["libxxhash-dev"])]
+        ),
+        .systemLibrary(
+            name: "CZstd",
+            pkgConfig: "libzstd",
+            providers: [.apt(["libzstd-dev"])]
+        ),
+
+        // MARK: Data plane
+        .target(
+            name: "DWCPWire",
+            dependencies: [
+                "CXXHash",
+                .product(name: "NIOCore", package: "swift-nio"),
+            ],
+            swiftSettings: strictSettings
+        ),
+
+        // BEGIN wanem targets (owned by the wanem work; keep edits inside these markers)
+        // END wanem targets
+
+        // MARK: Executable
+        .executableTarget(
+            name: "novacron",
+            dependencies: [
+                "DWCPWire",
+                "CZstd",
+                "CXXHash",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ],
+            swiftSettings: strictSettings
+        ),
+
+        // MARK: Tests
+        .testTarget(
+            name: "DWCPWireTests",
+            dependencies: [
+                "DWCPWire",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOEmbedded", package: "swift-nio"),
+                .product(name: "NIOTestUtils", package: "swift-nio"),
+            ],
+            swiftSettings: strictSettings
+        ),
+        .testTarget(
+            name: "IntegrationTests",
+            dependencies: [
+                "DWCPWire",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ],
+            swiftSettings: strictSettings
+        ),
+        // BEGIN wanem test targets
+        // END wanem test targets
+    ]
+)
+
+// Fuzz targets need `-sanitize=fuzzer` and `-parse-as-library`, which break ordinary builds, so they
+// exist only when FUZZ is set (see `make fuzz`).
+if Context.environment["FUZZ"] != nil {
+    package.targets.append(
+        .executableTarget(
+            name: "WireFrameFuzzer",
+            dependencies: [
+                "DWCPWire",
+                .product(name: "NIOCore", package: "swift-nio"),
+            ],
+            path: "Fuzz/WireFrameFuzzer",
+            swiftSettings: strictSettings + [.unsafeFlags(["-parse-as-library"])]
+        )
+    )
+}

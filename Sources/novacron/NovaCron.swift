@@ -1,0 +1,11 @@
+import ArgumentParser
+
+@main
+struct NovaCron: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "novacron",
+        abstract: "NovaCron: a distributed hypervisor for VMs across slow, lossy, long-distance links.",
+        version: NovaCronVersion.string,
+        subcommands: [VersionCommand.self, WireCommand.self]
+    )
+}
