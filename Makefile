@@ -6,7 +6,7 @@ FUZZ_SMOKE_SECONDS ?= 15
 QUICK ?=
 ARGS ?=
 
-.PHONY: all deps build release test unit-test fuzz fuzz-smoke fuzz-build demo bench bench-wire fmt lint clean
+.PHONY: all deps build release test fuzz fuzz-smoke fuzz-build demo bench bench-wire fmt lint clean
 
 all: build
 
@@ -20,11 +20,8 @@ release: deps
 	$(SWIFT) build -c release --scratch-path .build-release
 
 ## test: install deps, build, run every test, then a short libFuzzer run of every fuzz target.
-test: unit-test fuzz-smoke
-
-unit-test: deps
-	$(SWIFT) build --build-tests
-	$(SWIFT) test --skip-build
+test: deps fuzz-build
+	@FUZZ_SMOKE_SECONDS=$(FUZZ_SMOKE_SECONDS) bash scripts/test.sh
 
 ## demo: the best end-to-end thing NovaCron does today (see README).
 demo: build
