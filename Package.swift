@@ -40,7 +40,34 @@ var package = Package(
             swiftSettings: strictSettings
         ),
 
+        .target(
+            name: "CNovaCronSystem",
+            path: "Sources/CNovaCronSystem"
+        ),
+        .target(
+            name: "NovaCronHypervisor",
+            dependencies: [
+                "CNovaCronSystem",
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ],
+            swiftSettings: strictSettings
+        ),
+
         // BEGIN wanem targets (owned by the wanem work; keep edits inside these markers)
+        .target(
+            name: "WANEmulation",
+            swiftSettings: strictSettings
+        ),
+        .executableTarget(
+            name: "wanem",
+            dependencies: [
+                "WANEmulation",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            swiftSettings: strictSettings
+        ),
         // END wanem targets
 
         // MARK: Executable
@@ -48,6 +75,7 @@ var package = Package(
             name: "novacron",
             dependencies: [
                 "DWCPWire",
+                "NovaCronHypervisor",
                 "CZstd",
                 "CXXHash",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -77,7 +105,22 @@ var package = Package(
             ],
             swiftSettings: strictSettings
         ),
+        .testTarget(
+            name: "NovaCronHypervisorTests",
+            dependencies: [
+                "NovaCronHypervisor",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOEmbedded", package: "swift-nio"),
+            ],
+            swiftSettings: strictSettings
+        ),
         // BEGIN wanem test targets
+        .testTarget(
+            name: "WANEmulationTests",
+            dependencies: ["WANEmulation", "wanem"],
+            swiftSettings: strictSettings
+        ),
         // END wanem test targets
     ]
 )

@@ -13,6 +13,7 @@ PACKAGES=(
     iputils-ping        # wanem selftest RTT measurement
     qemu-system-x86     # level-1 hypervisor for the test guest
     gcc                 # builds the guest's static /init
+    python3             # scripts/mkcpio.py writes the guest initramfs
     libc6-dev           # static libc for the guest's /init
 )
 

@@ -5,9 +5,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 fuzz_seconds=${FUZZ_SMOKE_SECONDS:-15}
 
-swift build --build-tests
+# QEMU VMs started by tests are named nctest-*; a test run that crashed may leave some behind.
+kill_test_vms() { pkill -KILL -f -- '-name nctest-' 2>/dev/null || true; }
 log=$(mktemp)
-trap 'rm -f "$log"' EXIT
+trap 'rm -f "$log"; kill_test_vms' EXIT
+kill_test_vms
+
+bash scripts/build-guest.sh >/dev/null
+swift build --build-tests
 set +e
 swift test --skip-build --disable-xctest 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
