@@ -6,7 +6,7 @@ FUZZ_SMOKE_SECONDS ?= 15
 QUICK ?=
 ARGS ?=
 
-.PHONY: all deps build release test fuzz fuzz-smoke fuzz-build demo bench bench-wire fmt lint clean
+.PHONY: all deps build release test fuzz fuzz-smoke fuzz-build demo bench bench-wire bench-wanem fmt lint clean
 
 all: build
 
@@ -23,8 +23,12 @@ release: deps
 test: deps fuzz-build
 	@FUZZ_SMOKE_SECONDS=$(FUZZ_SMOKE_SECONDS) bash scripts/test.sh
 
-## demo: the best end-to-end thing NovaCron does today (see README).
+## demo: the best end-to-end thing NovaCron does today (see README): a busy guest live-migrated
+## between two local QEMUs through NovaCron, verified byte for byte; then the DWCP wire exchange.
 demo: build
+	@bash scripts/build-guest.sh >/dev/null
+	.build/debug/novacron vm migrate-local --memory 512M \
+		--append "console=ttyS0 panic=-1 quiet nc_wss_mib=128 nc_rate_mib=16 nc_pattern=sparse nc_fill=text"
 	.build/debug/novacron wire loopback
 
 ## fuzz: libFuzzer on every fuzz target for FUZZ_SECONDS each (default 300 s, millions of inputs).
@@ -38,10 +42,13 @@ fuzz-build: deps
 	FUZZ=1 $(SWIFT) build -c release --sanitize=fuzzer --product WireFrameFuzzer --scratch-path .build-fuzz
 
 ## bench: every benchmark (long). QUICK=1 for a short version; ARGS passes flags through.
-bench: bench-wire
+bench: bench-wire bench-wanem
 
 bench-wire: release
 	python3 Benchmarks/bench_wire.py $(if $(QUICK),--quick) $(ARGS)
+
+bench-wanem: release
+	python3 Benchmarks/bench_wanem.py $(if $(QUICK),--quick) $(ARGS)
 
 fmt:
 	$(SWIFT) format --in-place --recursive Package.swift Sources Tests Fuzz

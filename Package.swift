@@ -55,6 +55,9 @@ var package = Package(
             swiftSettings: strictSettings
         ),
 
+        // BEGIN encoding targets (owned by the encoding work; keep edits inside these markers)
+        // END encoding targets
+
         // BEGIN wanem targets (owned by the wanem work; keep edits inside these markers)
         .target(
             name: "WANEmulation",
@@ -115,6 +118,8 @@ var package = Package(
             ],
             swiftSettings: strictSettings
         ),
+        // BEGIN encoding test targets
+        // END encoding test targets
         // BEGIN wanem test targets
         .testTarget(
             name: "WANEmulationTests",

@@ -85,7 +85,8 @@ public final class QEMUVirtualMachine: VirtualMachine {
     /// The run state.
     public func status() async throws -> VMStatus {
         let reply = try await execute("query-status")
-        return VMStatus(isRunning: reply["running"]?.boolValue ?? false, state: reply["status"]?.stringValue ?? "unknown")
+        return VMStatus(
+            isRunning: reply["running"]?.boolValue ?? false, state: reply["status"]?.stringValue ?? "unknown")
     }
 
     /// Pauses the vCPUs (`stop`).
@@ -235,7 +236,8 @@ public final class QEMUVirtualMachine: VirtualMachine {
         let partial = path + ".partial"
         let file = open(partial, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
         guard file >= 0 else {
-            throw HypervisorError(.streamFailed, expected: "to create \(partial)", found: String(cString: strerror(errno)))
+            throw HypervisorError(
+                .streamFailed, expected: "to create \(partial)", found: String(cString: strerror(errno)))
         }
         defer { close(file) }
         let (ours, theirs) = try StreamCopy.socketPair()
@@ -252,7 +254,8 @@ public final class QEMUVirtualMachine: VirtualMachine {
                 try await self.waitForMigration(timeout: timeout)
             }
             guard fsync(file) == 0, rename(partial, path) == 0 else {
-                throw HypervisorError(.streamFailed, expected: "to finish \(path)", found: String(cString: strerror(errno)))
+                throw HypervisorError(
+                    .streamFailed, expected: "to finish \(path)", found: String(cString: strerror(errno)))
             }
             return info
         } catch {

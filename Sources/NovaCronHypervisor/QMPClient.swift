@@ -56,7 +56,8 @@ public actor QMPClient {
         isPeerAlive: @Sendable () -> Bool = { true },
         _ body: (QMPClient) async throws -> Result
     ) async throws -> Result {
-        let descriptor = try await connectUnixSocket(path: socketPath, timeout: connectTimeout, isPeerAlive: isPeerAlive)
+        let descriptor = try await connectUnixSocket(
+            path: socketPath, timeout: connectTimeout, isPeerAlive: isPeerAlive)
         let (lines, lineSink) = AsyncStream.makeStream(of: DecodedLine.self)
         let channel: any Channel
         do {
@@ -158,7 +159,8 @@ public actor QMPClient {
                 throw HypervisorError(
                     .descriptorPassingFailed,
                     expected: "to send getfd with descriptor \(descriptor) (\(line.count) bytes)",
-                    found: sent < 0 ? "sendmsg failed: \(String(cString: strerror(errno)))" : "a partial send of \(sent)"
+                    found: sent < 0
+                        ? "sendmsg failed: \(String(cString: strerror(errno)))" : "a partial send of \(sent)"
                 )
             }
         }.get()

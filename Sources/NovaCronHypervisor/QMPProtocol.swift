@@ -134,7 +134,8 @@ public struct QMPProtocol: Sendable {
             let description = error["desc"]?.stringValue ?? error.description
             let command = outstanding.first { $0.id == id }?.command ?? "command \(id)"
             result = .failure(
-                HypervisorError(.commandFailed, expected: "\(command) to succeed", found: "\(errorClass): \(description)")
+                HypervisorError(
+                    .commandFailed, expected: "\(command) to succeed", found: "\(errorClass): \(description)")
             )
         } else {
             result = .success(message["return"]!)
@@ -201,7 +202,9 @@ public struct QMPProtocol: Sendable {
         return [.send(Self.encode(command: "qmp_capabilities", arguments: nil, id: Self.capabilitiesID))]
     }
 
-    private mutating func finishNegotiation(_ greeting: Greeting, result: Result<JSONValue, HypervisorError>) -> [Action] {
+    private mutating func finishNegotiation(_ greeting: Greeting, result: Result<JSONValue, HypervisorError>)
+        -> [Action]
+    {
         switch result {
         case .success:
             state = .ready

@@ -26,7 +26,9 @@ enum StreamCopy {
                 }
                 var offset = 0
                 while offset < count {
-                    let written = buffer.withUnsafeBytes { write(destination, $0.baseAddress! + offset, count - offset) }
+                    let written = buffer.withUnsafeBytes {
+                        write(destination, $0.baseAddress! + offset, count - offset)
+                    }
                     if written < 0 {
                         if errno == EINTR { continue }
                         throw HypervisorError(

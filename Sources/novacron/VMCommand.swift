@@ -6,7 +6,7 @@ struct VMCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "vm",
         abstract: "Run and inspect QEMU virtual machines on this node.",
-        subcommands: [VMRunCommand.self, VMSaveRAMCommand.self]
+        subcommands: [VMRunCommand.self, VMSaveRAMCommand.self, VMMigrateLocalCommand.self]
     )
 }
 
@@ -44,7 +44,8 @@ struct VMOptions: ParsableArguments {
     static func parseMiB(_ text: String) throws -> Int {
         let upper = text.uppercased()
         let (digits, factor): (Substring, Int) =
-            upper.hasSuffix("G") ? (upper.dropLast(), 1024) : upper.hasSuffix("M") ? (upper.dropLast(), 1) : (Substring(upper), 1)
+            upper.hasSuffix("G")
+            ? (upper.dropLast(), 1024) : upper.hasSuffix("M") ? (upper.dropLast(), 1) : (Substring(upper), 1)
         guard let value = Int(digits), value > 0 else {
             throw ValidationError("--memory must look like 512M or 2G, not '\(text)'")
         }
@@ -82,7 +83,8 @@ struct VMRunCommand: AsyncParsableCommand {
                     group.addTask {
                         var next = 0
                         while true {
-                            let (index, line) = try await vm.console.waitForLine(after: next, timeout: .seconds(86400)) { _ in true }
+                            let (index, line) = try await vm.console.waitForLine(after: next, timeout: .seconds(86400))
+                            { _ in true }
                             FileHandle.standardOutput.write(Data((line + "\n").utf8))
                             next = index + 1
                         }

@@ -80,6 +80,11 @@ struct WireLoopback {
     var payloadBytes: Int
     var pings: Int
 
+    /// The server acknowledges every this many chunk frames.
+    static let acknowledgementInterval = 64
+    /// The client keeps at most this many unacknowledged chunk frames in flight, which bounds memory.
+    static let window = 256
+
     /// What the server saw, returned to the client in the final ack's payload.
     struct ServerTally {
         var frames = 0
@@ -160,6 +165,10 @@ struct WireLoopback {
                     tally.isContiguous = tally.isContiguous && frame.sequence == UInt64(tally.frames + 1)
                     tally.frames += 1
                     tally.bytes += frame.payload.readableBytes
+                    if tally.frames % WireLoopback.acknowledgementInterval == 0 && !frame.flags.contains(.endOfStream) {
+                        try await outbound.write(
+                            DWCPFrame(type: .ack, sessionID: frame.sessionID, sequence: frame.sequence))
+                    }
                     if frame.flags.contains(.endOfStream) {
                         var payload = ByteBuffer()
                         payload.writeInteger(UInt64(tally.frames))
@@ -167,7 +176,12 @@ struct WireLoopback {
                         payload.writeInteger(UInt8(tally.isContiguous ? 1 : 0))
                         try await outbound.write(
                             DWCPFrame(
-                                type: .ack, sessionID: frame.sessionID, sequence: frame.sequence, payload: payload)
+                                type: .ack,
+                                flags: .endOfStream,
+                                sessionID: frame.sessionID,
+                                sequence: frame.sequence,
+                                payload: payload
+                            )
                         )
                     }
                 case .close:
@@ -220,7 +234,14 @@ struct WireLoopback {
             }
 
             let start = clock.now
+            var acknowledged = 0
             for sequence in 1...chunkCount {
+                while sequence - acknowledged > Self.window {
+                    guard let ack = try await responses.next(), ack.type == .ack else {
+                        throw DWCPWireError(.unexpectedFrame, expected: "an ack", found: "something else")
+                    }
+                    acknowledged = Int(ack.sequence)
+                }
                 let frame = DWCPFrame(
                     type: .chunk,
                     flags: sequence == chunkCount ? .endOfStream : [],
@@ -230,7 +251,11 @@ struct WireLoopback {
                 )
                 try await outbound.write(frame)
             }
-            guard var ack = try await responses.next(), ack.type == .ack,
+            var final = try await responses.next()
+            while let ack = final, ack.type == .ack, !ack.flags.contains(.endOfStream) {
+                final = try await responses.next()
+            }
+            guard var ack = final, ack.type == .ack,
                 let serverFrames = ack.payload.readInteger(as: UInt64.self),
                 let serverBytes = ack.payload.readInteger(as: UInt64.self),
                 let contiguous = ack.payload.readInteger(as: UInt8.self)

@@ -64,6 +64,16 @@ private typealias PPollFunction =
         UnsafeMutablePointer<pollfd>?, nfds_t, UnsafePointer<timespec>?, UnsafePointer<sigset_t>?
     ) -> Int32
 
+/// `prctl(option, arg2, arg3, arg4, arg5)`; Swift's Glibc module does not import the variadic C declaration.
+private typealias PrctlFunction = @convention(c) (Int32, UInt, UInt, UInt, UInt) -> Int32
+
+/// Sets the calling thread's timer slack to 1 ns (default 50 us), so `ppoll` timeouts end when asked.
+private func minimiseTimerSlack() {
+    let setTimerSlack: Int32 = 29  // PR_SET_TIMERSLACK
+    guard let symbol = dlsym(nil, "prctl") else { return }
+    _ = unsafeBitCast(symbol, to: PrctlFunction.self)(setTimerSlack, 1, 0, 0, 0)
+}
+
 /// State the direction threads and the controlling thread share.
 final class ForwarderControl: Sendable {
     let stop = Atomic<Bool>(false)
@@ -139,6 +149,7 @@ struct DirectionForwarder: ~Copyable {
 
     /// Forwards until the control's stop flag is set or a device fails, then publishes the final snapshot.
     mutating func run() {
+        minimiseTimerSlack()
         var descriptor = pollfd(fd: input, events: Int16(POLLIN), revents: 0)
         let publishInterval: UInt64 = 250_000_000
         var nextPublish = now().nanoseconds + publishInterval

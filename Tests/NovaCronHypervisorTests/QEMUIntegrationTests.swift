@@ -64,7 +64,9 @@ struct QEMUIntegrationTests {
             let info = try await vm.restoreState(from: statePath)
             #expect(info.status == "completed")
             let (_, beat) = try await TestGuest.heartbeat(of: vm, timeout: .seconds(30))
-            #expect(beat.sequence == lastBeforeSave.sequence + 1, "resumed at \(beat.sequence) after \(lastBeforeSave.sequence)")
+            #expect(
+                beat.sequence == lastBeforeSave.sequence + 1,
+                "resumed at \(beat.sequence) after \(lastBeforeSave.sequence)")
             #expect(beat.isVerified)
             #expect(beat.uptimeMilliseconds > lastBeforeSave.uptimeMilliseconds)
         }
@@ -118,7 +120,9 @@ struct QEMUIntegrationTests {
                 let last = await source.console.retained.compactMap(GuestHeartbeat.init(line:)).last!
                 try await destination.resume()
                 let (_, beat) = try await TestGuest.heartbeat(of: destination, timeout: .seconds(30))
-                #expect(beat.sequence == last.sequence + 1, "destination at \(beat.sequence), source ended at \(last.sequence)")
+                #expect(
+                    beat.sequence == last.sequence + 1,
+                    "destination at \(beat.sequence), source ended at \(last.sequence)")
                 #expect(beat.isVerified)
             }
         }
@@ -129,7 +133,8 @@ struct QEMUIntegrationTests {
         var spec = try TestGuest.spec("bad")
         spec.machineType = "no-such-machine"
         do {
-            _ = try await hypervisor.withVirtualMachine(spec) { _ in Issue.record("a VM with a bogus machine type ran") }
+            _ = try await hypervisor.withVirtualMachine(spec) { _ in Issue.record("a VM with a bogus machine type ran")
+            }
         } catch let error as HypervisorError {
             #expect(error.code == .launchFailed)
             #expect(error.found.contains("unsupported machine type"), "\(error)")

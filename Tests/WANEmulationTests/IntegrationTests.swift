@@ -18,10 +18,11 @@ enum IntegrationEnvironment {
 
     static let isAvailable: Bool =
         geteuid() == 0 && FileManager.default.fileExists(atPath: "/dev/net/tun")
-        && FileManager.default.isExecutableFile(atPath: "/usr/sbin/ip") && executable != nil
+        && ["/usr/sbin/ip", "/usr/bin/ping", "/usr/bin/iperf3"].allSatisfy(FileManager.default.isExecutableFile)
+        && executable != nil
 
     static let reason: Comment =
-        "integration tests need root, /dev/net/tun, /usr/sbin/ip and the built wanem binary; skipped"
+        "integration tests need root, /dev/net/tun, ip, ping, iperf3 and the built wanem binary; skipped"
 
     /// A link name unique to this test process.
     static func name(_ suffix: String) -> String {
