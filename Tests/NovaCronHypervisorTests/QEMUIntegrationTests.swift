@@ -16,7 +16,7 @@ import Testing
 struct QEMUIntegrationTests {
     let hypervisor = QEMUHypervisor()
 
-    @Test("Boot shows verified heartbeats; pause stops them; resume continues the sequence")
+    @Test("Boot shows verified heartbeats; pause stops them; resume continues the sequence; shutdown quits")
     func bootPauseResume() async throws {
         try await hypervisor.withVirtualMachine(try TestGuest.spec("boot")) { vm in
             let (_, first) = try await TestGuest.heartbeat(of: vm)
@@ -37,6 +37,10 @@ struct QEMUIntegrationTests {
             let (_, next) = try await TestGuest.heartbeat(of: vm, after: pausedAt, timeout: .seconds(30))
             #expect(next.sequence == last.sequence + 1)
             #expect(next.isVerified)
+
+            try await vm.shutdown(timeout: .seconds(10))
+            #expect(vm.exitDescription == "exited with status 0")
+            await #expect(throws: HypervisorError.self) { try await vm.status() }
         }
     }
 
