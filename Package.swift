@@ -55,6 +55,10 @@ var package = Package(
             swiftSettings: strictSettings
         ),
 
+        .target(
+            name: "DWCPTransport",
+            swiftSettings: strictSettings
+        ),
         // BEGIN encoding targets (owned by the encoding work; keep edits inside these markers)
         // END encoding targets
 
@@ -116,6 +120,11 @@ var package = Package(
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),
             ],
+            swiftSettings: strictSettings
+        ),
+        .testTarget(
+            name: "DWCPTransportTests",
+            dependencies: ["DWCPTransport"],
             swiftSettings: strictSettings
         ),
         // BEGIN encoding test targets

@@ -1,0 +1,107 @@
+/// Chooses how many parallel data streams a session uses (AMST's stream-count controller, sans-IO).
+///
+/// It starts from the bandwidth-delay product divided by what one TCP stream can keep in flight (its
+/// receive-buffer limit), then hill-climbs on measured goodput: it adds streams while goodput rises
+/// by more than a threshold, and tries removing them while goodput holds, so it converges up when the
+/// path can take more and down when extra streams buy nothing. It is driven by one goodput sample per
+/// interval and never reads a clock.
+public struct StreamCountController: Sendable {
+    /// Bounds and sensitivity.
+    public struct Configuration: Hashable, Sendable {
+        /// The fewest streams.
+        public var minimumStreams: Int
+        /// The most streams.
+        public var maximumStreams: Int
+        /// How much better (fraction) goodput must get for an added stream to stay, and how much
+        /// worse it may get for a removed stream to stay removed.
+        public var threshold: Double
+        /// Intervals to wait after a probe failed before probing again.
+        public var holdIntervals: Int
+
+        /// Creates a configuration.
+        public init(minimumStreams: Int = 1, maximumStreams: Int = 32, threshold: Double = 0.05, holdIntervals: Int = 4)
+        {
+            precondition(minimumStreams >= 1 && maximumStreams >= minimumStreams, "invalid stream bounds")
+            self.minimumStreams = minimumStreams
+            self.maximumStreams = maximumStreams
+            self.threshold = threshold
+            self.holdIntervals = holdIntervals
+        }
+    }
+
+    private enum Phase: Sendable {
+        /// Measuring the current count to get a baseline.
+        case measuring
+        /// Trying `count` after `previous`, whose goodput was `baseline`.
+        case probing(previous: Int, baseline: Double)
+        /// Waiting before the next probe; the next probe goes `upward` or not.
+        case holding(remaining: Int, baseline: Double, upward: Bool)
+    }
+
+    /// The bounds and sensitivity in force.
+    public let configuration: Configuration
+    /// The stream count the session should use now.
+    public private(set) var streamCount: Int
+    private var phase: Phase = .measuring
+
+    /// Creates a controller starting at `initialStreams`, clamped to the bounds.
+    public init(initialStreams: Int, configuration: Configuration = Configuration()) {
+        self.configuration = configuration
+        self.streamCount = min(max(initialStreams, configuration.minimumStreams), configuration.maximumStreams)
+    }
+
+    /// The stream count a path needs so that its bandwidth-delay product fits in the streams' windows.
+    /// - Parameters:
+    ///   - bitsPerSecond: The path's expected rate.
+    ///   - roundTripSeconds: Its round-trip time.
+    ///   - receiveBufferLimit: The most one stream can have in flight (Linux `tcp_rmem` maximum).
+    /// - Returns: ⌈BDP ÷ limit⌉, at least 1.
+    public static func initialStreamCount(bitsPerSecond: Double, roundTripSeconds: Double, receiveBufferLimit: Int)
+        -> Int
+    {
+        let bandwidthDelayProduct = bitsPerSecond / 8 * roundTripSeconds
+        return max(1, Int((bandwidthDelayProduct / Double(max(receiveBufferLimit, 1))).rounded(.up)))
+    }
+
+    /// Feeds the goodput measured over the last interval at the current stream count.
+    /// - Parameter goodput: Delivered bytes per second (any unit, used consistently).
+    /// - Returns: The stream count to use for the next interval.
+    public mutating func intervalElapsed(goodput: Double) -> Int {
+        let bounds = configuration.minimumStreams...configuration.maximumStreams
+        switch phase {
+        case .measuring:
+            startProbe(upward: true, baseline: goodput, bounds: bounds)
+        case .probing(let previous, let baseline):
+            let upward = streamCount > previous
+            let improved = goodput > baseline * (1 + configuration.threshold)
+            let held = goodput >= baseline * (1 - configuration.threshold)
+            if upward && improved {
+                startProbe(upward: true, baseline: goodput, bounds: bounds)
+            } else if !upward && held {
+                startProbe(
+                    upward: false, baseline: max(goodput, baseline * (1 - configuration.threshold)), bounds: bounds)
+            } else {
+                streamCount = previous
+                phase = .holding(remaining: configuration.holdIntervals, baseline: baseline, upward: !upward)
+            }
+        case .holding(let remaining, let baseline, let upward):
+            if remaining > 1 {
+                phase = .holding(remaining: remaining - 1, baseline: max(baseline, goodput), upward: upward)
+            } else {
+                // Conditions may have changed while holding: measure afresh, then probe.
+                startProbe(upward: upward, baseline: goodput, bounds: bounds)
+            }
+        }
+        return streamCount
+    }
+
+    private mutating func startProbe(upward: Bool, baseline: Double, bounds: ClosedRange<Int>) {
+        let next = streamCount + (upward ? 1 : -1)
+        if bounds.contains(next) {
+            phase = .probing(previous: streamCount, baseline: baseline)
+            streamCount = next
+        } else {
+            phase = .holding(remaining: configuration.holdIntervals, baseline: baseline, upward: !upward)
+        }
+    }
+}

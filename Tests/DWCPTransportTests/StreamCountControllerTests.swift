@@ -1,0 +1,61 @@
+import Testing
+
+@testable import DWCPTransport
+
+@Suite("Stream-count controller")
+struct StreamCountControllerTests {
+    /// Runs the controller against a goodput curve for `intervals` samples; returns the counts used.
+    static func run(
+        _ controller: inout StreamCountController,
+        intervals: Int,
+        goodput: (Int) -> Double
+    ) -> [Int] {
+        var counts: [Int] = []
+        for _ in 0..<intervals {
+            counts.append(controller.intervalElapsed(goodput: goodput(controller.streamCount)))
+        }
+        return counts
+    }
+
+    @Test("The initial count covers the bandwidth-delay product with 6 MiB windows")
+    func initialCount() {
+        let sixMiB = 6 * 1024 * 1024
+        #expect(
+            StreamCountController.initialStreamCount(
+                bitsPerSecond: 1e9, roundTripSeconds: 0.25, receiveBufferLimit: sixMiB) == 5)
+        #expect(
+            StreamCountController.initialStreamCount(
+                bitsPerSecond: 1e9, roundTripSeconds: 0.001, receiveBufferLimit: sixMiB) == 1)
+        #expect(
+            StreamCountController.initialStreamCount(
+                bitsPerSecond: 1e8, roundTripSeconds: 0.3, receiveBufferLimit: sixMiB) == 1)
+    }
+
+    @Test("It climbs to where extra streams stop paying off")
+    func convergesUp() {
+        var controller = StreamCountController(initialStreams: 2)
+        // Each stream is window-limited to 100; the path carries 1000.
+        let counts = Self.run(&controller, intervals: 80) { min(Double($0) * 100, 1000) }
+        let settled = counts.suffix(20)
+        #expect(settled.allSatisfy { (9...11).contains($0) }, "\(counts)")
+    }
+
+    @Test("It comes down when the path shrinks and more streams buy nothing")
+    func convergesDown() {
+        var controller = StreamCountController(initialStreams: 10)
+        _ = Self.run(&controller, intervals: 40) { min(Double($0) * 100, 1000) }
+        let counts = Self.run(&controller, intervals: 200) { min(Double($0) * 100, 400) }
+        let settled = counts.suffix(30)
+        #expect(settled.allSatisfy { (3...6).contains($0) }, "\(counts)")
+    }
+
+    @Test("It stays within its bounds", arguments: [(1, 4), (3, 3), (2, 16)])
+    func staysInBounds(minimum: Int, maximum: Int) {
+        let configuration = StreamCountController.Configuration(minimumStreams: minimum, maximumStreams: maximum)
+        var controller = StreamCountController(initialStreams: 100, configuration: configuration)
+        #expect(controller.streamCount == maximum)
+        let rising = Self.run(&controller, intervals: 50) { Double($0) * 100 }
+        let flat = Self.run(&controller, intervals: 100) { _ in 500 }
+        #expect((rising + flat).allSatisfy { (minimum...maximum).contains($0) })
+    }
+}
