@@ -6,6 +6,6 @@ struct NovaCron: AsyncParsableCommand {
         commandName: "novacron",
         abstract: "NovaCron: a distributed hypervisor for VMs across slow, lossy, long-distance links.",
         version: NovaCronVersion.string,
-        subcommands: [VersionCommand.self, WireCommand.self, VMCommand.self]
+        subcommands: [VersionCommand.self, WireCommand.self, VMCommand.self, CertsCommand.self]
     )
 }
