@@ -197,7 +197,9 @@ struct QMPClientFakePeerTests {
         let elapsed = ContinuousClock.now - start
         #expect(error?.code == .connectFailed)
         #expect(elapsed >= timeout, "gave up after \(elapsed), before the \(timeout) timeout")
-        #expect(elapsed < timeout + .seconds(3), "took \(elapsed) for a \(timeout) timeout")
+        // The upper bound only catches a client that ignores its timeout; it is loose because CI runs
+        // this beside QEMU guests and a build on two cores, where scheduling can add seconds.
+        #expect(elapsed < timeout + .seconds(30), "took \(elapsed) for a \(timeout) timeout")
     }
 
     @Test("Connecting stops retrying as soon as the peer is no longer alive")
@@ -215,7 +217,7 @@ struct QMPClientFakePeerTests {
         let elapsed = ContinuousClock.now - start
         #expect(error?.code == .connectFailed)
         #expect(error?.advice == "QEMU has exited")
-        #expect(elapsed < .seconds(5), "kept trying for \(elapsed) after the peer died")
+        #expect(elapsed < .seconds(20), "kept trying for \(elapsed) after the peer died (it was told 30 s)")
     }
 }
 

@@ -56,8 +56,9 @@ struct IntegrationTests {
             .flatMap { $0.split(separator: "=").last?.split(separator: "/").dropFirst().first }
             .flatMap { Double($0.trimmingCharacters(in: .whitespaces)) }
         let rtt = try #require(average, "no RTT in \(ping.output)")
-        // Never faster than the configured 40 ms; a few ms of scheduling slack on a shared 2-core machine.
-        #expect(rtt >= 40 && rtt < 43, "mean RTT \(rtt) ms for a configured 40 ms")
+        // Fidelity is measured by bench-wanem; here the delay must be applied once (not 0, not twice),
+        // with headroom for a CI machine busy with guests and builds.
+        #expect(rtt >= 40 && rtt < 48, "mean RTT \(rtt) ms for a configured 40 ms")
 
         // 20 MB from a to b through the 100 Mbit/s link.
         let server = try link.spawn(side: .b, ["iperf3", "-s", "-1", "-B", link.address(of: .b)])
