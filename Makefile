@@ -6,7 +6,7 @@ FUZZ_SMOKE_SECONDS ?= 15
 QUICK ?=
 ARGS ?=
 
-.PHONY: all deps build release test fuzz fuzz-smoke fuzz-build demo bench bench-wire bench-wanem fmt lint clean
+.PHONY: all deps build release test fuzz fuzz-smoke fuzz-build demo bench bench-wire bench-wanem bench-encoding fmt lint clean
 
 all: build
 
@@ -42,13 +42,19 @@ fuzz-build: deps
 	FUZZ=1 $(SWIFT) build -c release --sanitize=fuzzer --product WireFrameFuzzer --scratch-path .build-fuzz
 
 ## bench: every benchmark (long). QUICK=1 for a short version; ARGS passes flags through.
-bench: bench-wire bench-wanem
+bench: bench-wire bench-wanem bench-encoding
 
 bench-wire: release
 	python3 Benchmarks/bench_wire.py $(if $(QUICK),--quick) $(ARGS)
 
 bench-wanem: release
 	python3 Benchmarks/bench_wanem.py $(if $(QUICK),--quick) $(ARGS)
+
+## bench-encoding: captures the guest RAM corpus into var/corpus once (scripts/capture-guest-ram.sh).
+bench-encoding: release
+	@test -f var/corpus/random-full-64/ram-1.img || bash scripts/capture-guest-ram.sh var/corpus 2 5
+	python3 Benchmarks/bench_encoding.py --corpus var/corpus --workloads idle,text-sparse-16,random-full-64 \
+		$(if $(QUICK),--quick) $(ARGS)
 
 fmt:
 	$(SWIFT) format --in-place --recursive Package.swift Sources Tests Fuzz

@@ -74,6 +74,16 @@ var package = Package(
             swiftSettings: strictSettings
         ),
         // BEGIN encoding targets (owned by the encoding work; keep edits inside these markers)
+        .target(
+            name: "DWCPEncoding",
+            dependencies: ["CZstd", "CXXHash"],
+            swiftSettings: strictSettings
+        ),
+        .executableTarget(
+            name: "encoding-bench",
+            dependencies: ["DWCPEncoding"],
+            swiftSettings: strictSettings
+        ),
         // END encoding targets
 
         // BEGIN wanem targets (owned by the wanem work; keep edits inside these markers)
@@ -155,6 +165,11 @@ var package = Package(
             swiftSettings: strictSettings
         ),
         // BEGIN encoding test targets
+        .testTarget(
+            name: "DWCPEncodingTests",
+            dependencies: ["DWCPEncoding", "CZstd"],
+            swiftSettings: strictSettings
+        ),
         // END encoding test targets
         // BEGIN wanem test targets
         .testTarget(

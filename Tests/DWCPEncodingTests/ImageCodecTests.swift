@@ -1,0 +1,146 @@
+import Testing
+
+@testable import DWCPEncoding
+
+@Suite struct ImageCodecTests {
+    static let page = ImageFormat.pageSize
+    static let sizes = [
+        0, 1, 4095, 4096, 4097, 8191, 8192, 8193, 3 * 4096 + 100, 300 * 4096 + 1,
+    ]
+    static let configurations: [ImageEncoder.Configuration] = [
+        .init(eliminatesDuplicates: false, usesDeltas: false, compressionLevel: nil),
+        .init(eliminatesDuplicates: true, usesDeltas: false, compressionLevel: nil),
+        .init(eliminatesDuplicates: true, usesDeltas: true, compressionLevel: nil),
+        .init(eliminatesDuplicates: true, usesDeltas: true, compressionLevel: 1, pagesPerBatch: 1),
+        .init(eliminatesDuplicates: false, usesDeltas: true, compressionLevel: 3, pagesPerBatch: 7),
+        .init(),
+    ]
+
+    static func roundTrip(
+        _ image: [UInt8], baseline: [UInt8]? = nil, configuration: ImageEncoder.Configuration = .init(),
+        store: InMemoryChunkStore? = nil
+    ) throws -> (stream: [UInt8], statistics: ImageEncoder.Statistics) {
+        let encoder = try ImageEncoder(configuration: configuration)
+        let stream = try encoder.encode(image, baseline: baseline, known: store)
+        let decoded = try ImageDecoder().decode(stream, baseline: baseline, chunks: store)
+        #expect(decoded == image)
+        #expect(encoder.statistics.encodedLength == stream.count)
+        #expect(encoder.statistics.pages.values.reduce(0, +) == (image.count + page - 1) / page)
+        return (stream, encoder.statistics)
+    }
+
+    @Test(arguments: sizes)
+    func roundTripsEveryStageCombination(size: Int) throws {
+        let images = [
+            [UInt8](repeating: 0, count: size), TestData.random(size, seed: 1), TestData.mixed(size, seed: 2),
+        ]
+        for image in images {
+            let baselines: [[UInt8]?] = [
+                nil, TestData.mutated(image, everyNthPage: 2, seed: 3), TestData.random(size / 2, seed: 4), [],
+            ]
+            for configuration in Self.configurations {
+                for baseline in baselines {
+                    _ = try Self.roundTrip(image, baseline: baseline, configuration: configuration)
+                }
+            }
+        }
+    }
+
+    @Test func emptyImageIsHeaderAndEndOnly() throws {
+        let (stream, statistics) = try Self.roundTrip([])
+        #expect(stream.count == ImageFormat.headerLength + ImageFormat.endLength)
+        #expect(statistics.pages.isEmpty)
+    }
+
+    @Test func zeroImageIsTiny() throws {
+        let (stream, statistics) = try Self.roundTrip([UInt8](repeating: 0, count: 1 << 20))
+        #expect(statistics.count(of: .zero) == 256)
+        #expect(stream.count < 200)
+    }
+
+    @Test func choosesEachRecordKindWhenItShould() throws {
+        let text = TestData.text(Self.page, seed: 10)
+        let randomA = TestData.random(Self.page, seed: 11)
+        let heldByReceiver = TestData.random(Self.page, seed: 12)
+        let rewritten = TestData.random(Self.page, seed: 13)
+        let changedLittle = TestData.random(Self.page, seed: 14)
+        var baseline = [UInt8](repeating: 0, count: Self.page)  // page 0
+        baseline += randomA + text + heldByReceiver + TestData.random(Self.page, seed: 15) + changedLittle
+        var changed = changedLittle
+        changed[100] ^= 0xFF
+        changed[3000] ^= 0x01
+        // zero, duplicate-of-nothing (literal), unchanged, known, literal (fully rewritten), delta, duplicate, tail.
+        var image = [UInt8](repeating: 0, count: Self.page)
+        image += TestData.random(Self.page, seed: 16)
+        image += text
+        image += heldByReceiver
+        image += rewritten
+        image += changed
+        image += rewritten
+        image += [1, 2, 3]
+        var store = InMemoryChunkStore()
+        store.insert(heldByReceiver)
+
+        // Without a baseline the receiver's chunk is still recognised.
+        let (_, plain) = try Self.roundTrip(image, store: store)
+        #expect(plain.count(of: .known) == 1)
+        #expect(plain.count(of: .duplicate) == 1)
+        #expect(plain.count(of: .zero) == 1)
+
+        let configuration = ImageEncoder.Configuration(compressionLevel: nil)
+        let (stream, statistics) = try Self.roundTrip(
+            image, baseline: baseline, configuration: configuration, store: store)
+        #expect(statistics.count(of: .zero) == 1)
+        #expect(statistics.count(of: .unchanged) == 2)  // the text page and the held page (unchanged wins)
+        #expect(statistics.count(of: .delta) == 1)
+        #expect(statistics.count(of: .duplicate) == 1)
+        #expect(statistics.count(of: .literal) == 3)  // new random page, rewritten page, short tail
+        #expect(statistics.count(of: .known) == 0)
+        // 3 literals (2 pages + 3 bytes) plus small records: a delta of two changed bytes costs a few bytes.
+        let overhead = ImageFormat.headerLength + ImageFormat.batchHeaderLength + ImageFormat.endLength
+        #expect(stream.count < overhead + 2 * Self.page + 3 + 8 + 40)
+    }
+
+    @Test func literalWinsWhenTheDeltaIsNotSmaller() throws {
+        let baseline = TestData.random(Self.page, seed: 20)
+        let image = TestData.random(Self.page, seed: 21)
+        let (_, statistics) = try Self.roundTrip(image, baseline: baseline)
+        #expect(statistics.count(of: .literal) == 1)
+        #expect(statistics.count(of: .delta) == 0)
+    }
+
+    @Test func batchesAreCompressedTogether() throws {
+        let image = TestData.text(256 * Self.page, seed: 30)
+        let (batched, _) = try Self.roundTrip(image, configuration: .init(pagesPerBatch: 256))
+        let (single, _) = try Self.roundTrip(image, configuration: .init(pagesPerBatch: 1))
+        let (stored, _) = try Self.roundTrip(image, configuration: .init(compressionLevel: nil))
+        #expect(batched.count < single.count)
+        #expect(single.count < stored.count)
+    }
+
+    @Test func pageDeltaRoundTripsAndGivesUpAtTheLimit() throws {
+        var generator = SeededGenerator(seed: 40)
+        for trial in 0..<500 {
+            let length = Int(generator.next() % UInt64(Self.page)) + 1
+            let old = TestData.random(length, seed: UInt64(trial))
+            var new = old
+            for _ in 0..<Int(generator.next() % 40) {
+                new[Int(generator.next() % UInt64(length))] = UInt8(truncatingIfNeeded: generator.next())
+            }
+            var encoded: [UInt8] = []
+            let result = new.withUnsafeBytes { newBytes in
+                old.withUnsafeBytes { PageDelta.encode(newBytes, against: $0, limit: length, appendingTo: &encoded) }
+            }
+            guard let result else {
+                #expect(encoded.isEmpty)
+                continue
+            }
+            #expect(result == encoded.count && result < length)
+            var page = old
+            try encoded.withUnsafeBytes { delta in
+                try page.withUnsafeMutableBytes { try PageDelta.apply(delta, to: $0) }
+            }
+            #expect(page == new)
+        }
+    }
+}
