@@ -151,19 +151,26 @@ public actor QMPClient {
         let socket = socketDescriptor
         // Every earlier write has completed (writes are awaited), so the kernel sees this message
         // after them and the descriptor rides with exactly this command.
-        try await channel.eventLoop.submit {
-            let sent = line.withUnsafeBytes { bytes in
-                novacron_send_with_descriptor(socket, bytes.baseAddress, bytes.count, descriptor)
-            }
-            guard sent == line.count else {
-                throw HypervisorError(
-                    .descriptorPassingFailed,
-                    expected: "to send getfd with descriptor \(descriptor) (\(line.count) bytes)",
-                    found: sent < 0
-                        ? "sendmsg failed: \(String(cString: strerror(errno)))" : "a partial send of \(sent)"
-                )
-            }
-        }.get()
+        do {
+            try await channel.eventLoop.submit {
+                let sent = line.withUnsafeBytes { bytes in
+                    novacron_send_with_descriptor(socket, bytes.baseAddress, bytes.count, descriptor)
+                }
+                guard sent == line.count else {
+                    throw HypervisorError(
+                        .descriptorPassingFailed,
+                        expected: "to send getfd with descriptor \(descriptor) (\(line.count) bytes)",
+                        found: sent < 0
+                            ? "sendmsg failed: \(String(cString: strerror(errno)))" : "a partial send of \(sent)"
+                    )
+                }
+            }.get()
+        } catch {
+            // The getfd line may be half-sent: the connection can no longer be trusted. Closing it
+            // fails every outstanding command, the getfd included, instead of leaving it orphaned.
+            connectionClosed(reason: "descriptor passing failed: \(error)")
+            throw error
+        }
         try await result(for: id)
     }
 
