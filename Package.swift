@@ -71,6 +71,14 @@ var package = Package(
         ),
         .target(
             name: "DWCPTransport",
+            dependencies: [
+                "DWCPWire",
+                "DWCPSecurity",
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+            ],
             swiftSettings: strictSettings
         ),
         // BEGIN encoding targets (owned by the encoding work; keep edits inside these markers)
@@ -107,6 +115,7 @@ var package = Package(
             dependencies: [
                 "DWCPWire",
                 "DWCPSecurity",
+                "DWCPTransport",
                 "NovaCronHypervisor",
                 "CZstd",
                 "CXXHash",
@@ -161,7 +170,12 @@ var package = Package(
         ),
         .testTarget(
             name: "DWCPTransportTests",
-            dependencies: ["DWCPTransport"],
+            dependencies: [
+                "DWCPTransport",
+                "DWCPSecurity",
+                "DWCPWire",
+                .product(name: "NIOCore", package: "swift-nio"),
+            ],
             swiftSettings: strictSettings
         ),
         // BEGIN encoding test targets

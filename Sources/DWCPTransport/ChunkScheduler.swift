@@ -111,6 +111,19 @@ public struct ChunkScheduler: Sendable {
         return lost
     }
 
+    /// Stops giving chunks to `stream` so that it can be closed once its chunks are acknowledged.
+    public mutating func drain(_ stream: Int) {
+        streams[stream]?.isOpen = false
+    }
+
+    /// Chunks sent on `stream` and not yet acknowledged.
+    public func inFlightCount(on stream: Int) -> Int {
+        streams[stream]?.inFlight.count ?? 0
+    }
+
+    /// The streams the scheduler knows, open or draining.
+    public var streamIDs: [Int] { streams.keys.sorted() }
+
     /// A stream was closed on purpose (the controller removed it). It must have nothing in flight.
     public mutating func streamClosed(_ stream: Int) {
         if let closing = streams[stream], !closing.inFlight.isEmpty {

@@ -6,6 +6,8 @@ struct NovaCron: AsyncParsableCommand {
         commandName: "novacron",
         abstract: "NovaCron: a distributed hypervisor for VMs across slow, lossy, long-distance links.",
         version: NovaCronVersion.string,
-        subcommands: [VersionCommand.self, WireCommand.self, VMCommand.self, CertsCommand.self]
+        subcommands: [
+            VersionCommand.self, SendCommand.self, ReceiveCommand.self, CertsCommand.self, VMCommand.self, WireCommand.self,
+        ]
     )
 }

@@ -1,0 +1,56 @@
+/// Where a receiver puts what arrives.
+public enum ReceiveDestination: Sendable, Hashable {
+    /// A file path, or an existing directory (the object keeps the sender's file name there).
+    case path(String)
+    /// Standard output, in order (a transfer to standard output cannot resume).
+    case standardOutput
+}
+
+/// How `TransferServer.receive` behaves.
+public struct ReceiveConfiguration: Sendable {
+    /// The address to listen on.
+    public var host: String
+    /// The port to listen on (0 picks a free one; see `onListening`).
+    public var port: Int
+    /// TLS with the cluster's identities, or plaintext for measurements only.
+    public var security: TransportSecurity
+    /// This node's name, sent in the hello.
+    public var nodeName: String
+    /// Where the object goes.
+    public var destination: ReceiveDestination
+    /// How many bytes past the first missing chunk are accepted: the reorder window, which bounds
+    /// the memory held for hashing in order.
+    public var windowBytes = 96 << 20
+    /// Replace an existing file at the destination.
+    public var overwrite = false
+
+    /// Creates a configuration.
+    public init(host: String, port: Int, security: TransportSecurity, nodeName: String, destination: ReceiveDestination)
+    {
+        self.host = host
+        self.port = port
+        self.security = security
+        self.nodeName = nodeName
+        self.destination = destination
+    }
+}
+
+/// What a completed receive did.
+public struct ReceiveReport: Sendable, Codable {
+    /// Where the object was written (`nil` for standard output).
+    public var path: String?
+    /// The object's size.
+    public var bytes: UInt64
+    /// Bytes stored in this attempt (the rest came from an earlier, interrupted attempt).
+    public var receivedBytes: UInt64
+    /// Bytes that were already present from an earlier attempt.
+    public var resumedBytes: UInt64
+    /// Chunks that arrived corrupted (their stream was closed and the chunk sent again).
+    public var corruptChunks: Int
+    /// Seconds from the offer to the commit.
+    public var seconds: Double
+    /// The object's SHA-256, which matched the sender's.
+    public var sha256: String
+    /// The sender's node name.
+    public var peer: String
+}

@@ -1,0 +1,362 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Crypto
+import Foundation
+import NIOCore
+
+/// One transfer being received: the ``TransferReceiver`` machine plus the files it drives.
+///
+/// Chunks are written where they belong (`pwrite`) as they arrive, and each stored chunk's index is
+/// appended to a journal next to the partial file; the journal is the chunk bitmap a resumed
+/// transfer starts from. The SHA-256 follows the contiguous prefix: chunks ahead of it wait in
+/// memory (at most the window), chunks from an earlier attempt are read back. The object appears
+/// under its final name only after the whole SHA-256 matched the sender's and the data was synced;
+/// until then it is `NAME.novacron-partial`.
+actor ReceiverSession {
+    let sessionID: UInt64
+    let token: SessionMessage.Token
+    let offer: SessionMessage.Offer
+    let peer: String
+    let accept: SessionMessage.Accept
+    nonisolated let finalPath: String?
+
+    private var machine: TransferReceiver
+    private let partialPath: String?
+    private let journalPath: String?
+    private var dataDescriptor: Int32
+    private var journalDescriptor: Int32
+    private var hasher = SHA256()
+    private var hashedUpTo = 0
+    private var pending: [Int: ByteBuffer] = [:]
+    private let resumedBytes: UInt64
+    private(set) var corruptChunks = 0
+    private let started = ContinuousClock.now
+    private(set) var isClosed = false
+
+    static let journalMagic: UInt32 = 0x4E43_4A31  // "NCJ1"
+    static let journalHeaderLength = 4 + 16 + 4 + 8
+
+    init(
+        sessionID: UInt64,
+        offer: SessionMessage.Offer,
+        peer: String,
+        configuration: ReceiveConfiguration
+    ) throws {
+        self.sessionID = sessionID
+        self.token = .random()
+        self.offer = offer
+        self.peer = peer
+        guard (4096...DWCPFrameLimitsForTransport.maximumChunkSize).contains(Int(offer.chunkSize)) else {
+            throw TransportError(
+                .invalidArgument,
+                expected: "a chunk size of 4 KiB to \(DWCPFrameLimitsForTransport.maximumChunkSize >> 20) MiB",
+                found: "\(offer.chunkSize)"
+            )
+        }
+        var chunkSize = Int(offer.chunkSize)
+        var present = ChunkBitmap()
+        switch configuration.destination {
+        case .standardOutput:
+            dataDescriptor = -1
+            journalDescriptor = -1
+            finalPath = nil
+            partialPath = nil
+            journalPath = nil
+            if offer.resume {
+                throw TransportError(
+                    .invalidArgument, expected: "a file destination to resume into", found: "standard output")
+            }
+        case .path(let path):
+            let target = try Self.resolve(path, name: offer.name)
+            finalPath = target
+            partialPath = target + ".novacron-partial"
+            journalPath = target + ".novacron-journal"
+            if FileManager.default.fileExists(atPath: target) && !configuration.overwrite {
+                throw TransportError(
+                    .destinationFailed,
+                    expected: "no file at \(target)",
+                    found: "an existing file",
+                    advice: "remove it or pass --overwrite"
+                )
+            }
+            if offer.resume, let journal = Self.loadJournal(journalPath!, offer: offer) {
+                chunkSize = journal.chunkSize
+                present = journal.present
+            }
+            (dataDescriptor, journalDescriptor) = try Self.openFiles(
+                partial: partialPath!, journal: journalPath!, transferID: offer.transferID,
+                totalBytes: offer.totalBytes, fresh: present.count == 0, chunkSize: chunkSize)
+        }
+        let windowChunks = max(4, configuration.windowBytes / chunkSize)
+        machine = TransferReceiver(
+            chunkSize: chunkSize, windowChunks: windowChunks, declaredBytes: offer.totalBytes, present: present)
+        resumedBytes = min(UInt64(present.count) * UInt64(chunkSize), offer.totalBytes ?? .max)
+        accept = SessionMessage.Accept(
+            sessionID: sessionID,
+            token: token,
+            chunkSize: UInt32(chunkSize),
+            windowChunks: UInt32(windowChunks),
+            present: present
+        )
+    }
+
+    /// Where the object goes: `path` itself, or `path/name` when `path` is a directory.
+    private static func resolve(_ path: String, name: String) throws -> String {
+        var isDirectory: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory), isDirectory.boolValue else {
+            return path
+        }
+        let base = name.split(separator: "/").last.map(String.init) ?? ""
+        guard !base.isEmpty, base != ".", base != ".." else {
+            throw TransportError(
+                .invalidArgument,
+                expected: "a usable file name from the sender",
+                found: "\"\(name)\"",
+                advice: "give --out a file path"
+            )
+        }
+        return (path as NSString).appendingPathComponent(base)
+    }
+
+    private nonisolated static func loadJournal(
+        _ path: String,
+        offer: SessionMessage.Offer
+    ) -> (chunkSize: Int, present: ChunkBitmap)? {
+        guard let data = FileManager.default.contents(atPath: path), data.count >= journalHeaderLength else {
+            return nil
+        }
+        var buffer = ByteBuffer(bytes: data)
+        guard buffer.readInteger(as: UInt32.self) == journalMagic,
+            buffer.readBytes(length: 16) == offer.transferID,
+            let chunkSize = buffer.readInteger(as: UInt32.self), chunkSize > 0,
+            let totalBytes = buffer.readInteger(as: UInt64.self), totalBytes == offer.totalBytes
+        else { return nil }
+        let chunkCount = Int((totalBytes + UInt64(chunkSize) - 1) / UInt64(chunkSize))
+        var present = ChunkBitmap()
+        // A record cut short by a crash is ignored, like any index outside the object.
+        while let index = buffer.readInteger(endianness: .little, as: UInt64.self) {
+            if index < chunkCount { present.insert(Int(index)) }
+        }
+        return (Int(chunkSize), present)
+    }
+
+    private static func openFiles(
+        partial: String,
+        journal: String,
+        transferID: [UInt8],
+        totalBytes: UInt64?,
+        fresh: Bool,
+        chunkSize: Int
+    ) throws -> (Int32, Int32) {
+        let flags = O_RDWR | O_CREAT | O_CLOEXEC | (fresh ? O_TRUNC : 0)
+        let data = open(partial, flags, 0o644)
+        guard data >= 0 else { throw ioError("create \(partial)") }
+        let journalDescriptor = open(journal, flags | O_APPEND, 0o644)
+        guard journalDescriptor >= 0 else {
+            Glibc.close(data)
+            throw ioError("create \(journal)")
+        }
+        if fresh {
+            var header = ByteBuffer()
+            header.writeInteger(journalMagic)
+            header.writeBytes(transferID)
+            header.writeInteger(UInt32(chunkSize))
+            header.writeInteger(totalBytes ?? .max)
+            do {
+                try writeAll(journalDescriptor, header, what: "the journal")
+            } catch {
+                Glibc.close(data)
+                Glibc.close(journalDescriptor)
+                throw error
+            }
+        }
+        return (data, journalDescriptor)
+    }
+
+    // MARK: Events
+
+    /// A chunk arrived on a data stream.
+    func store(_ index: Int, _ payload: ByteBuffer) throws -> TransferReceiver.Disposition {
+        guard !isClosed else {
+            throw TransportError(.cancelled, expected: "an open session", found: "session \(sessionID) closed")
+        }
+        let disposition = try machine.chunkArrived(index: index, size: payload.readableBytes)
+        guard disposition == .store else { return disposition }
+        if dataDescriptor >= 0 {
+            try payload.withUnsafeReadableBytes { bytes in
+                var done = 0
+                while done < bytes.count {
+                    let count = pwrite(
+                        dataDescriptor, bytes.baseAddress! + done, bytes.count - done,
+                        off_t(machine.offset(of: index)) + off_t(done))
+                    guard count > 0 else {
+                        if count < 0 && errno == EINTR { continue }
+                        throw ioError("write \(partialPath!)")
+                    }
+                    done += count
+                }
+            }
+            var record = ByteBuffer()
+            record.writeInteger(UInt64(index), endianness: .little)
+            try Self.writeAll(journalDescriptor, record, what: "the journal")
+        }
+        if index >= hashedUpTo { pending[index] = payload }
+        try advanceHash()
+        return .store
+    }
+
+    /// A data stream delivered a frame whose checksum failed.
+    func noteCorruptChunk() {
+        corruptChunks += 1
+    }
+
+    /// The sender says it is done.
+    /// - Returns: The answer for the control stream and, on success, the report.
+    func finish(
+        totalChunks: UInt64,
+        totalBytes: UInt64,
+        digest: SessionMessage.Digest
+    ) -> (SessionMessage, Result<ReceiveReport, TransportError>) {
+        do {
+            guard try machine.finish(totalChunks: Int(totalChunks), totalBytes: totalBytes) else {
+                throw TransportError(
+                    .protocolViolation,
+                    expected: "every chunk before finish",
+                    found: "chunk \(machine.contiguousChunks) of \(totalChunks) missing"
+                )
+            }
+            try advanceHash()
+            let ours = SessionMessage.Digest(bytes: Array(hasher.finalize()))
+            guard ours == digest else {
+                discard()
+                throw TransportError(
+                    .checksumMismatch,
+                    expected: "SHA-256 \(digest) as the sender computed it",
+                    found: "\(ours) over the bytes received",
+                    advice: "the partial copy was deleted; send again"
+                )
+            }
+            try commit()
+            let report = ReceiveReport(
+                path: finalPath,
+                bytes: totalBytes,
+                receivedBytes: machine.bytesStored,
+                resumedBytes: resumedBytes,
+                corruptChunks: corruptChunks,
+                seconds: (ContinuousClock.now - started).seconds,
+                sha256: "\(ours)",
+                peer: peer
+            )
+            return (.complete(sha256: ours), .success(report))
+        } catch {
+            close()
+            let failure =
+                error as? TransportError
+                ?? TransportError(.destinationFailed, expected: "to commit the object", found: "\(error)")
+            let reason = failure.code == .checksumMismatch ? "checksum mismatch: \(failure)" : "\(failure)"
+            return (.failed(reason: reason), .failure(failure))
+        }
+    }
+
+    /// The control stream went away: keep the partial copy and its journal for a resume.
+    func abandon() {
+        close()
+    }
+
+    /// Progress so far: bytes held, and the object's size if known.
+    func progress() -> (done: UInt64, total: UInt64?) {
+        (machine.bytesStored + resumedBytes, offer.totalBytes)
+    }
+
+    // MARK: Files
+
+    private func advanceHash() throws(TransportError) {
+        while hashedUpTo < machine.contiguousChunks {
+            let chunk: ByteBuffer
+            if let held = pending.removeValue(forKey: hashedUpTo) {
+                chunk = held
+            } else {
+                chunk = try readBack(hashedUpTo)
+            }
+            chunk.withUnsafeReadableBytes { hasher.update(bufferPointer: $0) }
+            if finalPath == nil {
+                try Self.writeAll(STDOUT_FILENO, chunk, what: "standard output")
+            }
+            hashedUpTo += 1
+        }
+    }
+
+    private func readBack(_ index: Int) throws(TransportError) -> ByteBuffer {
+        let size = Int(min(UInt64(machine.chunkSize), (offer.totalBytes ?? .max) - machine.offset(of: index)))
+        var buffer = ByteBufferAllocator().buffer(capacity: size)
+        var failed = false
+        buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: size) { pointer in
+            let count = pread(dataDescriptor, pointer.baseAddress, size, off_t(machine.offset(of: index)))
+            failed = count != size
+            return max(count, 0)
+        }
+        guard !failed else { throw ioError("read back chunk \(index) of \(partialPath ?? "?")") }
+        return buffer
+    }
+
+    private static func writeAll(_ descriptor: Int32, _ buffer: ByteBuffer, what: String) throws(TransportError) {
+        var failure: TransportError?
+        buffer.withUnsafeReadableBytes { bytes in
+            var done = 0
+            while done < bytes.count {
+                let count = write(descriptor, bytes.baseAddress! + done, bytes.count - done)
+                guard count > 0 else {
+                    if count < 0 && errno == EINTR { continue }
+                    failure = ioError("write \(what)")
+                    return
+                }
+                done += count
+            }
+        }
+        if let failure { throw failure }
+    }
+
+    private func commit() throws(TransportError) {
+        guard let partialPath, let finalPath else { return }
+        guard fsync(dataDescriptor) == 0 else { throw ioError("sync \(partialPath)") }
+        guard rename(partialPath, finalPath) == 0 else { throw ioError("rename \(partialPath) to \(finalPath)") }
+        close()
+        unlink(journalPath!)
+    }
+
+    private func discard() {
+        close()
+        if let partialPath { unlink(partialPath) }
+        if let journalPath { unlink(journalPath) }
+    }
+
+    private func close() {
+        isClosed = true
+        pending.removeAll()
+        if dataDescriptor >= 0 { Glibc.close(dataDescriptor) }
+        if journalDescriptor >= 0 { Glibc.close(journalDescriptor) }
+        dataDescriptor = -1
+        journalDescriptor = -1
+    }
+
+    private nonisolated func ioError(_ action: String) -> TransportError {
+        Self.ioError(action)
+    }
+
+    private static func ioError(_ action: String) -> TransportError {
+        let code = errno
+        return TransportError(
+            .destinationFailed,
+            expected: "to \(action)",
+            found: String(cString: strerror(code)),
+            advice: code == ENOSPC ? "free space at the destination, then send again with --resume" : nil
+        )
+    }
+}
+
+/// Limits the transport applies on top of the frame format's.
+enum DWCPFrameLimitsForTransport {
+    /// The largest chunk a session accepts (the frame payload limit).
+    static let maximumChunkSize = 16 << 20
+}

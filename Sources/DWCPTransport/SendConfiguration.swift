@@ -1,0 +1,88 @@
+/// How `TransferClient.send` behaves; the defaults suit a WAN path between two nodes.
+public struct SendConfiguration: Sendable {
+    /// The receiver's host (name or address).
+    public var host: String
+    /// The receiver's port.
+    public var port: Int
+    /// TLS with the cluster's identities, or plaintext for measurements only.
+    public var security: TransportSecurity
+    /// This node's name, sent in the hello.
+    public var nodeName: String
+    /// The name the receiver's certificate must carry; `nil` checks the dialled address (an IP SAN).
+    public var serverName: String?
+    /// The fewest data streams.
+    public var minimumStreams = 2
+    /// The most data streams.
+    public var maximumStreams = 16
+    /// Streams to start with; `nil` derives it from the round-trip time, `linkRateHint` and the
+    /// kernel's receive-buffer limit, never below `minimumStreams`.
+    public var initialStreams: Int?
+    /// The path rate assumed for the initial stream count, in bits per second.
+    public var linkRateHint: Double = 1e9
+    /// Bytes per chunk.
+    public var chunkSize = 1 << 20
+    /// The most bytes read but not yet acknowledged: bounds memory on both sides.
+    public var windowBytes = 96 << 20
+    /// A cap on the sending rate in bytes per second (`--rate-limit`), or `nil` for none.
+    public var rateLimit: Double?
+    /// The congestion control of every data socket (`bbr`, `cubic`), or `nil` for the system default.
+    public var congestionControl: String?
+    /// Continue a previous attempt from the chunks the receiver already holds.
+    public var resume = false
+    /// How long a stream may hold chunks without an acknowledgement before it is replaced.
+    public var stallTimeout: Duration = .seconds(20)
+    /// How often the stream count is reconsidered and progress reported.
+    public var interval: Duration = .seconds(1)
+    /// How many times in a row data streams may fail to open before the transfer gives up.
+    public var maximumConsecutiveFailures = 6
+    /// Faults injected into the first connection of the given data streams (tests only).
+    public var faults: [Int: FaultInjection] = [:]
+
+    /// Creates a configuration for a receiver at `host:port`.
+    public init(host: String, port: Int, security: TransportSecurity, nodeName: String) {
+        self.host = host
+        self.port = port
+        self.security = security
+        self.nodeName = nodeName
+    }
+}
+
+/// A snapshot of a running transfer, reported once per interval.
+public struct TransferProgress: Sendable, Codable {
+    /// Bytes delivered and acknowledged (including what the receiver already held).
+    public var bytesDone: UInt64
+    /// The object's size, when known.
+    public var totalBytes: UInt64?
+    /// Seconds since the transfer started.
+    public var seconds: Double
+    /// Goodput over the last interval, bytes per second.
+    public var bytesPerSecond: Double
+    /// Data streams open.
+    public var streams: Int
+    /// The smoothed TCP round-trip time over the streams, milliseconds (from `TCP_INFO`).
+    public var roundTripMilliseconds: Double?
+    /// TCP retransmissions over the streams so far (from `TCP_INFO`).
+    public var retransmits: UInt64?
+}
+
+/// What a completed send did.
+public struct SendReport: Sendable, Codable {
+    /// The object's size.
+    public var bytes: UInt64
+    /// Bytes the receiver already held (resume) and that were not sent.
+    public var skippedBytes: UInt64
+    /// Chunk payload bytes written to data streams, re-sends included.
+    public var sentBytes: UInt64
+    /// Seconds from connecting to the receiver's confirmation.
+    public var seconds: Double
+    /// The object's SHA-256, as both sides computed it.
+    public var sha256: String
+    /// The most data streams open at once.
+    public var maximumStreams: Int
+    /// Data streams that failed or stalled and were replaced.
+    public var streamFailures: Int
+    /// Chunks sent again because the stream carrying them failed.
+    public var chunksResent: Int
+    /// The round-trip time measured on the control stream before the transfer, milliseconds.
+    public var roundTripMilliseconds: Double
+}

@@ -1,0 +1,280 @@
+import NIOCore
+
+/// The control messages of a transfer session, carried as the payload of `control` frames.
+///
+/// A session opens on the control stream (`offer` → `accept` or `refuse`); each data stream then
+/// opens with `attach`, proving with the session's token that it belongs; when the sender has sent
+/// everything it says `finish` with the object's SHA-256, and the receiver answers `complete` once
+/// its own SHA-256 matches, or `failed`. Layout: a kind byte, then the fields in order, integers
+/// big-endian, strings as `u16 length + UTF-8`.
+public enum SessionMessage: Hashable, Sendable {
+    /// The sender proposes a transfer.
+    case offer(Offer)
+    /// The receiver accepts it and says what it already holds.
+    case accept(Accept)
+    /// The receiver refuses it.
+    case refuse(reason: String)
+    /// The first message on a data stream: which session it belongs to.
+    case attach(sessionID: UInt64, token: Token, stream: UInt16)
+    /// The sender has sent every chunk: the totals and the object's SHA-256.
+    case finish(totalChunks: UInt64, totalBytes: UInt64, sha256: Digest)
+    /// The receiver verified the object (its SHA-256 matched) and committed it.
+    case complete(sha256: Digest)
+    /// The receiver could not complete the transfer.
+    case failed(reason: String)
+
+    /// 16 random bytes that prove a data stream belongs to a session.
+    public struct Token: Hashable, Sendable {
+        /// The bytes.
+        public var bytes: [UInt8]
+
+        /// Creates a token from 16 bytes.
+        public init(bytes: [UInt8]) {
+            precondition(bytes.count == 16, "a session token is 16 bytes, not \(bytes.count)")
+            self.bytes = bytes
+        }
+
+        /// A fresh token from the system's random source.
+        public static func random() -> Token {
+            var generator = SystemRandomNumberGenerator()
+            return Token(bytes: (0..<16).map { _ in UInt8.random(in: .min ... .max, using: &generator) })
+        }
+    }
+
+    /// A 32-byte SHA-256 digest.
+    public struct Digest: Hashable, Sendable, CustomStringConvertible {
+        /// The bytes.
+        public var bytes: [UInt8]
+
+        /// Creates a digest from 32 bytes.
+        public init(bytes: [UInt8]) {
+            precondition(bytes.count == 32, "a SHA-256 digest is 32 bytes, not \(bytes.count)")
+            self.bytes = bytes
+        }
+
+        /// Lower-case hexadecimal.
+        public var description: String { bytes.map { ($0 < 16 ? "0" : "") + String($0, radix: 16) }.joined() }
+    }
+
+    /// What a sender proposes.
+    public struct Offer: Hashable, Sendable {
+        /// Identifies the object across attempts, so a resumed transfer finds its partial copy.
+        public var transferID: [UInt8]
+        /// The object's name, for the receiver's logs and default file name.
+        public var name: String
+        /// The object's size, or `nil` for a stream of unknown length.
+        public var totalBytes: UInt64?
+        /// The chunk size the sender proposes.
+        public var chunkSize: UInt32
+        /// Whether the sender wants to continue a previous attempt from what the receiver holds.
+        public var resume: Bool
+
+        /// Creates an offer.
+        public init(transferID: [UInt8], name: String, totalBytes: UInt64?, chunkSize: UInt32, resume: Bool) {
+            precondition(transferID.count == 16, "a transfer id is 16 bytes, not \(transferID.count)")
+            self.transferID = transferID
+            self.name = name
+            self.totalBytes = totalBytes
+            self.chunkSize = chunkSize
+            self.resume = resume
+        }
+    }
+
+    /// What a receiver grants.
+    public struct Accept: Hashable, Sendable {
+        /// The session's identifier; every frame of the session carries it.
+        public var sessionID: UInt64
+        /// The secret data streams present in `attach`.
+        public var token: Token
+        /// The chunk size in force (the receiver's partial copy decides it when resuming).
+        public var chunkSize: UInt32
+        /// How far past its first missing chunk the receiver accepts chunks (its reorder window).
+        public var windowChunks: UInt32
+        /// The chunks the receiver already holds (empty unless resuming).
+        public var present: ChunkBitmap
+
+        /// Creates an accept.
+        public init(sessionID: UInt64, token: Token, chunkSize: UInt32, windowChunks: UInt32, present: ChunkBitmap) {
+            self.sessionID = sessionID
+            self.token = token
+            self.chunkSize = chunkSize
+            self.windowChunks = windowChunks
+            self.present = present
+        }
+    }
+
+    private enum Kind: UInt8 {
+        case offer = 1, accept, refuse, attach, finish, complete, failed
+    }
+
+    /// The longest string a message carries, in UTF-8 bytes.
+    public static let maximumStringLength = 4096
+
+    /// Appends the message's wire form to `buffer`.
+    public func encode(into buffer: inout ByteBuffer) {
+        switch self {
+        case .offer(let offer):
+            buffer.writeInteger(Kind.offer.rawValue)
+            buffer.writeBytes(offer.transferID)
+            buffer.writeString16(offer.name)
+            buffer.writeInteger(offer.totalBytes ?? .max)
+            buffer.writeInteger(offer.chunkSize)
+            buffer.writeInteger(UInt8(offer.resume ? 1 : 0))
+        case .accept(let accept):
+            buffer.writeInteger(Kind.accept.rawValue)
+            buffer.writeInteger(accept.sessionID)
+            buffer.writeBytes(accept.token.bytes)
+            buffer.writeInteger(accept.chunkSize)
+            buffer.writeInteger(accept.windowChunks)
+            accept.present.encode(into: &buffer)
+        case .refuse(let reason):
+            buffer.writeInteger(Kind.refuse.rawValue)
+            buffer.writeString16(reason)
+        case .attach(let sessionID, let token, let stream):
+            buffer.writeInteger(Kind.attach.rawValue)
+            buffer.writeInteger(sessionID)
+            buffer.writeBytes(token.bytes)
+            buffer.writeInteger(stream)
+        case .finish(let totalChunks, let totalBytes, let sha256):
+            buffer.writeInteger(Kind.finish.rawValue)
+            buffer.writeInteger(totalChunks)
+            buffer.writeInteger(totalBytes)
+            buffer.writeBytes(sha256.bytes)
+        case .complete(let sha256):
+            buffer.writeInteger(Kind.complete.rawValue)
+            buffer.writeBytes(sha256.bytes)
+        case .failed(let reason):
+            buffer.writeInteger(Kind.failed.rawValue)
+            buffer.writeString16(reason)
+        }
+    }
+
+    /// The message as a fresh buffer.
+    public var encoded: ByteBuffer {
+        var buffer = ByteBuffer()
+        encode(into: &buffer)
+        return buffer
+    }
+
+    /// Parses a control frame's payload.
+    /// - Throws: ``TransportError/Code/malformedMessage`` for an unknown kind, a truncated field, an
+    ///   overlong string, invalid UTF-8 or trailing bytes.
+    public init(decoding payload: ByteBuffer) throws(TransportError) {
+        var buffer = payload
+        let kindByte = try buffer.readField(UInt8.self, "message kind")
+        guard let kind = Kind(rawValue: kindByte) else {
+            throw TransportError(
+                .malformedMessage,
+                expected: "a session message kind 1...7",
+                found: "\(kindByte)",
+                advice: "the peer speaks another version of the session protocol"
+            )
+        }
+        switch kind {
+        case .offer:
+            let transferID = try buffer.readFixedBytes(16, "offer transfer id")
+            let name = try buffer.readString16("offer name")
+            let totalBytes = try buffer.readField(UInt64.self, "offer size")
+            let chunkSize = try buffer.readField(UInt32.self, "offer chunk size")
+            let resume = try buffer.readField(UInt8.self, "offer resume flag")
+            self = .offer(
+                Offer(
+                    transferID: transferID,
+                    name: name,
+                    totalBytes: totalBytes == .max ? nil : totalBytes,
+                    chunkSize: chunkSize,
+                    resume: resume != 0
+                )
+            )
+        case .accept:
+            let sessionID = try buffer.readField(UInt64.self, "accept session id")
+            let token = Token(bytes: try buffer.readFixedBytes(16, "accept token"))
+            let chunkSize = try buffer.readField(UInt32.self, "accept chunk size")
+            let windowChunks = try buffer.readField(UInt32.self, "accept window")
+            let present = try ChunkBitmap(decoding: &buffer)
+            self = .accept(
+                Accept(
+                    sessionID: sessionID,
+                    token: token,
+                    chunkSize: chunkSize,
+                    windowChunks: windowChunks,
+                    present: present
+                )
+            )
+        case .refuse:
+            self = .refuse(reason: try buffer.readString16("refusal reason"))
+        case .attach:
+            let sessionID = try buffer.readField(UInt64.self, "attach session id")
+            let token = Token(bytes: try buffer.readFixedBytes(16, "attach token"))
+            self = .attach(sessionID: sessionID, token: token, stream: try buffer.readField(UInt16.self, "attach stream"))
+        case .finish:
+            let totalChunks = try buffer.readField(UInt64.self, "finish chunk count")
+            let totalBytes = try buffer.readField(UInt64.self, "finish byte count")
+            let digest = Digest(bytes: try buffer.readFixedBytes(32, "finish SHA-256"))
+            self = .finish(totalChunks: totalChunks, totalBytes: totalBytes, sha256: digest)
+        case .complete:
+            self = .complete(sha256: Digest(bytes: try buffer.readFixedBytes(32, "complete SHA-256")))
+        case .failed:
+            self = .failed(reason: try buffer.readString16("failure reason"))
+        }
+        guard buffer.readableBytes == 0 else {
+            throw TransportError(
+                .malformedMessage,
+                expected: "the end of the \(kind) message",
+                found: "\(buffer.readableBytes) more bytes"
+            )
+        }
+    }
+}
+
+extension ByteBuffer {
+    fileprivate mutating func writeString16(_ string: String) {
+        var utf8 = Substring(string)
+        while utf8.utf8.count > SessionMessage.maximumStringLength {
+            utf8.removeLast()
+        }
+        writeInteger(UInt16(utf8.utf8.count))
+        writeString(String(utf8))
+    }
+
+    fileprivate mutating func readField<Value: FixedWidthInteger>(
+        _ type: Value.Type,
+        _ name: String
+    ) throws(TransportError) -> Value {
+        guard let value = readInteger(as: Value.self) else {
+            throw TransportError(
+                .malformedMessage,
+                expected: "\(MemoryLayout<Value>.size) bytes for the \(name)",
+                found: "\(readableBytes) bytes"
+            )
+        }
+        return value
+    }
+
+    fileprivate mutating func readFixedBytes(_ count: Int, _ name: String) throws(TransportError) -> [UInt8] {
+        guard let bytes = readBytes(length: count) else {
+            throw TransportError(
+                .malformedMessage,
+                expected: "\(count) bytes for the \(name)",
+                found: "\(readableBytes) bytes"
+            )
+        }
+        return bytes
+    }
+
+    fileprivate mutating func readString16(_ name: String) throws(TransportError) -> String {
+        let length = Int(try readField(UInt16.self, "\(name) length"))
+        guard length <= SessionMessage.maximumStringLength else {
+            throw TransportError(
+                .malformedMessage,
+                expected: "at most \(SessionMessage.maximumStringLength) bytes for the \(name)",
+                found: "\(length)"
+            )
+        }
+        let bytes = try readFixedBytes(length, name)
+        guard let string = String(validating: bytes, as: UTF8.self) else {
+            throw TransportError(.malformedMessage, expected: "UTF-8 for the \(name)", found: "invalid UTF-8")
+        }
+        return string
+    }
+}

@@ -1,0 +1,245 @@
+import DWCPWire
+import Foundation
+import NIOCore
+import NIOPosix
+
+/// Sends one object to a `TransferServer` over a DWCP session: a control stream plus an adaptive
+/// number of data streams (AMST). This is the I/O shell around ``TransferSender`` and
+/// ``StreamCountController``; every decision is theirs.
+public enum TransferClient {
+    /// Sends `source` and returns once the receiver has verified the object's SHA-256 and committed it.
+    /// - Parameters:
+    ///   - source: A file or standard input.
+    ///   - configuration: Where to, how, and the tuning.
+    ///   - progress: Called once per interval with a snapshot.
+    /// - Returns: What was sent and measured.
+    /// - Throws: ``TransportError`` saying what failed: refused, unreachable, authentication, checksum, source.
+    public static func send(
+        _ source: TransferSource,
+        configuration: SendConfiguration,
+        progress: @escaping @Sendable (TransferProgress) -> Void = { _ in }
+    ) async throws -> SendReport {
+        let reader = try SourceReader(source)
+        if configuration.resume && reader.size == nil {
+            throw TransportError(
+                .invalidArgument,
+                expected: "a file to resume",
+                found: "standard input",
+                advice: "a stream cannot be read twice; send it again without --resume"
+            )
+        }
+        let peer = "\(configuration.host):\(configuration.port)"
+        let control = try await TransportConnection.connect(
+            host: configuration.host,
+            port: configuration.port,
+            security: configuration.security,
+            serverName: configuration.serverName,
+            nodeName: configuration.nodeName,
+            congestionControl: nil,
+            faults: nil
+        )
+        let (commands, commandSink) = AsyncStream.makeStream(of: SenderCore.Command.self)
+        let core = SenderCore(configuration: configuration, reader: reader, commands: commandSink)
+        try await control.executeThenClose { inbound, outbound in
+            await withTaskGroup(of: Void.self) { group in
+                group.addTask {
+                    await core.failing {
+                        var iterator = inbound.makeAsyncIterator()
+                        try await runControl(
+                            &iterator, outbound: outbound, core: core, reader: reader, configuration: configuration,
+                            peer: peer)
+                    }
+                }
+                group.addTask {
+                    await core.failing { try await readSource(reader, core: core) }
+                }
+                group.addTask {
+                    while !Task.isCancelled {
+                        try? await Task.sleep(for: configuration.interval)
+                        if let snapshot = await core.tick() { progress(snapshot) }
+                    }
+                }
+                for await command in commands {
+                    switch command {
+                    case .open(let stream, let delay):
+                        group.addTask {
+                            if delay > .zero { try? await Task.sleep(for: delay) }
+                            await runDataStream(stream, core: core, configuration: configuration, peer: peer)
+                        }
+                    case .send(let message):
+                        await core.failing { try await outbound.write(frame(message, session: core.sessionID)) }
+                    }
+                }
+                group.cancelAll()
+            }
+        }
+        return try await core.result()
+    }
+
+    private static func frame(_ message: SessionMessage, session: UInt64) -> DWCPFrame {
+        DWCPFrame(type: .control, sessionID: session, sequence: 0, payload: message.encoded)
+    }
+
+    private static func runControl(
+        _ iterator: inout NIOAsyncChannelInboundStream<DWCPFrame>.AsyncIterator,
+        outbound: NIOAsyncChannelOutboundWriter<DWCPFrame>,
+        core: SenderCore,
+        reader: SourceReader,
+        configuration: SendConfiguration,
+        peer: String
+    ) async throws {
+        _ = try await TransportConnection.sayHello(
+            inbound: &iterator, outbound: outbound, nodeName: configuration.nodeName, peer: peer)
+        let offer = SessionMessage.Offer(
+            transferID: reader.transferID,
+            name: reader.name,
+            totalBytes: reader.size,
+            chunkSize: UInt32(configuration.chunkSize),
+            resume: configuration.resume
+        )
+        let offered = ContinuousClock.now
+        try await outbound.write(frame(.offer(offer), session: 0))
+        switch try await nextMessage(&iterator, peer: peer) {
+        case .accept(let accept):
+            let roundTrip = ContinuousClock.now - offered
+            await core.accepted(accept, roundTrip: roundTrip, receiveBufferLimit: Self.receiveBufferLimit())
+        case .refuse(let reason):
+            throw TransportError(.refused, expected: "the receiver to accept the transfer", found: reason)
+        case let other:
+            throw TransportError(.protocolViolation, expected: "accept or refuse", found: "\(other)")
+        }
+        while true {
+            switch try await nextMessage(&iterator, peer: peer) {
+            case .complete(let digest):
+                await core.completed(digest)
+                return
+            case .failed(let reason):
+                throw TransportError(
+                    reason.hasPrefix("checksum") ? .checksumMismatch : .destinationFailed,
+                    expected: "the receiver to store and verify the object",
+                    found: reason
+                )
+            case let other:
+                throw TransportError(.protocolViolation, expected: "complete or failed", found: "\(other)")
+            }
+        }
+    }
+
+    /// The next control message; the connection closing is an error.
+    static func nextMessage(
+        _ iterator: inout NIOAsyncChannelInboundStream<DWCPFrame>.AsyncIterator,
+        peer: String
+    ) async throws -> SessionMessage {
+        while true {
+            let frame: DWCPFrame?
+            do {
+                frame = try await iterator.next()
+            } catch {
+                throw TransportConnection.classify(error, peer: peer)
+            }
+            guard let frame else {
+                throw TransportError(
+                    .connectionFailed,
+                    expected: "the session's control stream to stay open",
+                    found: "\(peer) closed it",
+                    advice: "the receiver stopped; start it again and send with --resume"
+                )
+            }
+            switch frame.type {
+            case .control: return try SessionMessage(decoding: frame.payload)
+            case .ping, .pong: continue
+            default:
+                throw TransportError(.protocolViolation, expected: "a control frame", found: "a \(frame.type) frame")
+            }
+        }
+    }
+
+    private static func readSource(_ reader: SourceReader, core: SenderCore) async throws {
+        let (chunkSize, skipped) = await core.waitUntilAccepted()
+        var index = 0
+        while let chunk = try await reader.readChunk(chunkSize: chunkSize) {
+            if !skipped.contains(index) {
+                try await core.admit(index, chunk)
+            }
+            index += 1
+            if chunk.readableBytes < chunkSize { break }
+        }
+        await core.sourceEnded(chunkCount: index, digest: reader.digest())
+    }
+
+    private static func runDataStream(
+        _ stream: Int,
+        core: SenderCore,
+        configuration: SendConfiguration,
+        peer: String
+    ) async {
+        var failure: (any Error)?
+        do {
+            let channel = try await TransportConnection.connect(
+                host: configuration.host,
+                port: configuration.port,
+                security: configuration.security,
+                serverName: configuration.serverName,
+                nodeName: configuration.nodeName,
+                congestionControl: configuration.congestionControl,
+                faults: configuration.faults[stream]
+            )
+            try await channel.executeThenClose { inbound, outbound in
+                var iterator = inbound.makeAsyncIterator()
+                _ = try await TransportConnection.sayHello(
+                    inbound: &iterator, outbound: outbound, nodeName: configuration.nodeName, peer: peer)
+                let (session, token) = await core.credentials()
+                try await outbound.write(
+                    frame(.attach(sessionID: session, token: token, stream: UInt16(truncatingIfNeeded: stream)),
+                        session: session))
+                let chunks = await core.streamReady(stream, channel: channel.channel)
+                let connection = channel.channel
+                try await withThrowingTaskGroup(of: Void.self) { group in
+                    group.addTask {
+                        for await (index, payload) in chunks {
+                            let delay = await core.pace(payload.readableBytes)
+                            if delay > .zero { try await Task.sleep(for: delay) }
+                            try await outbound.write(
+                                DWCPFrame(type: .chunk, sessionID: session, sequence: UInt64(index), payload: payload))
+                            await core.sent(payload.readableBytes)
+                        }
+                        // Drained on purpose (or the transfer ended): closing ends the reader below.
+                        connection.close(promise: nil)
+                    }
+                    while let frame = try await iterator.next() {
+                        switch frame.type {
+                        case .ack:
+                            await core.acknowledged(Int(frame.sequence), on: stream)
+                        case .control:
+                            if case .failed(let reason) = try SessionMessage(decoding: frame.payload) {
+                                await core.fail(
+                                    TransportError(
+                                        .destinationFailed, expected: "the receiver to store every chunk",
+                                        found: reason))
+                            }
+                        default:
+                            throw TransportError(
+                                .protocolViolation, expected: "ack frames on a data stream",
+                                found: "a \(frame.type) frame")
+                        }
+                    }
+                    group.cancelAll()
+                    throw TransportError(
+                        .connectionFailed, expected: "data stream \(stream) to stay open", found: "it closed")
+                }
+            }
+        } catch {
+            failure = error
+        }
+        await core.streamEnded(stream, error: failure)
+    }
+
+    /// The kernel's ceiling for one TCP socket's receive buffer (`net.ipv4.tcp_rmem`'s maximum).
+    static func receiveBufferLimit() -> Int {
+        guard let text = try? String(contentsOfFile: "/proc/sys/net/ipv4/tcp_rmem", encoding: .utf8),
+            let last = text.split(whereSeparator: { $0 == " " || $0 == "\t" || $0 == "\n" }).last,
+            let value = Int(last)
+        else { return 6 << 20 }
+        return value
+    }
+}

@@ -1,0 +1,108 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Crypto
+import NIOCore
+import NIOPosix
+
+/// What a sender reads: a file (its size known, so a transfer can resume) or a stream such as
+/// standard input (read once, in order, length unknown until it ends).
+public enum TransferSource: Sendable {
+    /// A regular file.
+    case file(path: String)
+    /// Standard input.
+    case standardInput
+}
+
+/// Reads a source chunk by chunk, in order, hashing everything it reads (the end-to-end SHA-256).
+final class SourceReader: @unchecked Sendable {
+    let descriptor: Int32
+    let name: String
+    let size: UInt64?
+    let transferID: [UInt8]
+    private let ownsDescriptor: Bool
+    private var hasher = SHA256()
+    /// Bytes read so far.
+    private(set) var bytesRead: UInt64 = 0
+
+    init(_ source: TransferSource) throws {
+        switch source {
+        case .standardInput:
+            descriptor = STDIN_FILENO
+            ownsDescriptor = false
+            name = "stdin"
+            size = nil
+            transferID = (0..<16).map { _ in UInt8.random(in: .min ... .max) }
+        case .file(let path):
+            let fd = open(path, O_RDONLY | O_CLOEXEC)
+            guard fd >= 0 else {
+                throw TransportError(
+                    .sourceFailed,
+                    expected: "a readable file at \(path)",
+                    found: String(cString: strerror(errno)),
+                    advice: "check the path and its permissions"
+                )
+            }
+            var status = stat()
+            guard fstat(fd, &status) == 0, (status.st_mode & S_IFMT) == S_IFREG else {
+                close(fd)
+                throw TransportError(
+                    .sourceFailed,
+                    expected: "a regular file at \(path)",
+                    found: "a directory or special file",
+                    advice: "send a file, or pipe a stream with `novacron send -`"
+                )
+            }
+            descriptor = fd
+            ownsDescriptor = true
+            name = String(path.split(separator: "/").last ?? Substring(path))
+            size = UInt64(status.st_size)
+            // The same file (path, size, modification time) gets the same id, so --resume finds its partial copy.
+            var identity = SHA256()
+            identity.update(data: Array("\(path)|\(status.st_size)|\(status.st_mtim.tv_sec).\(status.st_mtim.tv_nsec)".utf8))
+            transferID = Array(identity.finalize().prefix(16))
+        }
+    }
+
+    deinit {
+        if ownsDescriptor { close(descriptor) }
+    }
+
+    /// Reads the next chunk of at most `chunkSize` bytes (fewer only at the end); `nil` at the end.
+    func readChunk(chunkSize: Int) async throws -> ByteBuffer? {
+        let buffer = try await NIOThreadPool.singleton.runIfActive { [self] () throws -> ByteBuffer in
+            var buffer = ByteBufferAllocator().buffer(capacity: chunkSize)
+            var total = 0
+            while total < chunkSize {
+                var count = 0
+                var failure: Int32 = 0
+                buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: chunkSize - total) { pointer in
+                    let result = read(descriptor, pointer.baseAddress, chunkSize - total)
+                    guard result >= 0 else {
+                        failure = errno
+                        return 0
+                    }
+                    count = result
+                    return result
+                }
+                if failure == EINTR { continue }
+                guard failure == 0 else {
+                    throw TransportError(
+                        .sourceFailed, expected: "to read the source", found: String(cString: strerror(failure)))
+                }
+                if count == 0 { break }
+                total += count
+            }
+            return buffer
+        }
+        guard buffer.readableBytes > 0 else { return nil }
+        buffer.withUnsafeReadableBytes { hasher.update(bufferPointer: $0) }
+        bytesRead += UInt64(buffer.readableBytes)
+        return buffer
+    }
+
+    /// The SHA-256 of everything read so far.
+    func digest() -> SessionMessage.Digest {
+        SessionMessage.Digest(bytes: Array(hasher.finalize()))
+    }
+}

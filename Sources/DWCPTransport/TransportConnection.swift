@@ -1,0 +1,214 @@
+import DWCPSecurity
+import DWCPWire
+import NIOCore
+import NIOPosix
+import NIOSSL
+
+/// How a DWCP connection is protected.
+public enum TransportSecurity: Sendable {
+    /// TLS 1.3 with mutual authentication against the cluster CA (the only mode for real use).
+    case mutualTLS(NodeIdentity)
+    /// No TLS at all. Exists only to measure what TLS costs; anyone on the path can read and change the data.
+    case insecurePlaintext
+}
+
+/// A DWCP connection as an async channel of frames.
+typealias FrameChannel = NIOAsyncChannel<DWCPFrame, DWCPFrame>
+
+/// Opens and accepts DWCP connections: TCP, optionally TLS, the frame codec, and the hello exchange.
+enum TransportConnection {
+    /// Connects to `host:port` and completes TLS (if any) and the DWCP hello.
+    static func connect(
+        host: String,
+        port: Int,
+        security: TransportSecurity,
+        serverName: String?,
+        nodeName: String,
+        congestionControl: String?,
+        faults: FaultInjection?
+    ) async throws -> FrameChannel {
+        let tlsContext: NIOSSLContext?
+        switch security {
+        case .mutualTLS(let identity): tlsContext = try NIOSSLContext(configuration: identity.clientTLSConfiguration())
+        case .insecurePlaintext: tlsContext = nil
+        }
+        let channel: FrameChannel
+        do {
+            channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+                .channelOption(.socketOption(.tcp_nodelay), value: 1)
+                .connectTimeout(.seconds(10))
+                .connect(host: host, port: port) { channel in
+                    channel.eventLoop.makeCompletedFuture {
+                        if let congestionControl {
+                            try setCongestionControl(congestionControl, on: channel)
+                        }
+                        if let tlsContext {
+                            try channel.pipeline.syncOperations.addHandler(
+                                try NIOSSLClientHandler(context: tlsContext, serverHostname: serverName))
+                        }
+                        return try wrap(channel, faults: faults)
+                    }
+                }
+        } catch {
+            throw TransportError(
+                .connectionFailed,
+                expected: "a DWCP receiver listening at \(host):\(port)",
+                found: "\(error)",
+                advice: "check the address and that `novacron receive` is running there"
+            )
+        }
+        return channel
+    }
+
+    /// Sends the DWCP hello on a connection opened by ``connect``, and waits for the answer.
+    /// - Returns: The peer's node name.
+    static func sayHello(
+        inbound: inout NIOAsyncChannelInboundStream<DWCPFrame>.AsyncIterator,
+        outbound: NIOAsyncChannelOutboundWriter<DWCPFrame>,
+        nodeName: String,
+        peer: String
+    ) async throws -> String {
+        var handshake = HandshakeStateMachine.client(nodeName: nodeName, sessionID: 0)
+        do {
+            try await outbound.write(handshake.start())
+            while let frame = try await inbound.next() {
+                switch handshake.receive(frame) {
+                case .establish(let outcome), .sendAndEstablish(_, let outcome):
+                    return outcome.peerName
+                case .fail(let error), .sendAndFail(_, let error):
+                    throw error
+                case .send(let reply):
+                    try await outbound.write(reply)
+                }
+            }
+        } catch {
+            throw classify(error, peer: peer)
+        }
+        throw TransportError(
+            .authenticationFailed,
+            expected: "the receiver's answer to our hello",
+            found: "the connection closed",
+            advice: "the receiver may have refused this node's certificate: is it issued by the receiver's cluster CA?"
+        )
+    }
+
+    /// Listens on `host:port`; each accepted connection has completed TLS (if any) when it appears.
+    static func listen(
+        host: String,
+        port: Int,
+        security: TransportSecurity
+    ) async throws -> NIOAsyncChannel<FrameChannel, Never> {
+        let tlsContext: NIOSSLContext?
+        switch security {
+        case .mutualTLS(let identity): tlsContext = try NIOSSLContext(configuration: identity.serverTLSConfiguration())
+        case .insecurePlaintext: tlsContext = nil
+        }
+        do {
+            return try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+                .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+                .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+                .bind(host: host, port: port) { channel in
+                    channel.eventLoop.makeCompletedFuture {
+                        if let tlsContext {
+                            try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: tlsContext))
+                        }
+                        return try wrap(channel, faults: nil)
+                    }
+                }
+        } catch {
+            throw TransportError(
+                .connectionFailed,
+                expected: "to listen on \(host):\(port)",
+                found: "\(error)",
+                advice: "choose a free port and an address of this machine"
+            )
+        }
+    }
+
+    /// Answers the DWCP hello on an accepted connection.
+    /// - Returns: The peer's node name.
+    static func answerHello(
+        inbound: inout NIOAsyncChannelInboundStream<DWCPFrame>.AsyncIterator,
+        outbound: NIOAsyncChannelOutboundWriter<DWCPFrame>,
+        nodeName: String
+    ) async throws -> String {
+        var handshake = HandshakeStateMachine.server(nodeName: nodeName)
+        while let frame = try await inbound.next() {
+            switch handshake.receive(frame) {
+            case .sendAndEstablish(let reply, let outcome):
+                try await outbound.write(reply)
+                return outcome.peerName
+            case .establish(let outcome):
+                return outcome.peerName
+            case .sendAndFail(let reply, let error):
+                try await outbound.write(reply)
+                throw error
+            case .fail(let error):
+                throw error
+            case .send(let reply):
+                try await outbound.write(reply)
+            }
+        }
+        throw TransportError(.connectionFailed, expected: "a DWCP hello", found: "the connection closed")
+    }
+
+    private static func wrap(_ channel: any Channel, faults: FaultInjection?) throws -> FrameChannel {
+        if let faults {
+            try channel.pipeline.syncOperations.addHandler(FaultInjectingHandler(faults))
+        }
+        try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(DWCPFrameDecoder()))
+        try channel.pipeline.syncOperations.addHandler(MessageToByteHandler(DWCPFrameEncoder()))
+        return try FrameChannel(
+            wrappingChannelSynchronously: channel,
+            configuration: .init(
+                backPressureStrategy: .init(lowWatermark: 4, highWatermark: 16),
+                isOutboundHalfClosureEnabled: false
+            )
+        )
+    }
+
+    /// Sets the socket's congestion control (`bbr`, `cubic`, … as the kernel offers).
+    private static func setCongestionControl(_ name: String, on channel: any Channel) throws {
+        guard let provider = channel as? any SocketOptionProvider else { return }
+        var bytes = Array(name.utf8.prefix(15))
+        bytes += Array(repeating: 0, count: 16 - bytes.count)
+        let value = (
+            bytes[0], bytes[1], bytes[2], bytes[3], bytes[4], bytes[5], bytes[6], bytes[7],
+            bytes[8], bytes[9], bytes[10], bytes[11], bytes[12], bytes[13], bytes[14], bytes[15]
+        )
+        do {
+            try provider.unsafeSetSocketOption(
+                level: .tcp, name: NIOBSDSocket.Option(rawValue: 13 /* TCP_CONGESTION */), value: value
+            ).wait()
+        } catch {
+            throw TransportError(
+                .invalidArgument,
+                expected: "a congestion control this kernel offers",
+                found: "\(name) (\(error))",
+                advice: "see /proc/sys/net/ipv4/tcp_available_congestion_control"
+            )
+        }
+    }
+
+    /// Turns TLS and I/O failures into transfer errors that say what happened.
+    static func classify(_ error: any Error, peer: String) -> any Error {
+        if error is TransportError || error is DWCPWireError { return error }
+        if let tlsError = error as? NIOSSLError {
+            return TransportError(
+                .authenticationFailed,
+                expected: "a peer certificate issued by this cluster's CA for \(peer)",
+                found: "TLS failed: \(tlsError)",
+                advice: "issue both nodes' certificates from one CA (`novacron certs issue`), with the address dialled as --ip"
+            )
+        }
+        if let tlsError = error as? BoringSSLError {
+            return TransportError(
+                .authenticationFailed,
+                expected: "a peer certificate issued by this cluster's CA for \(peer)",
+                found: "TLS failed: \(tlsError)",
+                advice: "issue both nodes' certificates from one CA (`novacron certs issue`)"
+            )
+        }
+        return TransportError(.connectionFailed, expected: "an open connection to \(peer)", found: "\(error)")
+    }
+}

@@ -1,0 +1,78 @@
+import ArgumentParser
+import DWCPTransport
+import Foundation
+
+/// `novacron receive --listen HOST:PORT --out DIR|FILE|-`: waits for one `novacron send`.
+struct ReceiveCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "receive",
+        abstract: "Receive one object from `novacron send`, verify its SHA-256, and commit it.",
+        discussion: """
+            Until the object is complete and verified it is NAME.novacron-partial, with its chunk \
+            journal NAME.novacron-journal beside it; a sender that comes back with --resume continues \
+            from there. A sender that vanishes does not end the receiver: it keeps listening.
+            """
+    )
+
+    @Option(help: "The address and port to listen on, HOST:PORT.")
+    var listen: Endpoint
+
+    @Option(help: "Where to put the object: a file, an existing directory (keeps the sender's name), or -.")
+    var out: String
+
+    @OptionGroup var options: TransferOptions
+
+    @Flag(help: "Replace an existing file.")
+    var overwrite = false
+
+    @Option(help: "Reorder window: how far ahead of the first missing chunk data is accepted (e.g. 96M).")
+    var window = ByteCount(bytes: 96 << 20)
+
+    func validate() throws {
+        guard window.bytes >= 1 << 20 else { throw ValidationError("--window must be at least 1M") }
+        if out != "-" {
+            let parent = (out as NSString).deletingLastPathComponent
+            var isDirectory: ObjCBool = false
+            guard parent.isEmpty || (FileManager.default.fileExists(atPath: parent, isDirectory: &isDirectory) && isDirectory.boolValue)
+            else {
+                throw ValidationError("--out \(out): the directory \(parent) does not exist")
+            }
+        }
+    }
+
+    func run() async throws {
+        var configuration = ReceiveConfiguration(
+            host: listen.host,
+            port: listen.port,
+            security: try options.security(),
+            nodeName: options.nodeName,
+            destination: out == "-" ? .standardOutput : .path(out)
+        )
+        configuration.overwrite = overwrite
+        configuration.windowBytes = window.bytes
+        let printer = ProgressPrinter(json: options.json && out != "-")
+        let json = options.json
+        let host = listen.host
+        let report = try await TransferServer.receive(
+            configuration: configuration,
+            onListening: { port in
+                FileHandle.standardError.write(Data("listening on \(host):\(port)\n".utf8))
+            },
+            progress: { printer.show($0) }
+        )
+        printer.done()
+        if json && out != "-" {
+            printJSON(event: "done", report)
+        } else {
+            FileHandle.standardError.write(
+                Data(
+                    """
+                    received \(ProgressPrinter.formatBytes(report.bytes)) from \(report.peer) into \
+                    \(report.path ?? "standard output") in \(String(format: "%.2f", report.seconds)) s \
+                    (\(ProgressPrinter.formatBytes(report.resumedBytes)) resumed, \(report.corruptChunks) corrupt chunks re-sent); \
+                    sha256 \(report.sha256) verified
+
+                    """.utf8))
+        }
+    }
+}
