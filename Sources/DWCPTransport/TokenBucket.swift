@@ -5,7 +5,7 @@ public struct TokenBucket: Sendable {
     public let bytesPerSecond: Double
     /// How many bytes may go at once after an idle period.
     public let burstBytes: Double
-    private var nextFree: Duration = .zero
+    private var nextFree: Duration?
 
     /// Creates a bucket.
     /// - Parameters:
@@ -21,7 +21,7 @@ public struct TokenBucket: Sendable {
     /// - Returns: How long the caller must wait before sending them.
     public mutating func reserve(_ bytes: Int, now: Duration) -> Duration {
         let burst = Duration.seconds(burstBytes / bytesPerSecond)
-        let start = max(nextFree, now - burst)
+        let start = max(nextFree ?? now - burst, now - burst)
         nextFree = start + .seconds(Double(bytes) / bytesPerSecond)
         return max(.zero, start - now)
     }

@@ -27,6 +27,7 @@ public struct TransferReceiver: Sendable {
     public private(set) var bytesStored: UInt64 = 0
     private var finalChunks: Int?
     private var shortChunk: (index: Int, size: Int)?
+    private var highestIndex = -1
 
     /// Creates the receiving side.
     /// - Parameters:
@@ -82,12 +83,13 @@ public struct TransferReceiver: Sendable {
             if let shortChunk, shortChunk.index != index {
                 throw violation("one short (last) chunk", "short chunks \(shortChunk.index) and \(index)")
             }
-            if present.firstAbsent(from: index + 1) != index + 1 || contiguousChunks > index + 1 {
+            if highestIndex > index {
                 throw violation("a short chunk only at the end", "short chunk \(index) before later chunks")
             }
             shortChunk = (index, size)
         }
         guard present.insert(index) else { return .duplicate }
+        highestIndex = max(highestIndex, index)
         bytesStored += UInt64(size)
         contiguousChunks = present.firstAbsent(from: contiguousChunks)
         return .store

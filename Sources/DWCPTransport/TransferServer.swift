@@ -29,20 +29,31 @@ public enum TransferServer {
                 group.addTask {
                     await withDiscardingTaskGroup { handlers in
                         do {
+                            // Every accepted connection is consumed, even after the result, until the
+                            // listener is closed: an accepted channel that nobody runs must still be closed.
                             for try await connection in connections {
-                                handlers.addTask { await serve(connection, registry: registry) }
+                                if await registry.isFinished {
+                                    try? await connection.executeThenClose { _, _ in }
+                                } else {
+                                    handlers.addTask { await serve(connection, registry: registry) }
+                                }
                             }
                         } catch {
                             await registry.finish(
                                 .failure(
                                     TransportError(.connectionFailed, expected: "to accept connections", found: "\(error)")))
                         }
+                        handlers.cancelAll()
                     }
                 }
                 group.addTask {
                     var last: (UInt64, ContinuousClock.Instant)?
-                    while !Task.isCancelled {
-                        try? await Task.sleep(for: .seconds(1))
+                    var ticks = 0
+                    while await !registry.isFinished {
+                        // Short sleeps so the receiver ends promptly; a report once a second.
+                        try? await Task.sleep(for: .milliseconds(100))
+                        ticks += 1
+                        guard ticks % 10 == 0 else { continue }
                         guard let (done, total, streams, seconds) = await registry.progress() else { continue }
                         let now = ContinuousClock.now
                         let rate = last.map { Double(done &- $0.0) / (now - $0.1).seconds } ?? 0
@@ -53,10 +64,13 @@ public enum TransferServer {
                                 streams: streams, roundTripMilliseconds: nil, retransmits: nil))
                     }
                 }
-                await registry.waitForResult()
-                group.cancelAll()
+                await withTaskCancellationHandler {
+                    await registry.waitForResult()
+                } onCancel: {
+                    Task { await registry.finish(.failure(CancellationError())) }
+                }
+                try? await listener.channel.close()
             }
-            try? await listener.channel.close()
         }
         return try await registry.result()
     }
@@ -158,6 +172,7 @@ actor SessionRegistry {
     nonisolated var nodeName: String { configuration.nodeName }
     private var sessions: [UInt64: ReceiverSession] = [:]
     private var outcome: Result<ReceiveReport, any Error>?
+    var isFinished: Bool { outcome != nil }
     private var waiters: [CheckedContinuation<Void, Never>] = []
     private var dataStreams = 0
     private var lastSession: ReceiverSession?

@@ -1,0 +1,170 @@
+import DWCPSecurity
+import Foundation
+import Testing
+
+@testable import DWCPTransport
+
+/// Real transfers over TLS on 127.0.0.1, in this process.
+@Suite("Transfers over loopback TLS", .serialized, .timeLimit(.minutes(2)))
+struct LoopbackTransferTests {
+    static let authority = try! ClusterAuthority.create(name: "transport-test")
+    static let receiverIdentity = try! authority.issue(node: "receiver", ipAddresses: ["127.0.0.1"])
+    static let senderIdentity = try! authority.issue(node: "sender")
+
+    /// A scratch directory with a random source file of `size` bytes.
+    struct Scratch {
+        let directory: String
+        let source: String
+        let bytes: Data
+
+        init(size: Int) throws {
+            directory = FileManager.default.temporaryDirectory
+                .appendingPathComponent("nctransport-\(UUID().uuidString)").path
+            try FileManager.default.createDirectory(atPath: directory + "/out", withIntermediateDirectories: true)
+            bytes = FileHandle(forReadingAtPath: "/dev/urandom")!.readData(ofLength: size)
+            source = directory + "/source.bin"
+            try bytes.write(to: URL(fileURLWithPath: source))
+        }
+
+        var destination: String { directory + "/out/source.bin" }
+        func remove() { try? FileManager.default.removeItem(atPath: directory) }
+    }
+
+    /// Starts a receiver for `scratch` and returns its task and port.
+    static func startReceiver(
+        _ scratch: Scratch,
+        security: TransportSecurity = .mutualTLS(receiverIdentity)
+    ) async -> (Task<ReceiveReport, any Error>, Int) {
+        let (ports, portSink) = AsyncStream.makeStream(of: Int.self)
+        var configuration = ReceiveConfiguration(
+            host: "127.0.0.1", port: 0, security: security, nodeName: "receiver",
+            destination: .path(scratch.directory + "/out"))
+        configuration.windowBytes = 8 << 20
+        let task = Task {
+            try await TransferServer.receive(configuration: configuration, onListening: { portSink.yield($0) })
+        }
+        var iterator = ports.makeAsyncIterator()
+        return (task, await iterator.next()!)
+    }
+
+    static func sendConfiguration(port: Int, identity: NodeIdentity = senderIdentity) -> SendConfiguration {
+        var configuration = SendConfiguration(
+            host: "127.0.0.1", port: port, security: .mutualTLS(identity), nodeName: "sender")
+        configuration.chunkSize = 256 << 10
+        configuration.windowBytes = 8 << 20
+        configuration.initialStreams = 4
+        configuration.minimumStreams = 4
+        configuration.maximumStreams = 4
+        return configuration
+    }
+
+    @Test("A file arrives whole, byte for byte, with matching SHA-256 on both sides", arguments: [0, 1, 20_000_037])
+    func sendReceive(size: Int) async throws {
+        let scratch = try Scratch(size: size)
+        defer { scratch.remove() }
+        let (receiver, port) = await Self.startReceiver(scratch)
+        let sent = try await TransferClient.send(
+            .file(path: scratch.source), configuration: Self.sendConfiguration(port: port))
+        let received = try await receiver.value
+        #expect(try Data(contentsOf: URL(fileURLWithPath: scratch.destination)) == scratch.bytes)
+        #expect(sent.sha256 == received.sha256)
+        #expect(sent.bytes == UInt64(size) && received.bytes == UInt64(size))
+        #expect(!FileManager.default.fileExists(atPath: scratch.destination + ".novacron-partial"))
+        #expect(!FileManager.default.fileExists(atPath: scratch.destination + ".novacron-journal"))
+    }
+
+    @Test("A sender with a certificate from another CA is refused before any payload")
+    func foreignAuthorityRefused() async throws {
+        let scratch = try Scratch(size: 1 << 20)
+        defer { scratch.remove() }
+        let (receiver, port) = await Self.startReceiver(scratch)
+        defer { receiver.cancel() }
+        let stranger = try ClusterAuthority.create(name: "elsewhere").issue(node: "sender")
+        let error = await #expect(throws: TransportError.self) {
+            try await TransferClient.send(
+                .file(path: scratch.source), configuration: Self.sendConfiguration(port: port, identity: stranger))
+        }
+        #expect(error?.code == .authenticationFailed)
+        let leftovers = try FileManager.default.contentsOfDirectory(atPath: scratch.directory + "/out")
+        #expect(leftovers.isEmpty, "no session was opened, so nothing was written: \(leftovers)")
+    }
+
+    @Test("A data stream that dies mid-transfer is replaced and the file still verifies")
+    func streamKilled() async throws {
+        let scratch = try Scratch(size: 12 << 20)
+        defer { scratch.remove() }
+        let (receiver, port) = await Self.startReceiver(scratch)
+        var configuration = Self.sendConfiguration(port: port)
+        configuration.faults[1] = FaultInjection(closeAfterBytes: 1 << 20)
+        let sent = try await TransferClient.send(.file(path: scratch.source), configuration: configuration)
+        _ = try await receiver.value
+        #expect(sent.streamFailures >= 1)
+        #expect(try Data(contentsOf: URL(fileURLWithPath: scratch.destination)) == scratch.bytes)
+    }
+
+    @Test("A corrupted chunk is detected by its checksum, sent again, and the file verifies")
+    func corruptChunk() async throws {
+        let scratch = try Scratch(size: 12 << 20)
+        defer { scratch.remove() }
+        let (receiver, port) = await Self.startReceiver(scratch)
+        var configuration = Self.sendConfiguration(port: port)
+        // Inside the payload of stream 2's fourth chunk frame (hello and attach frames come first).
+        configuration.faults[2] = FaultInjection(corruptByteAt: 3 * (256 << 10) + 5000)
+        let sent = try await TransferClient.send(.file(path: scratch.source), configuration: configuration)
+        let received = try await receiver.value
+        #expect(received.corruptChunks == 1)
+        #expect(sent.streamFailures >= 1)
+        #expect(try Data(contentsOf: URL(fileURLWithPath: scratch.destination)) == scratch.bytes)
+    }
+
+    @Test("After the receiver dies, --resume sends less than 10 % of what had already arrived")
+    func resumeAfterReceiverDies() async throws {
+        let chunkSize = 256 << 10
+        let scratch = try Scratch(size: 40 << 20)
+        defer { scratch.remove() }
+        let (firstReceiver, port) = await Self.startReceiver(scratch)
+        var configuration = Self.sendConfiguration(port: port)
+        configuration.rateLimit = 16e6
+        configuration.maximumConsecutiveFailures = 0
+        let firstAttempt = Task { try await TransferClient.send(.file(path: scratch.source), configuration: configuration) }
+        // Let about a third arrive (the journal has a 32-byte header and 8 bytes per chunk), then kill the receiver.
+        let journal = scratch.destination + ".novacron-journal"
+        while ((try? FileManager.default.attributesOfItem(atPath: journal)[.size] as? Int) ?? 0) < 32 + 8 * 50 {
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        firstReceiver.cancel()
+        _ = await firstReceiver.result
+        await #expect(throws: (any Error).self) { try await firstAttempt.value }
+
+        // What really arrived: chunks of the partial file equal to the source's.
+        let partial = try Data(contentsOf: URL(fileURLWithPath: scratch.destination + ".novacron-partial"))
+        var arrived = 0
+        for start in stride(from: 0, to: min(partial.count, scratch.bytes.count), by: chunkSize) {
+            let end = min(start + chunkSize, scratch.bytes.count)
+            if end <= partial.count && partial[start..<end] == scratch.bytes[start..<end] { arrived += end - start }
+        }
+        #expect(arrived > 8 << 20)
+
+        let (secondReceiver, secondPort) = await Self.startReceiver(scratch)
+        var resumed = Self.sendConfiguration(port: secondPort)
+        resumed.resume = true
+        let sent = try await TransferClient.send(.file(path: scratch.source), configuration: resumed)
+        let received = try await secondReceiver.value
+        let sentAgain = arrived - Int(sent.skippedBytes)
+        #expect(sentAgain < arrived / 10, "re-sent \(sentAgain) of \(arrived) bytes that had arrived")
+        #expect(received.resumedBytes == sent.skippedBytes)
+        #expect(try Data(contentsOf: URL(fileURLWithPath: scratch.destination)) == scratch.bytes)
+    }
+
+    @Test("Plaintext transfers work when both sides ask for it")
+    func plaintext() async throws {
+        let scratch = try Scratch(size: 3 << 20)
+        defer { scratch.remove() }
+        let (receiver, port) = await Self.startReceiver(scratch, security: .insecurePlaintext)
+        var configuration = Self.sendConfiguration(port: port)
+        configuration.security = .insecurePlaintext
+        _ = try await TransferClient.send(.file(path: scratch.source), configuration: configuration)
+        _ = try await receiver.value
+        #expect(try Data(contentsOf: URL(fileURLWithPath: scratch.destination)) == scratch.bytes)
+    }
+}

@@ -1,0 +1,87 @@
+import NIOCore
+import Testing
+
+@testable import DWCPTransport
+
+@Suite("Session messages")
+struct SessionMessageTests {
+    static var bitmap: ChunkBitmap {
+        var bitmap = ChunkBitmap()
+        for index in [0, 1, 2, 63, 64, 200] { bitmap.insert(index) }
+        return bitmap
+    }
+
+    static let digest = SessionMessage.Digest(bytes: (0..<32).map { UInt8($0) })
+    static let token = SessionMessage.Token(bytes: (0..<16).map { UInt8(200 + $0) })
+
+    static let messages: [SessionMessage] = [
+        .offer(.init(transferID: Array(repeating: 7, count: 16), name: "ram.img", totalBytes: 1 << 33, chunkSize: 1 << 20, resume: true)),
+        .offer(.init(transferID: Array(repeating: 1, count: 16), name: "stdin", totalBytes: nil, chunkSize: 4096, resume: false)),
+        .accept(.init(sessionID: 42, token: token, chunkSize: 1 << 20, windowChunks: 96, present: bitmap)),
+        .accept(.init(sessionID: 1, token: token, chunkSize: 4096, windowChunks: 4, present: ChunkBitmap())),
+        .refuse(reason: "no space — ünïcödé"),
+        .attach(sessionID: 42, token: token, stream: 9),
+        .finish(totalChunks: 3, totalBytes: 2_500_000, sha256: digest),
+        .complete(sha256: digest),
+        .failed(reason: "disk full"),
+    ]
+
+    @Test("Every message survives a round trip", arguments: messages)
+    func roundTrip(_ message: SessionMessage) throws {
+        #expect(try SessionMessage(decoding: message.encoded) == message)
+    }
+
+    @Test("Every truncation of every message is a typed error, never a crash", arguments: messages)
+    func truncations(_ message: SessionMessage) {
+        let full = message.encoded
+        for length in 0..<full.readableBytes {
+            let cut = full.getSlice(at: full.readerIndex, length: length)!
+            #expect(throws: TransportError.self) { try SessionMessage(decoding: cut) }
+        }
+    }
+
+    @Test("Trailing bytes, an unknown kind and an oversized bitmap are refused")
+    func malformed() {
+        var trailing = SessionMessage.complete(sha256: Self.digest).encoded
+        trailing.writeInteger(UInt8(0))
+        #expect(throws: TransportError.self) { try SessionMessage(decoding: trailing) }
+        #expect(throws: TransportError.self) { try SessionMessage(decoding: ByteBuffer(bytes: [99])) }
+        var accept = ByteBuffer(bytes: [2])
+        accept.writeInteger(UInt64(1))
+        accept.writeBytes(Self.token.bytes)
+        accept.writeInteger(UInt32(4096))
+        accept.writeInteger(UInt32(4))
+        accept.writeInteger(UInt32.max - 63)  // a bitmap length far beyond the limit
+        let error = #expect(throws: TransportError.self) { try SessionMessage(decoding: accept) }
+        #expect(error?.code == .malformedMessage)
+    }
+
+    @Test("A bitmap finds the first absent chunk across full words")
+    func bitmapFirstAbsent() {
+        var bitmap = ChunkBitmap()
+        for index in 0..<130 { bitmap.insert(index) }
+        bitmap.insert(131)
+        #expect(bitmap.firstAbsent(from: 0) == 130)
+        #expect(bitmap.firstAbsent(from: 131) == 132)
+        #expect(bitmap.count == 131)
+        let insertedAgain = bitmap.insert(5)
+        #expect(!insertedAgain)
+    }
+}
+
+@Suite("Token bucket")
+struct TokenBucketTests {
+    @Test("Over many reservations the rate holds; a burst goes at once after idling")
+    func rate() {
+        var bucket = TokenBucket(bytesPerSecond: 1_000_000, burst: .milliseconds(50))
+        var now = Duration.zero
+        #expect(bucket.reserve(50_000, now: now) == .zero)
+        for _ in 0..<1000 {
+            now += bucket.reserve(10_000, now: now)
+        }
+        // The 50 kB burst went at once; the next 999 × 10 kB start at 1 MB/s.
+        #expect(abs(now.seconds - 9.99) < 0.001)
+        now += .seconds(5)
+        #expect(bucket.reserve(40_000, now: now) == .zero)
+    }
+}

@@ -1,0 +1,117 @@
+import Testing
+
+@testable import DWCPTransport
+
+@Suite("Transfer sender and receiver machines")
+struct TransferMachineTests {
+    @Test("The sender reads only within the window past the first unacknowledged chunk")
+    func windowBoundsReading() {
+        var sender = TransferSender(chunkSize: 100, windowChunks: 4, totalChunks: 10)
+        sender.streamOpened(0, window: 10_000, now: .zero)
+        #expect((0..<4).allSatisfy { sender.admits($0) })
+        #expect(!sender.admits(4))
+        for index in 0..<4 { sender.chunkRead(index, size: 100) }
+        let sent = sender.assign(now: .zero)
+        #expect(sent.map(\.chunk.index) == [0, 1, 2, 3])
+        // Acknowledging 1..3 does not move the window: chunk 0 still holds it.
+        for index in 1..<4 {
+            let first = sender.acknowledged(index, on: 0, now: .zero)
+            #expect(first)
+        }
+        #expect(!sender.admits(4))
+        let outcome1 = sender.acknowledged(0, on: 0, now: .zero)
+        #expect(outcome1)
+        #expect(sender.admits(7) && !sender.admits(8))
+        // A second acknowledgement of the same chunk releases nothing.
+        let outcome2 = !sender.acknowledged(0, on: 0, now: .zero)
+        #expect(outcome2)
+    }
+
+    @Test("A stream that stops acknowledging is reported stalled and its chunks finish elsewhere")
+    func stalledStreamIsReplaced() {
+        let total = 200
+        var sender = TransferSender(chunkSize: 10, windowChunks: 32, totalChunks: total, stallTimeout: .seconds(5))
+        for stream in 0..<3 { sender.streamOpened(stream, window: 40, now: .zero) }
+        var now = Duration.zero
+        var next = 0
+        var replaced = false
+        while !sender.isComplete, now < .seconds(600) {
+            while next < total, sender.admits(next) {
+                sender.chunkRead(next, size: 10)
+                next += 1
+            }
+            for assignment in sender.assign(now: now) where assignment.stream != 1 {
+                // Stream 1 is stalled: it takes chunks and never acknowledges them.
+                _ = sender.acknowledged(assignment.chunk.index, on: assignment.stream, now: now)
+            }
+            now += .milliseconds(100)
+            for stream in sender.stalledStreams(now: now) {
+                #expect(stream == 1)
+                let outcome3 = sender.streamFailed(stream) > 0
+        #expect(outcome3)
+                replaced = true
+            }
+        }
+        #expect(sender.isComplete)
+        #expect(replaced)
+        #expect(now < .seconds(10), "the stall was noticed after its timeout, not much later")
+    }
+
+    @Test("Resuming skips what the receiver holds")
+    func resumeSkipsPresent() {
+        var present = ChunkBitmap()
+        for index in 0..<5 { present.insert(index) }
+        present.insert(7)
+        var sender = TransferSender(chunkSize: 10, windowChunks: 4, totalChunks: 8, present: present)
+        #expect(sender.admits(5) && sender.admits(8) && !sender.admits(9))
+        sender.streamOpened(0, window: 100, now: .zero)
+        sender.chunkRead(5, size: 10)
+        sender.chunkRead(6, size: 10)
+        for assignment in sender.assign(now: .zero) {
+            _ = sender.acknowledged(assignment.chunk.index, on: 0, now: .zero)
+        }
+        #expect(sender.isComplete)
+    }
+
+    @Test("The receiver refuses chunks outside the object or the window, and wrong sizes")
+    func receiverBounds() throws {
+        var receiver = TransferReceiver(chunkSize: 100, windowChunks: 4, declaredBytes: 950)
+        #expect(receiver.totalChunks == 10)
+        let outcome4 = try receiver.chunkArrived(index: 0, size: 100) == .store
+        #expect(outcome4)
+        let outcome5 = try receiver.chunkArrived(index: 0, size: 100) == .duplicate
+        #expect(outcome5)
+        #expect(throws: TransportError.self) { try receiver.chunkArrived(index: 5, size: 100) }  // past the window
+        #expect(throws: TransportError.self) { try receiver.chunkArrived(index: 1, size: 99) }  // not the last chunk
+        #expect(throws: TransportError.self) { try receiver.chunkArrived(index: -1, size: 100) }
+        for index in 1..<9 {
+            let disposition = try receiver.chunkArrived(index: index, size: 100)
+            #expect(disposition == .store)
+        }
+        #expect(throws: TransportError.self) { try receiver.chunkArrived(index: 9, size: 100) }  // last is 50
+        let outcome6 = try receiver.chunkArrived(index: 9, size: 50) == .store
+        #expect(outcome6)
+        #expect(throws: TransportError.self) { try receiver.finish(totalChunks: 10, totalBytes: 951) }
+        let outcome7 = try receiver.finish(totalChunks: 10, totalBytes: 950)
+        #expect(outcome7)
+        #expect(receiver.bytesStored == 950)
+    }
+
+    @Test("A stream of unknown length: one short chunk, only at the end, and finish fixes the count")
+    func receiverUnknownLength() throws {
+        var receiver = TransferReceiver(chunkSize: 100, windowChunks: 8, declaredBytes: nil)
+        let outcome8 = try receiver.chunkArrived(index: 1, size: 100) == .store
+        #expect(outcome8)
+        let outcome9 = try receiver.chunkArrived(index: 2, size: 30) == .store
+        #expect(outcome9)
+        #expect(throws: TransportError.self) { try receiver.chunkArrived(index: 3, size: 100) }
+        let outcome10 = try !receiver.finish(totalChunks: 3, totalBytes: 230)
+        #expect(outcome10)  // chunk 0 still missing
+        let outcome11 = try receiver.chunkArrived(index: 0, size: 100) == .store
+        #expect(outcome11)
+        #expect(receiver.isComplete)
+        var early = TransferReceiver(chunkSize: 100, windowChunks: 8, declaredBytes: nil)
+        _ = try early.chunkArrived(index: 3, size: 100)
+        #expect(throws: TransportError.self) { try early.chunkArrived(index: 1, size: 10) }
+    }
+}
