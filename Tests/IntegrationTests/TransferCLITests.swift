@@ -1,0 +1,125 @@
+import Foundation
+import Testing
+
+/// `novacron send` / `novacron receive` as an operator runs them: two processes over loopback TLS.
+@Suite("novacron send and receive", .serialized, .timeLimit(.minutes(2)))
+struct TransferCLITests {
+    /// A receiver process; killed when released.
+    final class Receiver {
+        let process = Process()
+        let errorURL: URL
+
+        init(_ arguments: [String], in directory: TemporaryDirectory) throws {
+            errorURL = directory.url.appendingPathComponent("receiver.stderr")
+            try Data().write(to: errorURL)
+            process.executableURL = NovaCronCLI.executable
+            process.arguments = ["receive"] + arguments
+            let outputURL = directory.url.appendingPathComponent("receiver.stdout")
+            try Data().write(to: outputURL)
+            process.standardOutput = try FileHandle(forWritingTo: outputURL)
+            process.standardError = try FileHandle(forWritingTo: errorURL)
+            try process.run()
+        }
+
+        /// Waits until it says it is listening.
+        func waitUntilListening() async throws {
+            for _ in 0..<200 {
+                if let text = try? String(contentsOf: errorURL, encoding: .utf8), text.contains("listening on") { return }
+                guard process.isRunning else { break }
+                try await Task.sleep(for: .milliseconds(50))
+            }
+            Issue.record("the receiver never listened: \((try? String(contentsOf: errorURL, encoding: .utf8)) ?? "")")
+        }
+
+        deinit {
+            if process.isRunning {
+                process.terminate()
+                process.waitUntilExit()
+            }
+        }
+    }
+
+    static func certificates(in directory: TemporaryDirectory, cluster: String = "certs") throws -> String {
+        let path = directory.url.appendingPathComponent(cluster).path
+        for arguments in [
+            ["certs", "init", "--dir", path], ["certs", "issue", "a", "--dir", path],
+            ["certs", "issue", "b", "--dir", path, "--ip", "127.0.0.1"],
+        ] {
+            let result = try NovaCronCLI.run(arguments)
+            try #require(result.status == 0, "\(arguments): \(result.standardError)")
+        }
+        return path
+    }
+
+    static func port() -> String { String(Int.random(in: 20_000...45_000)) }
+
+    @Test("A file sent with send arrives whole; both print a JSON result with the same SHA-256")
+    func sendAndReceive() async throws {
+        let directory = try TemporaryDirectory()
+        let certs = try Self.certificates(in: directory)
+        let source = directory.url.appendingPathComponent("payload.bin")
+        let bytes = FileHandle(forReadingAtPath: "/dev/urandom")!.readData(ofLength: 5_000_123)
+        try bytes.write(to: source)
+        let output = directory.url.appendingPathComponent("received.bin")
+        let port = Self.port()
+        let receiver = try Receiver(
+            ["--listen", "127.0.0.1:\(port)", "--out", output.path, "--certs", certs, "--node", "b"], in: directory)
+        try await receiver.waitUntilListening()
+        let sent = try NovaCronCLI.run(
+            ["send", source.path, "--to", "127.0.0.1:\(port)", "--certs", certs, "--node", "a", "--json"])
+        #expect(sent.status == 0, "\(sent.standardError)")
+        receiver.process.waitUntilExit()
+        #expect(receiver.process.terminationStatus == 0)
+        #expect(try Data(contentsOf: output) == bytes)
+        let done = try #require(sent.standardOutput.split(separator: "\n").last)
+        let report = try #require(try JSONSerialization.jsonObject(with: Data(done.utf8)) as? [String: Any])
+        #expect(report["event"] as? String == "done")
+        #expect(report["bytes"] as? Int == bytes.count)
+        let receiverLog = try String(contentsOf: receiver.errorURL, encoding: .utf8)
+        #expect(receiverLog.contains(report["sha256"] as? String ?? "missing"))
+    }
+
+    @Test("A sender from another cluster fails with a clear error and a non-zero status")
+    func foreignClusterRejected() async throws {
+        let directory = try TemporaryDirectory()
+        let certs = try Self.certificates(in: directory)
+        let strangers = try Self.certificates(in: directory, cluster: "strangers")
+        let source = directory.url.appendingPathComponent("payload.bin")
+        try Data(repeating: 7, count: 100_000).write(to: source)
+        let port = Self.port()
+        let receiver = try Receiver(
+            ["--listen", "127.0.0.1:\(port)", "--out", directory.url.path, "--certs", certs, "--node", "b"],
+            in: directory)
+        try await receiver.waitUntilListening()
+        let sent = try NovaCronCLI.run(
+            ["send", source.path, "--to", "127.0.0.1:\(port)", "--certs", strangers, "--node", "a"])
+        #expect(sent.status != 0)
+        #expect(sent.standardError.contains("authentication failed"), "\(sent.standardError)")
+        #expect(receiver.process.isRunning, "a refused stranger does not end the receiver")
+    }
+
+    @Test("Bad arguments are refused with a usage error", arguments: [
+        ["send", "/nonexistent", "--to", "127.0.0.1:1"],
+        ["send", "-", "--to", "no-port-here"],
+        ["send", "-", "--to", "127.0.0.1:1", "--min-streams", "5", "--max-streams", "2"],
+        ["send", "-", "--to", "127.0.0.1:1", "--cc", "warp-drive"],
+        ["receive", "--listen", "127.0.0.1:1", "--out", "/nonexistent/dir/file"],
+    ])
+    func badArguments(_ arguments: [String]) throws {
+        let result = try NovaCronCLI.run(arguments)
+        #expect(result.status == 64, "\(arguments): \(result.standardError)")
+        #expect(result.standardError.contains("Error"))
+    }
+
+    @Test("Nobody listening: connection failed, non-zero")
+    func nobodyListening() throws {
+        let directory = try TemporaryDirectory()
+        let certs = try Self.certificates(in: directory)
+        let source = directory.url.appendingPathComponent("payload.bin")
+        try Data(repeating: 1, count: 10).write(to: source)
+        let result = try NovaCronCLI.run(
+            ["send", source.path, "--to", "127.0.0.1:\(Self.port())", "--certs", certs, "--node", "a"])
+        #expect(result.status == 1)
+        #expect(result.standardError.contains("connection failed"), "\(result.standardError)")
+    }
+}
