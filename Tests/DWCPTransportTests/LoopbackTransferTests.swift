@@ -156,6 +156,38 @@ struct LoopbackTransferTests {
         #expect(try Data(contentsOf: URL(fileURLWithPath: scratch.destination)) == scratch.bytes)
     }
 
+    @Test(
+        "A full disk at the receiver fails the transfer with a clear error on both sides",
+        .enabled(if: getuid() == 0, "mounting a small tmpfs needs root")
+    )
+    func diskFull() async throws {
+        let scratch = try Scratch(size: 6 << 20)
+        defer { scratch.remove() }
+        let mountPoint = scratch.directory + "/out"
+        let mount = Process()
+        mount.executableURL = URL(fileURLWithPath: "/bin/mount")
+        mount.arguments = ["-t", "tmpfs", "-o", "size=2m", "tmpfs", mountPoint]
+        try mount.run()
+        mount.waitUntilExit()
+        try #require(mount.terminationStatus == 0)
+        defer {
+            let unmount = Process()
+            unmount.executableURL = URL(fileURLWithPath: "/bin/umount")
+            unmount.arguments = [mountPoint]
+            try? unmount.run()
+            unmount.waitUntilExit()
+        }
+        let (receiver, port) = await Self.startReceiver(scratch)
+        let sendError = await #expect(throws: TransportError.self) {
+            try await TransferClient.send(.file(path: scratch.source), configuration: Self.sendConfiguration(port: port))
+        }
+        #expect(sendError?.code == .destinationFailed)
+        #expect("\(sendError.map { "\($0)" } ?? "")".contains("No space left on device"))
+        let receiveError = await #expect(throws: TransportError.self) { try await receiver.value }
+        #expect(receiveError?.code == .destinationFailed)
+        #expect(!FileManager.default.fileExists(atPath: scratch.destination))
+    }
+
     @Test("Plaintext transfers work when both sides ask for it")
     func plaintext() async throws {
         let scratch = try Scratch(size: 3 << 20)

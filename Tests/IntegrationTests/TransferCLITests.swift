@@ -79,6 +79,33 @@ struct TransferCLITests {
         #expect(receiverLog.contains(report["sha256"] as? String ?? "missing"))
     }
 
+    @Test("A stream piped into send - comes out of receive --out - in order and whole")
+    func standardStreams() async throws {
+        let directory = try TemporaryDirectory()
+        let certs = try Self.certificates(in: directory)
+        let source = directory.url.appendingPathComponent("stream.bin")
+        let bytes = FileHandle(forReadingAtPath: "/dev/urandom")!.readData(ofLength: 3_333_333)
+        try bytes.write(to: source)
+        let port = Self.port()
+        let receiver = try Receiver(
+            ["--listen", "127.0.0.1:\(port)", "--out", "-", "--certs", certs, "--node", "b"], in: directory)
+        try await receiver.waitUntilListening()
+        let sender = Process()
+        sender.executableURL = NovaCronCLI.executable
+        sender.arguments = [
+            "send", "-", "--to", "127.0.0.1:\(port)", "--certs", certs, "--node", "a", "--chunk-size", "64K",
+            "--window", "1M",
+        ]
+        sender.standardInput = FileHandle(forReadingAtPath: source.path)
+        sender.standardError = FileHandle.nullDevice
+        try sender.run()
+        sender.waitUntilExit()
+        #expect(sender.terminationStatus == 0)
+        receiver.process.waitUntilExit()
+        #expect(receiver.process.terminationStatus == 0)
+        #expect(try Data(contentsOf: directory.url.appendingPathComponent("receiver.stdout")) == bytes)
+    }
+
     @Test("A sender from another cluster fails with a clear error and a non-zero status")
     func foreignClusterRejected() async throws {
         let directory = try TemporaryDirectory()
