@@ -1,0 +1,392 @@
+#if canImport(Glibc)
+    import Glibc
+#elseif canImport(Darwin)
+    import Darwin
+#endif
+
+/// The receiver's persistent, crash-safe, content-addressed chunk store (HDE stage 5): chunks survive across
+/// transfers, so a second migration, a checkpoint or a VM built from a common base image sends only what changed.
+///
+/// Chunks are keyed by ``ChunkKey`` (SHA-256 of the content, computed here, never taken from the peer) and kept in
+/// an append-only log of numbered segment files in one directory. Each record is an 80-byte header (magic, length,
+/// key, XXH3-128 identity, data checksum, header checksum) followed by the data. The index (key → segment, offset,
+/// length) lives in memory and is rebuilt by scanning the segments when the store is opened:
+///
+/// - **Crash safety.** A record is indexed only after its write returned, and on open a record is indexed only if
+///   its header checksum holds and, in the newest segment (the only one written since its last `fsync`), its data
+///   checksum too. A write torn by a crash is therefore never addressable: the torn tail is cut off and appends
+///   continue after the last whole record. Older segments were `fsync`ed when they were sealed.
+/// - **Bit rot.** Every read checks the data checksum and throws ``ChunkStoreError/Code/checksumMismatch`` rather
+///   than serve bad bytes; the chunk is then dropped from the index, so the sender is asked for it again.
+/// - **Durability** is explicit: ``sync()`` `fsync`s the newest segment (and the directory after segments were
+///   created or deleted). Chunks put since the last ``sync()`` may be lost by a power failure, never corrupted.
+/// - **Size cap.** When the segments exceed ``Configuration/capacity`` the oldest segment is deleted; chunks in it
+///   that were used (read, or put again) since they were written are first appended anew — a second-chance (CLOCK)
+///   approximation of LRU — up to half of that segment's size, most recently used first.
+///
+/// The store implements ``KnownChunks`` and ``ChunkProvider`` through the XXH3-128 identity kept in each record,
+/// so ``ImageDecoder`` resolves `known` records from it; see docs/encoding.md for what that identity can and cannot
+/// guarantee. It is a non-`Sendable` class that owns file descriptors: confine it to one thread or actor.
+public final class PersistentChunkStore: KnownChunks, ChunkProvider {
+    /// Segment size and total size cap.
+    public struct Configuration: Sendable, Hashable {
+        /// A segment is sealed once the next record would take it past this many bytes; default 64 MiB.
+        public var segmentCapacity: Int
+        /// The most bytes all segments may take on disk before the oldest are evicted; default 16 GiB. At least
+        /// twice ``segmentCapacity``.
+        public var capacity: Int
+
+        /// Creates a configuration.
+        /// - Parameters:
+        ///   - segmentCapacity: The size of a segment, 4 KiB...1 GiB.
+        ///   - capacity: The size cap of the store, at least twice `segmentCapacity`.
+        public init(segmentCapacity: Int = 64 << 20, capacity: Int = 16 << 30) {
+            self.segmentCapacity = segmentCapacity
+            self.capacity = capacity
+        }
+
+        /// The largest chunk the store accepts: one record fills a segment.
+        public var maximumChunkLength: Int { segmentCapacity - ChunkRecord.headerLength }
+    }
+
+    /// What opening the store found on disk.
+    public struct RecoveryReport: Sendable, Hashable {
+        /// Segment files found.
+        public var segments = 0
+        /// Chunks indexed.
+        public var chunks = 0
+        /// Bytes cut off segment tails: records torn by a crash, or following a damaged header.
+        public var truncatedBytes = 0
+        /// Records whose header held but whose data failed its checksum; they are not indexed.
+        public var corruptRecords = 0
+    }
+
+    /// Counters since the store was opened.
+    public struct Statistics: Sendable, Hashable {
+        /// Chunks held.
+        public var chunks = 0
+        /// Bytes the segment files take on disk (headers and superseded records included).
+        public var size = 0
+        /// Segments deleted by eviction.
+        public var evictedSegments = 0
+        /// Chunks dropped by eviction.
+        public var evictedChunks = 0
+        /// Recently used chunks appended anew before their segment was deleted.
+        public var retainedChunks = 0
+        /// Chunks dropped because a read found them corrupt.
+        public var corruptChunks = 0
+    }
+
+    /// Where a chunk's record is, its XXH3-128 identity, and when it was last used (0: not used since it was
+    /// written).
+    struct Location {
+        var identity: ChunkIdentity
+        var segment: UInt64
+        var offset: Int
+        var length: Int
+        var lastUse: UInt64
+    }
+
+    /// The directory holding the segment files.
+    public let directory: String
+    /// The configuration in force.
+    public let configuration: Configuration
+    /// What opening the store found.
+    public internal(set) var recovery = RecoveryReport()
+
+    var index: [ChunkKey: Location] = [:]
+    var identities: [ChunkIdentity: ChunkKey] = [:]
+    /// Open segments by number; `order` lists their numbers oldest first, the last one takes appends.
+    var segments: [UInt64: ChunkSegment] = [:]
+    var order: [UInt64] = []
+    /// The keys appended to each segment (possibly since moved or dropped: check the index).
+    var segmentKeys: [UInt64: [ChunkKey]] = [:]
+    var totalSize = 0
+    var clock: UInt64 = 0
+    var counters = Statistics()
+    var needsDirectorySync = false
+    private var lockDescriptor: Int32 = -1
+    var scratch = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 16, alignment: 16)
+
+    /// Opens the store in `directory`, creating the directory if it does not exist, and rebuilds the index.
+    ///
+    /// Torn tails are cut off (see ``recovery``). Only one store instance may have a directory open at a time; the
+    /// directory's `LOCK` file enforces it with `flock`.
+    /// - Parameters:
+    ///   - directory: The store's directory; its parent must exist.
+    ///   - configuration: Segment size and size cap.
+    /// - Throws: ``ChunkStoreError/Code/invalidConfiguration``, ``ChunkStoreError/Code/storeInUse`` if the
+    ///   directory is open elsewhere, or ``ChunkStoreError/Code/ioFailed``.
+    public init(directory: String, configuration: Configuration = Configuration()) throws(ChunkStoreError) {
+        guard (4096...(1 << 30)).contains(configuration.segmentCapacity),
+            configuration.capacity >= 2 * configuration.segmentCapacity
+        else {
+            throw ChunkStoreError(
+                .invalidConfiguration, expected: "segments of 4 KiB...1 GiB and a capacity of at least two segments",
+                found: "segments of \(configuration.segmentCapacity) bytes, capacity \(configuration.capacity)")
+        }
+        self.directory = directory
+        self.configuration = configuration
+        guard mkdir(directory, 0o755) == 0 || errno == EEXIST else {
+            throw ChunkStoreError.system("mkdir", path: directory)
+        }
+        let lockPath = directory + "/LOCK"
+        lockDescriptor = open(lockPath, O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
+        guard lockDescriptor >= 0 else {
+            throw ChunkStoreError.system("open", path: lockPath)
+        }
+        guard flock(lockDescriptor, LOCK_EX | LOCK_NB) == 0 else {
+            let code = errno
+            throw ChunkStoreError(
+                .storeInUse, expected: "no other store instance to have \(directory) open",
+                found: "its LOCK held", advice: "open a directory once and share the instance", systemError: code)
+        }
+        try recover()
+        try evictIfNeeded()
+    }
+
+    deinit {
+        scratch.deallocate()
+        if lockDescriptor >= 0 {
+            close(lockDescriptor)  // releases the flock
+        }
+    }
+
+    /// The number of chunks held.
+    public var count: Int { index.count }
+
+    /// Counters since the store was opened, and its current size.
+    public var statistics: Statistics {
+        var result = counters
+        result.chunks = index.count
+        result.size = totalSize
+        return result
+    }
+
+    // MARK: Put and get
+
+    /// Stores a chunk; a chunk already held is not written again (it counts as a use).
+    /// - Parameter bytes: The chunk's content, at most ``Configuration/maximumChunkLength`` bytes.
+    /// - Returns: Its key, the SHA-256 of `bytes`.
+    /// - Throws: ``ChunkStoreError/Code/limitExceeded`` for a chunk too large, ``ChunkStoreError/Code/ioFailed``
+    ///   if the write fails (the store then holds nothing partial and stays usable).
+    @discardableResult
+    public func put(_ bytes: UnsafeRawBufferPointer) throws(ChunkStoreError) -> ChunkKey {
+        let key = ChunkKey(of: bytes)
+        if index[key] != nil {
+            touch(key)
+            return key
+        }
+        guard bytes.count <= configuration.maximumChunkLength else {
+            throw ChunkStoreError(
+                .limitExceeded, expected: "a chunk of at most \(configuration.maximumChunkLength) bytes",
+                found: "\(bytes.count) bytes", advice: "cut objects into smaller chunks or use larger segments")
+        }
+        let identity = ChunkIdentity(of: bytes)
+        try append(key: key, identity: identity, data: bytes, lastUse: 0)
+        if identities[identity] == nil {
+            identities[identity] = key
+        }
+        try evictIfNeeded()
+        return key
+    }
+
+    /// Stores a chunk; a chunk already held is not written again (it counts as a use).
+    /// - Parameter bytes: The chunk's content, at most ``Configuration/maximumChunkLength`` bytes.
+    /// - Returns: Its key, the SHA-256 of `bytes`.
+    /// - Throws: As ``put(_:)-(UnsafeRawBufferPointer)``.
+    @discardableResult
+    public func put(_ bytes: [UInt8]) throws(ChunkStoreError) -> ChunkKey {
+        let outcome: Result<ChunkKey, ChunkStoreError> = bytes.withUnsafeBytes { raw in
+            Result { () throws(ChunkStoreError) -> ChunkKey in try put(raw) }
+        }
+        return try outcome.get()
+    }
+
+    /// The content of a chunk, verified against its checksum.
+    /// - Parameter key: A chunk key.
+    /// - Returns: The chunk's bytes, or nil if the store does not hold it.
+    /// - Throws: ``ChunkStoreError/Code/checksumMismatch`` if the stored record is corrupt (the chunk is then
+    ///   dropped, so later look-ups return nil), or ``ChunkStoreError/Code/ioFailed``.
+    public func get(_ key: ChunkKey) throws(ChunkStoreError) -> [UInt8]? {
+        guard let location = index[key] else {
+            return nil
+        }
+        let data = try readRecord(key, at: location)
+        touch(key)
+        return Array(data)
+    }
+
+    /// Whether the store holds a chunk.
+    /// - Parameter key: A chunk key.
+    /// - Returns: True if ``get(_:)`` would find it.
+    public func contains(_ key: ChunkKey) -> Bool {
+        index[key] != nil
+    }
+
+    /// Which of `keys` the store holds: the receiver's "have" answer.
+    /// - Parameter keys: Chunk keys.
+    /// - Returns: One flag per key, in order.
+    public func contains(_ keys: [ChunkKey]) -> [Bool] {
+        keys.map { index[$0] != nil }
+    }
+
+    /// The keys of `keys` the store does not hold, in order and each once: the receiver's "want" answer.
+    ///
+    /// A sender that chose references from a ``ChunkSummary`` (which has false positives) MUST send the content
+    /// of every key returned here instead of a reference.
+    /// - Parameter keys: The keys a sender offers or refers to.
+    /// - Returns: The keys the receiver needs the content of.
+    public func missing(from keys: [ChunkKey]) -> [ChunkKey] {
+        var seen: Set<ChunkKey> = []
+        return keys.filter { index[$0] == nil && seen.insert($0).inserted }
+    }
+
+    /// A Bloom filter of the keys held, for a sender to decide which chunks to send as references.
+    /// - Parameter falsePositiveRate: The target chance that a key not held is reported as held, 1e-9...0.5.
+    /// - Returns: The summary; serialize it with ``ChunkSummary/serialized()``.
+    public func summary(falsePositiveRate: Double = 0.01) -> ChunkSummary {
+        var summary = ChunkSummary(expectedCount: index.count, falsePositiveRate: falsePositiveRate)
+        for key in index.keys {
+            summary.insert(key)
+        }
+        return summary
+    }
+
+    /// Makes every chunk put so far durable: `fsync`s the newest segment, and the directory if segments were
+    /// created or deleted since the last call.
+    /// - Throws: ``ChunkStoreError/Code/ioFailed``.
+    public func sync() throws(ChunkStoreError) {
+        try activeSegment.sync()
+        if needsDirectorySync {
+            let descriptor = open(directory, O_RDONLY | O_CLOEXEC)
+            guard descriptor >= 0 else {
+                throw ChunkStoreError.system("open", path: directory)
+            }
+            defer { close(descriptor) }
+            guard fsync(descriptor) == 0 else {
+                throw ChunkStoreError.system("fsync", path: directory)
+            }
+            needsDirectorySync = false
+        }
+    }
+
+    // MARK: KnownChunks and ChunkProvider
+
+    /// Whether the store holds a chunk with this XXH3-128 identity (``KnownChunks``).
+    /// - Parameter identity: A chunk identity.
+    /// - Returns: True if ``contents(of:)`` can produce it (unless it turns out corrupt).
+    public func contains(_ identity: ChunkIdentity) -> Bool {
+        identities[identity] != nil
+    }
+
+    /// The content of the chunk with this XXH3-128 identity (``ChunkProvider``), checked against the identity.
+    ///
+    /// A corrupt record yields nil (and is dropped), which ``ImageDecoder`` reports as an unknown chunk; call
+    /// ``get(_:)`` to see the typed error.
+    /// - Parameter identity: A chunk identity.
+    /// - Returns: The bytes, or nil if not held or corrupt.
+    public func contents(of identity: ChunkIdentity) -> [UInt8]? {
+        guard let key = identities[identity], let bytes = try? get(key), ChunkIdentity(of: bytes) == identity else {
+            return nil
+        }
+        return bytes
+    }
+
+    // MARK: Internals shared with recovery and eviction
+
+    var activeSegment: ChunkSegment {
+        guard let number = order.last, let segment = segments[number] else {
+            preconditionFailure("a chunk store always has an active segment once opened")
+        }
+        return segment
+    }
+
+    func touch(_ key: ChunkKey) {
+        clock += 1
+        index[key]?.lastUse = clock
+    }
+
+    /// Drops a chunk from the index (its bytes stay in the segment until the segment is evicted).
+    func forget(_ key: ChunkKey) {
+        guard let location = index.removeValue(forKey: key) else {
+            return
+        }
+        if identities[location.identity] == key {
+            identities[location.identity] = nil
+        }
+    }
+
+    func ensureScratch(_ count: Int) {
+        if scratch.count < count {
+            scratch.deallocate()
+            scratch = UnsafeMutableRawBufferPointer.allocate(byteCount: max(count, scratch.count * 2), alignment: 16)
+        }
+    }
+
+    /// Appends a record to the active segment (sealing it first if the record does not fit) and indexes it.
+    func append(key: ChunkKey, identity: ChunkIdentity, data: UnsafeRawBufferPointer, lastUse: UInt64)
+        throws(ChunkStoreError)
+    {
+        let recordLength = ChunkRecord.headerLength + data.count
+        var segment = activeSegment
+        if segment.length > 0 && segment.length + recordLength > configuration.segmentCapacity {
+            segment = try startSegment()
+        }
+        ensureScratch(recordLength)
+        let record = UnsafeMutableRawBufferPointer(rebasing: scratch[0..<recordLength])
+        let header = ChunkRecord.Header(
+            length: data.count, key: key, identity: identity, dataChecksum: ChunkRecord.checksum(of: data))
+        ChunkRecord.encode(header, into: record)
+        if let base = data.baseAddress {
+            (record.baseAddress! + ChunkRecord.headerLength).copyMemory(from: base, byteCount: data.count)
+        }
+        let offset = segment.length
+        try segment.append(UnsafeRawBufferPointer(record))
+        totalSize += recordLength
+        index[key] = Location(
+            identity: identity, segment: segment.number, offset: offset, length: data.count, lastUse: lastUse)
+        segmentKeys[segment.number, default: []].append(key)
+    }
+
+    /// Reads and verifies a record; on a mismatch drops the chunk and throws.
+    /// - Returns: The data, valid until the next read or append.
+    func readRecord(_ key: ChunkKey, at location: Location) throws(ChunkStoreError) -> UnsafeRawBufferPointer {
+        guard let segment = segments[location.segment] else {
+            preconditionFailure("chunk \(key) is indexed in segment \(location.segment), which is not open")
+        }
+        let total = ChunkRecord.headerLength + location.length
+        ensureScratch(total)
+        let buffer = UnsafeMutableRawBufferPointer(rebasing: scratch[0..<total])
+        let isComplete = try segment.read(into: buffer, at: location.offset)
+        let record = UnsafeRawBufferPointer(buffer)
+        let data = UnsafeRawBufferPointer(rebasing: record[ChunkRecord.headerLength...])
+        guard isComplete, let header = ChunkRecord.decode(record), header.key == key,
+            header.length == location.length, ChunkRecord.checksum(of: data) == header.dataChecksum
+        else {
+            forget(key)
+            counters.corruptChunks += 1
+            throw ChunkStoreError(
+                .checksumMismatch,
+                expected: "the \(location.length)-byte chunk \(key) intact at offset \(location.offset) of \(segment.path)",
+                found: isComplete ? "a record that fails its checksum" : "the file ending inside the record",
+                advice: "the chunk was dropped and will be requested again; check the disk for bit rot and that "
+                    + "nothing else writes to the store directory")
+        }
+        return data
+    }
+
+    /// Seals the active segment (`fsync`) and starts the next one.
+    @discardableResult
+    func startSegment() throws(ChunkStoreError) -> ChunkSegment {
+        if let number = order.last, let current = segments[number] {
+            try current.sync()
+        }
+        let number = (order.last ?? 0) + 1
+        let segment = try ChunkSegment(directory: directory, number: number, creating: true)
+        segments[number] = segment
+        order.append(number)
+        needsDirectorySync = true
+        return segment
+    }
+}
