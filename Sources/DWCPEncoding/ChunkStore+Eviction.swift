@@ -18,7 +18,7 @@ extension PersistentChunkStore {
     /// eviction frees space even when everything was used. The copies are `fsync`ed before the segment is deleted,
     /// so a crash in between loses nothing that was durable.
     func evictOldestSegment() throws(ChunkStoreError) {
-        let number = order.removeFirst()
+        let number = order[0]
         guard let segment = segments[number] else {
             preconditionFailure("segment \(number) is in the eviction order but not open")
         }
@@ -54,6 +54,7 @@ extension PersistentChunkStore {
             try activeSegment.sync()
         }
         try segment.remove()
+        order.removeFirst()
         segments[number] = nil
         segmentKeys[number] = nil
         totalSize -= segment.length

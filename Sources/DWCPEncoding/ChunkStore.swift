@@ -368,7 +368,8 @@ public final class PersistentChunkStore: KnownChunks, ChunkProvider {
             counters.corruptChunks += 1
             throw ChunkStoreError(
                 .checksumMismatch,
-                expected: "the \(location.length)-byte chunk \(key) intact at offset \(location.offset) of \(segment.path)",
+                expected:
+                    "the \(location.length)-byte chunk \(key) intact at offset \(location.offset) of \(segment.path)",
                 found: isComplete ? "a record that fails its checksum" : "the file ending inside the record",
                 advice: "the chunk was dropped and will be requested again; check the disk for bit rot and that "
                     + "nothing else writes to the store directory")

@@ -86,7 +86,10 @@ enum Files {
 }
 
 @Suite struct ChunkStoreTests {
+    /// Small segments and a cap of four of them, so tests roll segments and evict with little data.
     static let small = PersistentChunkStore.Configuration(segmentCapacity: 16 << 10, capacity: 64 << 10)
+    /// Small segments that are never evicted in these tests.
+    static let roomy = PersistentChunkStore.Configuration(segmentCapacity: 16 << 10, capacity: 16 << 20)
 
     static func segment(_ directory: TemporaryDirectory, _ number: UInt64 = 1) -> String {
         directory.store + "/" + ChunkSegment.fileName(number)
@@ -141,12 +144,12 @@ enum Files {
         let chunks = Self.chunks(60, length: 1500, seed: 100) + [[], [42]]
         var keys: [ChunkKey] = []
         do {
-            let store = try PersistentChunkStore(directory: directory.store, configuration: Self.small)
+            let store = try PersistentChunkStore(directory: directory.store, configuration: Self.roomy)
             keys = try chunks.map { try store.put($0) }
             try store.sync()
-            #expect(store.statistics.size <= Self.small.capacity)
+            #expect(store.statistics.evictedSegments == 0)
         }
-        let store = try PersistentChunkStore(directory: directory.store, configuration: Self.small)
+        let store = try PersistentChunkStore(directory: directory.store, configuration: Self.roomy)
         #expect(store.recovery.chunks == chunks.count)
         #expect(store.recovery.segments > 1)
         #expect(store.recovery.truncatedBytes == 0)
@@ -264,7 +267,8 @@ enum Files {
         let directory = TemporaryDirectory()
         let chunks = Self.chunks(3, length: 2000, seed: 6)
         let (file, _) = try Self.storeWithLastRecord(directory, chunks: chunks)
-        Files.replace(Self.segment(directory), with: file + TestData.random(333, seed: 1) + [UInt8](repeating: 0, count: 4096))
+        Files.replace(
+            Self.segment(directory), with: file + TestData.random(333, seed: 1) + [UInt8](repeating: 0, count: 4096))
         let store = try PersistentChunkStore(directory: directory.store)
         #expect(store.recovery.truncatedBytes == 333 + 4096)
         #expect(store.count == 3)
@@ -428,7 +432,8 @@ enum Files {
         #expect(summary.serialized().count < 2000 * 10 / 8 + 64)  // ≈ 9.6 bits per key at 1 %
         let probes = 20_000
         var falsePositives = 0
-        for index in 0..<probes where summary.mayContain(ChunkKey(of: TestData.random(16, seed: 1_000_000 + UInt64(index)))) {
+        for index in 0..<probes
+        where summary.mayContain(ChunkKey(of: TestData.random(16, seed: 1_000_000 + UInt64(index)))) {
             falsePositives += 1
         }
         #expect(falsePositives < probes * 2 / 100, "\(falsePositives) false positives of \(probes)")
@@ -452,7 +457,9 @@ enum Files {
         badBits[8] &+= 1
         var noHashes = bytes
         noHashes[5] = 0
-        for malformed in [[], Array(bytes.prefix(23)), Array(bytes.dropLast()), bytes + [0], badMagic, badBits, noHashes] {
+        for malformed in [
+            [], Array(bytes.prefix(23)), Array(bytes.dropLast()), bytes + [0], badMagic, badBits, noHashes,
+        ] {
             let error = #expect(throws: ChunkStoreError.self) {
                 try ChunkSummary(serialized: malformed)
             }
@@ -478,5 +485,99 @@ enum Files {
         let stream = try encoder.encode(image, known: store)
         #expect(encoder.statistics.count(of: .known) == 10)
         #expect(try ImageDecoder().decode(stream, chunks: store) == image)
+    }
+}
+
+/// A real crash: `encoding-bench --chunk-store-writer` puts chunks and syncs every 16, and is killed with SIGKILL
+/// at whatever point it has reached; the store must then hold every synced chunk and serve nothing torn.
+@Suite struct ChunkStoreCrashTests {
+    /// The `encoding-bench` executable built next to the test bundle, if there is one.
+    static let writer: String? = {
+        var buffer = [CChar](repeating: 0, count: 4096)
+        let length = readlink("/proc/self/exe", &buffer, buffer.count - 1)
+        guard length > 0 else {
+            return nil
+        }
+        let executable = String(decoding: buffer[0..<length].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        let candidate =
+            executable.split(separator: "/", omittingEmptySubsequences: false).dropLast()
+            .joined(separator: "/") + "/encoding-bench"
+        return access(candidate, X_OK) == 0 ? candidate : nil
+    }()
+
+    /// The writer's chunk lengths (encoding-bench `writerChunkLength`).
+    static func chunkLength(_ index: Int) -> Int {
+        1 + (index * 7919) % 20_000
+    }
+
+    /// Starts the writer and returns its pid and the read end of its stdout.
+    static func spawnWriter(_ executable: String, directory: String, seed: UInt64) -> (pid_t, Int32) {
+        var pipeEnds: [Int32] = [0, 0]
+        precondition(pipe(&pipeEnds) == 0, "pipe failed: errno \(errno)")
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_adddup2(&actions, pipeEnds[1], 1)
+        posix_spawn_file_actions_addclose(&actions, pipeEnds[0])
+        let arguments = [executable, "--chunk-store-writer", directory, "\(seed)"]
+        var argv: [UnsafeMutablePointer<CChar>?] = arguments.map { strdup($0) } + [nil]
+        defer { argv.forEach { free($0) } }
+        var pid: pid_t = 0
+        let status = posix_spawn(&pid, executable, &actions, nil, &argv, environ)
+        precondition(status == 0, "posix_spawn failed: \(status)")
+        close(pipeEnds[1])
+        return (pid, pipeEnds[0])
+    }
+
+    /// Reads the writer's output until it reports at least `target` synced chunks; returns the last count seen.
+    static func awaitSynced(_ descriptor: Int32, atLeast target: Int) -> Int {
+        var text = ""
+        var synced = 0
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        while synced < target {
+            let got = buffer.withUnsafeMutableBytes { read(descriptor, $0.baseAddress, $0.count) }
+            guard got > 0 else {
+                return synced  // the writer ended early; the caller's expectations will say so
+            }
+            text += String(decoding: buffer[0..<got], as: UTF8.self)
+            let lines = text.split(separator: "\n", omittingEmptySubsequences: false)
+            for line in lines.dropLast() where line.hasPrefix("synced ") {
+                synced = Int(line.dropFirst(7)) ?? synced
+            }
+            text = String(lines.last ?? "")
+        }
+        return synced
+    }
+
+    @Test(.enabled(if: writer != nil, "needs the encoding-bench executable next to the test bundle"))
+    func killedWriterLeavesEverySyncedChunkAndNothingTorn() throws {
+        let directory = TemporaryDirectory()
+        let seed: UInt64 = 4242
+        var synced = 0
+        for target in [100, 300, 500] {
+            let (pid, output) = Self.spawnWriter(Self.writer!, directory: directory.store, seed: seed)
+            synced = Self.awaitSynced(output, atLeast: target)
+            kill(pid, SIGKILL)
+            var status: Int32 = 0
+            waitpid(pid, &status, 0)
+            close(output)
+            #expect(synced >= target)
+        }
+        let store = try PersistentChunkStore(
+            directory: directory.store, configuration: .init(segmentCapacity: 64 << 10, capacity: 1 << 30))
+        // The writer puts chunks in order, so what survived must be a prefix 0..<held of them, every one intact.
+        var held = 0
+        while true {
+            let chunk = TestData.random(Self.chunkLength(held), seed: seed &+ UInt64(held))
+            let key = ChunkKey(of: chunk)
+            guard store.contains(key) else {
+                break
+            }
+            #expect(try store.get(key) == chunk, "chunk \(held) differs")
+            held += 1
+        }
+        #expect(held >= synced, "synced chunks lost: \(held) held, \(synced) synced")
+        let found = held
+        #expect(found == store.count, "the store holds chunks the writer never wrote")
     }
 }
