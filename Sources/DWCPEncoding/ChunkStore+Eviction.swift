@@ -51,6 +51,7 @@ extension PersistentChunkStore {
         }
         counters.retainedChunks += retained.count
         if !retained.isEmpty {
+            try flush()
             try activeSegment.sync()
         }
         try segment.remove()

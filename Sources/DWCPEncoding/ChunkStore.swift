@@ -12,14 +12,16 @@
 /// key, XXH3-128 identity, data checksum, header checksum) followed by the data. The index (key → segment, offset,
 /// length) lives in memory and is rebuilt by scanning the segments when the store is opened:
 ///
-/// - **Crash safety.** A record is indexed only after its write returned, and on open a record is indexed only if
-///   its header checksum holds and, in the newest segment (the only one written since its last `fsync`), its data
-///   checksum too. A write torn by a crash is therefore never addressable: the torn tail is cut off and appends
-///   continue after the last whole record. Older segments were `fsync`ed when they were sealed.
+/// - **Crash safety.** Records are only appended (gathered into `pwrite`s of up to 1 MiB), never overwritten. On
+///   open a record is indexed only if its header checksum holds and, in the newest segment (the only one written
+///   since its last `fsync`), its data checksum too. A write torn by a crash is therefore never addressable: the
+///   torn tail is cut off and appends continue after the last whole record. Older segments were `fsync`ed when
+///   they were sealed.
 /// - **Bit rot.** Every read checks the data checksum and throws ``ChunkStoreError/Code/checksumMismatch`` rather
 ///   than serve bad bytes; the chunk is then dropped from the index, so the sender is asked for it again.
-/// - **Durability** is explicit: ``sync()`` `fsync`s the newest segment (and the directory after segments were
-///   created or deleted). Chunks put since the last ``sync()`` may be lost by a power failure, never corrupted.
+/// - **Durability** is explicit: ``sync()`` writes the buffered records and `fsync`s the newest segment (and the
+///   directory after segments were created or deleted). Chunks put since the last ``sync()`` may be lost by a
+///   crash or power failure, never corrupted.
 /// - **Size cap.** When the segments exceed ``Configuration/capacity`` the oldest segment is deleted; chunks in it
 ///   that were used (read, or put again) since they were written are first appended anew — a second-chance (CLOCK)
 ///   approximation of LRU — up to half of that segment's size, most recently used first.
@@ -107,6 +109,13 @@ public final class PersistentChunkStore: KnownChunks, ChunkProvider {
     var needsDirectorySync = false
     private var lockDescriptor: Int32 = -1
     var scratch = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 16, alignment: 16)
+    /// Records appended but not yet written to the active segment: they follow its ``ChunkSegment/length``.
+    var pending = UnsafeMutableRawBufferPointer.allocate(
+        byteCount: PersistentChunkStore.writeBufferLength, alignment: 16)
+    var pendingLength = 0
+    var pendingKeys: [ChunkKey] = []
+    /// Records are gathered into one `pwrite` of up to this many bytes; larger records are written alone.
+    static let writeBufferLength = 1 << 20
 
     /// Opens the store in `directory`, creating the directory if it does not exist, and rebuilds the index.
     ///
@@ -146,7 +155,9 @@ public final class PersistentChunkStore: KnownChunks, ChunkProvider {
     }
 
     deinit {
+        try? flush()  // a clean close writes what was put; durability still needs sync()
         scratch.deallocate()
+        pending.deallocate()
         if lockDescriptor >= 0 {
             close(lockDescriptor)  // releases the flock
         }
@@ -257,6 +268,7 @@ public final class PersistentChunkStore: KnownChunks, ChunkProvider {
     /// created or deleted since the last call.
     /// - Throws: ``ChunkStoreError/Code/ioFailed``.
     public func sync() throws(ChunkStoreError) {
+        try flush()
         try activeSegment.sync()
         if needsDirectorySync {
             let descriptor = open(directory, O_RDONLY | O_CLOEXEC)
@@ -325,41 +337,92 @@ public final class PersistentChunkStore: KnownChunks, ChunkProvider {
     }
 
     /// Appends a record to the active segment (sealing it first if the record does not fit) and indexes it.
+    ///
+    /// Records are gathered in the write buffer and written by ``flush()`` with one `pwrite`; a record larger than
+    /// the buffer is written at once. A buffered record is read from the buffer.
     func append(key: ChunkKey, identity: ChunkIdentity, data: UnsafeRawBufferPointer, lastUse: UInt64)
         throws(ChunkStoreError)
     {
         let recordLength = ChunkRecord.headerLength + data.count
         var segment = activeSegment
-        if segment.length > 0 && segment.length + recordLength > configuration.segmentCapacity {
+        let end = segment.length + pendingLength
+        if end > 0 && end + recordLength > configuration.segmentCapacity {
             segment = try startSegment()
         }
-        ensureScratch(recordLength)
-        let record = UnsafeMutableRawBufferPointer(rebasing: scratch[0..<recordLength])
+        if pendingLength + recordLength > pending.count {
+            try flush()
+        }
+        let offset = segment.length + pendingLength
         let header = ChunkRecord.Header(
             length: data.count, key: key, identity: identity, dataChecksum: ChunkRecord.checksum(of: data))
+        let isBuffered = recordLength <= pending.count
+        let record: UnsafeMutableRawBufferPointer
+        if isBuffered {
+            record = UnsafeMutableRawBufferPointer(rebasing: pending[pendingLength..<(pendingLength + recordLength)])
+        } else {
+            ensureScratch(recordLength)
+            record = UnsafeMutableRawBufferPointer(rebasing: scratch[0..<recordLength])
+        }
         ChunkRecord.encode(header, into: record)
         if let base = data.baseAddress {
             (record.baseAddress! + ChunkRecord.headerLength).copyMemory(from: base, byteCount: data.count)
         }
-        let offset = segment.length
-        try segment.append(UnsafeRawBufferPointer(record))
+        if isBuffered {
+            pendingLength += recordLength
+            pendingKeys.append(key)
+        } else {
+            try segment.append(UnsafeRawBufferPointer(record))
+        }
         totalSize += recordLength
         index[key] = Location(
             identity: identity, segment: segment.number, offset: offset, length: data.count, lastUse: lastUse)
         segmentKeys[segment.number, default: []].append(key)
     }
 
+    /// Writes the buffered records to the active segment. If the write fails, they are dropped from the index
+    /// (the file is cut back, so nothing partial stays addressable) and the error is thrown.
+    func flush() throws(ChunkStoreError) {
+        guard pendingLength > 0 else {
+            return
+        }
+        let segment = activeSegment
+        let flushedLength = segment.length
+        defer {
+            pendingLength = 0
+            pendingKeys.removeAll(keepingCapacity: true)
+        }
+        do {
+            try segment.append(UnsafeRawBufferPointer(rebasing: pending[0..<pendingLength]))
+        } catch {
+            for key in pendingKeys {
+                if let location = index[key], location.segment == segment.number, location.offset >= flushedLength {
+                    forget(key)
+                }
+            }
+            totalSize -= pendingLength
+            throw error
+        }
+    }
+
     /// Reads and verifies a record; on a mismatch drops the chunk and throws.
-    /// - Returns: The data, valid until the next read or append.
+    /// - Returns: The data, valid until the next read, append or flush.
     func readRecord(_ key: ChunkKey, at location: Location) throws(ChunkStoreError) -> UnsafeRawBufferPointer {
         guard let segment = segments[location.segment] else {
             preconditionFailure("chunk \(key) is indexed in segment \(location.segment), which is not open")
         }
         let total = ChunkRecord.headerLength + location.length
-        ensureScratch(total)
-        let buffer = UnsafeMutableRawBufferPointer(rebasing: scratch[0..<total])
-        let isComplete = try segment.read(into: buffer, at: location.offset)
-        let record = UnsafeRawBufferPointer(buffer)
+        let record: UnsafeRawBufferPointer
+        let isComplete: Bool
+        if location.segment == order.last, location.offset >= segment.length {
+            let start = location.offset - segment.length
+            record = UnsafeRawBufferPointer(rebasing: pending[start..<(start + total)])
+            isComplete = true
+        } else {
+            ensureScratch(total)
+            let buffer = UnsafeMutableRawBufferPointer(rebasing: scratch[0..<total])
+            isComplete = try segment.read(into: buffer, at: location.offset)
+            record = UnsafeRawBufferPointer(buffer)
+        }
         let data = UnsafeRawBufferPointer(rebasing: record[ChunkRecord.headerLength...])
         guard isComplete, let header = ChunkRecord.decode(record), header.key == key,
             header.length == location.length, ChunkRecord.checksum(of: data) == header.dataChecksum
@@ -381,6 +444,7 @@ public final class PersistentChunkStore: KnownChunks, ChunkProvider {
     @discardableResult
     func startSegment() throws(ChunkStoreError) -> ChunkSegment {
         if let number = order.last, let current = segments[number] {
+            try flush()
             try current.sync()
         }
         let number = (order.last ?? 0) + 1

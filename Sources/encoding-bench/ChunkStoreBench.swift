@@ -132,7 +132,7 @@ func runChunkStoreBench(directory: String, runs: Int, chunks: Int) -> Never {
     print("|---|---|---|---|---|")
     do {
         try measureStore(directory: directory, chunkLength: 4096, count: chunks, runs: runs)
-        try measureStore(directory: directory, chunkLength: 1 << 20, count: max(1, chunks * 4096 >> 20), runs: runs)
+        try measureStore(directory: directory, chunkLength: 1 << 20, count: max(1, (chunks * 4096) >> 20), runs: runs)
     } catch {
         fail("\(error)")
     }

@@ -136,6 +136,7 @@ enum Files {
         #expect(first == second)
         #expect(store.count == 1)
         #expect(store.statistics.size == size)
+        try store.sync()
         #expect(Files.length(Self.segment(directory)) == size)
     }
 
@@ -282,6 +283,7 @@ enum Files {
         let chunks = Self.chunks(3, length: 3000, seed: 20)
         let store = try PersistentChunkStore(directory: directory.store)
         let keys = try chunks.map { try store.put($0) }
+        try store.sync()
         let record = ChunkRecord.headerLength + 3000
         Files.poke(Self.segment(directory), at: record + ChunkRecord.headerLength + 1234) { $0 ^ 0x10 }
         let error = #expect(throws: ChunkStoreError.self) {
@@ -305,6 +307,7 @@ enum Files {
         let directory = TemporaryDirectory()
         let store = try PersistentChunkStore(directory: directory.store)
         let key = try store.put(TestData.random(100, seed: 1))
+        try store.sync()
         Files.poke(Self.segment(directory), at: offset) { $0 ^ 0x80 }
         let error = #expect(throws: ChunkStoreError.self) {
             try store.get(key)
