@@ -29,6 +29,19 @@ func pseudoRandomBytes(_ count: Int, seed: UInt64) -> [UInt8] {
     }
 }
 
+/// The process's resident set size (`/proc/self/statm`), or 0 where there is none.
+func residentBytes() -> Int {
+    let descriptor = open("/proc/self/statm", O_RDONLY)
+    guard descriptor >= 0 else { return 0 }
+    defer { close(descriptor) }
+    var buffer = [UInt8](repeating: 0, count: 256)
+    let got = buffer.withUnsafeMutableBytes { read(descriptor, $0.baseAddress, $0.count) }
+    guard got > 0 else { return 0 }
+    let fields = String(decoding: buffer[0..<got], as: UTF8.self).split(separator: " ")
+    guard fields.count > 1, let pages = Int(fields[1]) else { return 0 }
+    return pages * Int(sysconf(Int32(_SC_PAGESIZE)))
+}
+
 func removeStore(_ directory: String) {
     guard let stream = opendir(directory) else { return }
     while let entry = readdir(stream) {
@@ -81,16 +94,29 @@ func measureStore(directory: String, chunkLength: Int, count: Int, runs: Int) th
     order.shuffle(using: &generator)
     let clock = ContinuousClock()
     var puts: [Double] = []
+    var hashes: [Double] = []
     var syncs: [Double] = []
     var gets: [Double] = []
     var opens: [Double] = []
+    var indexBytes: [Double] = []
     for _ in 0..<runs {
         removeStore(directory)
         var keys: [ChunkKey] = []
         keys.reserveCapacity(count)
         do {
-            let store = try PersistentChunkStore(directory: directory)
+            // SHA-256 alone over the same chunks, just before the puts: the part of a put no store design avoids.
             var start = clock.now
+            var fold = 0
+            data.withUnsafeBytes { raw in
+                for offset in stride(from: 0, to: raw.count, by: chunkLength) {
+                    fold ^= ChunkKey(of: UnsafeRawBufferPointer(rebasing: raw[offset..<(offset + chunkLength)]))
+                        .hashValue
+                }
+            }
+            hashes.append(seconds(clock.now - start))
+            guard fold != 1 else { fail("unlikely fold") }
+            let store = try PersistentChunkStore(directory: directory)
+            start = clock.now
             for offset in stride(from: 0, to: data.count, by: chunkLength) {
                 let key = try data.withUnsafeBytes { raw in
                     try store.put(UnsafeRawBufferPointer(rebasing: raw[offset..<(offset + chunkLength)]))
@@ -110,9 +136,11 @@ func measureStore(directory: String, chunkLength: Int, count: Int, runs: Int) th
             gets.append(seconds(clock.now - start))
             guard total == data.count else { fail("read \(total) bytes, expected \(data.count)") }
         }
+        let residentBefore = residentBytes()
         let start = clock.now
         let reopened = try PersistentChunkStore(directory: directory)
         opens.append(seconds(clock.now - start))
+        indexBytes.append(Double(residentBytes() - residentBefore) / Double(count))
         guard reopened.count == count, reopened.recovery.truncatedBytes == 0 else {
             fail("reopen found \(reopened.count) chunks, cut \(reopened.recovery.truncatedBytes) bytes")
         }
@@ -121,15 +149,18 @@ func measureStore(directory: String, chunkLength: Int, count: Int, runs: Int) th
     let mb = Double(data.count) / 1e6
     let size = chunkLength >= 1 << 20 ? "\(chunkLength >> 20) MiB" : "\(chunkLength >> 10) KiB"
     print(
-        "| \(size) × \(count) | \(format(mb / median(puts))) | \(format(mb / (median(puts) + median(syncs)))) | "
-            + "\(format(mb / median(gets))) | \(format(median(opens) * 1000)) |")
+        "| \(size) × \(count) | \(format(mb / median(hashes))) | \(format(mb / median(puts))) | "
+            + "\(format(mb / (median(puts) + median(syncs)))) | \(format(mb / median(gets))) | "
+            + "\(format(median(opens) * 1000)) | \(format(median(indexBytes), 0)) |")
 }
 
 func runChunkStoreBench(directory: String, runs: Int, chunks: Int) -> Never {
     measureHashes(runs: runs)
     print("")
-    print("| chunks | put MB/s | put + fsync MB/s | get MB/s (random order) | open (rebuild index) ms |")
-    print("|---|---|---|---|---|")
+    print(
+        "| chunks | SHA-256 alone MB/s | put MB/s | put + fsync MB/s | get MB/s (random order) "
+            + "| open (rebuild index) ms | index RSS bytes/chunk |")
+    print("|---|---|---|---|---|---|---|")
     do {
         try measureStore(directory: directory, chunkLength: 4096, count: chunks, runs: runs)
         try measureStore(directory: directory, chunkLength: 1 << 20, count: max(1, (chunks * 4096) >> 20), runs: runs)
