@@ -23,8 +23,9 @@ extension PersistentChunkStore {
             preconditionFailure("segment \(number) is in the eviction order but not open")
         }
         var live: [(key: ChunkKey, location: Location)] = []
+        var seen: Set<ChunkKey> = []
         for key in segmentKeys[number] ?? [] {
-            if let location = index[key], location.segment == number {
+            if let location = index[key], location.segment == number, seen.insert(key).inserted {
                 live.append((key, location))
             }
         }

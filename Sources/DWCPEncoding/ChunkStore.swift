@@ -80,13 +80,28 @@ public final class PersistentChunkStore: KnownChunks, ChunkProvider {
     }
 
     /// Where a chunk's record is, its XXH3-128 identity, and when it was last used (0: not used since it was
-    /// written).
+    /// written). 40 bytes: segment numbers, offsets and lengths fit 32 bits (segments are at most 1 GiB).
     struct Location {
         var identity: ChunkIdentity
-        var segment: UInt64
-        var offset: Int
-        var length: Int
         var lastUse: UInt64
+        private var segmentNumber: UInt32
+        private var offsetInSegment: UInt32
+        private var dataLength: UInt32
+
+        init(identity: ChunkIdentity, segment: UInt64, offset: Int, length: Int, lastUse: UInt64) {
+            precondition(
+                segment <= UInt32.max && offset <= UInt32.max && length <= UInt32.max,
+                "segment \(segment), offset \(offset), length \(length) exceed the index's 32-bit fields")
+            self.identity = identity
+            self.lastUse = lastUse
+            segmentNumber = UInt32(segment)
+            offsetInSegment = UInt32(offset)
+            dataLength = UInt32(length)
+        }
+
+        var segment: UInt64 { UInt64(segmentNumber) }
+        var offset: Int { Int(offsetInSegment) }
+        var length: Int { Int(dataLength) }
     }
 
     /// The directory holding the segment files.

@@ -102,7 +102,11 @@ final class ChunkSegment {
         guard name.hasPrefix("segment-"), name.hasSuffix(".log"), name.utf8.count == 8 + 16 + 4 else {
             return nil
         }
-        return UInt64(name.dropFirst(8).dropLast(4), radix: 16)
+        // Numbers past 2^32 − 2 are not the store's: it counts from 1 and the index keeps 32 bits.
+        guard let number = UInt64(name.dropFirst(8).dropLast(4), radix: 16), number < UInt32.max else {
+            return nil
+        }
+        return number
     }
 
     init(directory: String, number: UInt64, creating: Bool) throws(ChunkStoreError) {

@@ -29,19 +29,6 @@ func pseudoRandomBytes(_ count: Int, seed: UInt64) -> [UInt8] {
     }
 }
 
-/// The process's resident set size (`/proc/self/statm`), or 0 where there is none.
-func residentBytes() -> Int {
-    let descriptor = open("/proc/self/statm", O_RDONLY)
-    guard descriptor >= 0 else { return 0 }
-    defer { close(descriptor) }
-    var buffer = [UInt8](repeating: 0, count: 256)
-    let got = buffer.withUnsafeMutableBytes { read(descriptor, $0.baseAddress, $0.count) }
-    guard got > 0 else { return 0 }
-    let fields = String(decoding: buffer[0..<got], as: UTF8.self).split(separator: " ")
-    guard fields.count > 1, let pages = Int(fields[1]) else { return 0 }
-    return pages * Int(sysconf(Int32(_SC_PAGESIZE)))
-}
-
 func removeStore(_ directory: String) {
     guard let stream = opendir(directory) else { return }
     while let entry = readdir(stream) {
@@ -98,7 +85,6 @@ func measureStore(directory: String, chunkLength: Int, count: Int, runs: Int) th
     var syncs: [Double] = []
     var gets: [Double] = []
     var opens: [Double] = []
-    var indexBytes: [Double] = []
     for _ in 0..<runs {
         removeStore(directory)
         var keys: [ChunkKey] = []
@@ -136,11 +122,9 @@ func measureStore(directory: String, chunkLength: Int, count: Int, runs: Int) th
             gets.append(seconds(clock.now - start))
             guard total == data.count else { fail("read \(total) bytes, expected \(data.count)") }
         }
-        let residentBefore = residentBytes()
         let start = clock.now
         let reopened = try PersistentChunkStore(directory: directory)
         opens.append(seconds(clock.now - start))
-        indexBytes.append(Double(residentBytes() - residentBefore) / Double(count))
         guard reopened.count == count, reopened.recovery.truncatedBytes == 0 else {
             fail("reopen found \(reopened.count) chunks, cut \(reopened.recovery.truncatedBytes) bytes")
         }
@@ -151,7 +135,7 @@ func measureStore(directory: String, chunkLength: Int, count: Int, runs: Int) th
     print(
         "| \(size) × \(count) | \(format(mb / median(hashes))) | \(format(mb / median(puts))) | "
             + "\(format(mb / (median(puts) + median(syncs)))) | \(format(mb / median(gets))) | "
-            + "\(format(median(opens) * 1000)) | \(format(median(indexBytes), 0)) |")
+            + "\(format(median(opens) * 1000)) |")
 }
 
 func runChunkStoreBench(directory: String, runs: Int, chunks: Int) -> Never {
@@ -159,8 +143,8 @@ func runChunkStoreBench(directory: String, runs: Int, chunks: Int) -> Never {
     print("")
     print(
         "| chunks | SHA-256 alone MB/s | put MB/s | put + fsync MB/s | get MB/s (random order) "
-            + "| open (rebuild index) ms | index RSS bytes/chunk |")
-    print("|---|---|---|---|---|---|---|")
+            + "| open (rebuild index) ms |")
+    print("|---|---|---|---|---|---|")
     do {
         try measureStore(directory: directory, chunkLength: 4096, count: chunks, runs: runs)
         try measureStore(directory: directory, chunkLength: 1 << 20, count: max(1, (chunks * 4096) >> 20), runs: runs)

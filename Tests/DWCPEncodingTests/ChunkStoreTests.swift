@@ -200,6 +200,23 @@ enum Files {
         _ = try PersistentChunkStore(directory: directory.store)
     }
 
+    @Test func ignoresFilesThatAreNotSegments() throws {
+        let directory = TemporaryDirectory()
+        let chunk = TestData.random(500, seed: 3)
+        do {
+            let store = try PersistentChunkStore(directory: directory.store)
+            try store.put(chunk)
+        }
+        for name in ["notes.txt", "segment-zz.log", "segment-ffffffffffffffff.log", "segment-0000000000000001.lo"] {
+            let descriptor = open(directory.store + "/" + name, O_WRONLY | O_CREAT, 0o644)
+            #expect(descriptor >= 0)
+            close(descriptor)
+        }
+        let store = try PersistentChunkStore(directory: directory.store)
+        #expect(store.recovery.segments == 1)
+        #expect(try store.get(ChunkKey(of: chunk)) == chunk)
+    }
+
     // MARK: Crash safety
 
     /// Writes `chunks` to a fresh store and returns the segment's bytes and where the last record starts.
