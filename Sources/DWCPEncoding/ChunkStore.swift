@@ -123,6 +123,7 @@ public final class PersistentChunkStore: KnownChunks, ChunkProvider {
     var counters = Statistics()
     var needsDirectorySync = false
     private var lockDescriptor: Int32 = -1
+    private var registeredDirectory: String?
     var scratch = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 16, alignment: 16)
     /// Records appended but not yet written to the active segment: they follow its ``ChunkSegment/length``.
     var pending = UnsafeMutableRawBufferPointer.allocate(
@@ -135,13 +136,16 @@ public final class PersistentChunkStore: KnownChunks, ChunkProvider {
     /// Opens the store in `directory`, creating the directory if it does not exist, and rebuilds the index.
     ///
     /// Torn tails are cut off (see ``recovery``). Only one store instance may have a directory open at a time; the
-    /// directory's `LOCK` file enforces it with `flock`.
+    /// directory's `LOCK` file (a POSIX record lock) enforces it between processes, a registry within the process.
     /// - Parameters:
     ///   - directory: The store's directory; its parent must exist.
     ///   - configuration: Segment size and size cap.
     /// - Throws: ``ChunkStoreError/Code/invalidConfiguration``, ``ChunkStoreError/Code/storeInUse`` if the
     ///   directory is open elsewhere, or ``ChunkStoreError/Code/ioFailed``.
     public init(directory: String, configuration: Configuration = Configuration()) throws(ChunkStoreError) {
+        // Stored properties first, so that deinit (which frees the buffers) runs whatever throws below.
+        self.directory = directory
+        self.configuration = configuration
         guard (4096...(1 << 30)).contains(configuration.segmentCapacity),
             configuration.capacity >= 2 * configuration.segmentCapacity
         else {
@@ -149,22 +153,10 @@ public final class PersistentChunkStore: KnownChunks, ChunkProvider {
                 .invalidConfiguration, expected: "segments of 4 KiB...1 GiB and a capacity of at least two segments",
                 found: "segments of \(configuration.segmentCapacity) bytes, capacity \(configuration.capacity)")
         }
-        self.directory = directory
-        self.configuration = configuration
         guard mkdir(directory, 0o755) == 0 || errno == EEXIST else {
             throw ChunkStoreError.system("mkdir", path: directory)
         }
-        let lockPath = directory + "/LOCK"
-        lockDescriptor = open(lockPath, O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
-        guard lockDescriptor >= 0 else {
-            throw ChunkStoreError.system("open", path: lockPath)
-        }
-        guard flock(lockDescriptor, LOCK_EX | LOCK_NB) == 0 else {
-            let code = errno
-            throw ChunkStoreError(
-                .storeInUse, expected: "no other store instance to have \(directory) open",
-                found: "its LOCK held", advice: "open a directory once and share the instance", systemError: code)
-        }
+        try lockDirectory()
         try recover()
         try evictIfNeeded()
     }
@@ -174,7 +166,44 @@ public final class PersistentChunkStore: KnownChunks, ChunkProvider {
         scratch.deallocate()
         pending.deallocate()
         if lockDescriptor >= 0 {
-            close(lockDescriptor)  // releases the flock
+            close(lockDescriptor)  // releases the record lock
+        }
+        if let registeredDirectory {
+            OpenStoreDirectories.shared.remove(registeredDirectory)
+        }
+    }
+
+    /// Takes the directory for this instance: against other processes with a POSIX record lock (`fcntl`) on
+    /// `LOCK`, against other instances in this process with ``OpenStoreDirectories``.
+    ///
+    /// Not `flock`: a `flock` belongs to the open file description, which a child forked at that moment (this
+    /// process spawns QEMU) shares until it execs, so a close-then-reopen could find the lock still held. Record
+    /// locks belong to the process and are not inherited.
+    private func lockDirectory() throws(ChunkStoreError) {
+        guard let resolved = realpath(directory, nil) else {
+            throw ChunkStoreError.system("realpath", path: directory)
+        }
+        let canonical = String(cString: resolved)
+        free(resolved)
+        guard OpenStoreDirectories.shared.insert(canonical) else {
+            throw ChunkStoreError(
+                .storeInUse, expected: "no other store instance in this process to have \(canonical) open",
+                found: "one open", advice: "open a directory once and share the instance")
+        }
+        registeredDirectory = canonical
+        let lockPath = canonical + "/LOCK"
+        lockDescriptor = open(lockPath, O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
+        guard lockDescriptor >= 0 else {
+            throw ChunkStoreError.system("open", path: lockPath)
+        }
+        var request = flock()
+        request.l_type = Int16(F_WRLCK)
+        request.l_whence = Int16(SEEK_SET)
+        guard fcntl(lockDescriptor, F_SETLK, &request) == 0 else {
+            let code = errno
+            throw ChunkStoreError(
+                .storeInUse, expected: "no other process to have \(canonical) open", found: "its LOCK held",
+                advice: "stop the other process, or open the store in one process only", systemError: code)
         }
     }
 
@@ -468,5 +497,32 @@ public final class PersistentChunkStore: KnownChunks, ChunkProvider {
         order.append(number)
         needsDirectorySync = true
         return segment
+    }
+}
+
+/// The canonical paths of the directories that a ``PersistentChunkStore`` in this process has open.
+final class OpenStoreDirectories: @unchecked Sendable {  // every access holds `mutex`
+    static let shared = OpenStoreDirectories()
+
+    private let mutex: UnsafeMutablePointer<pthread_mutex_t>
+    private var paths: Set<String> = []
+
+    private init() {
+        mutex = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
+        mutex.initialize(to: pthread_mutex_t())
+        pthread_mutex_init(mutex, nil)
+    }
+
+    /// Adds a path; false if it is already there.
+    func insert(_ path: String) -> Bool {
+        pthread_mutex_lock(mutex)
+        defer { pthread_mutex_unlock(mutex) }
+        return paths.insert(path).inserted
+    }
+
+    func remove(_ path: String) {
+        pthread_mutex_lock(mutex)
+        defer { pthread_mutex_unlock(mutex) }
+        paths.remove(path)
     }
 }

@@ -89,6 +89,8 @@ final class ChunkSegment {
     private(set) var descriptor: Int32
     /// The length of the valid records; appends go here.
     var length: Int
+    /// ``length`` at the last ``sync()``: the prefix a power failure cannot take away.
+    private(set) var syncedLength = 0
     /// The store's use clock at the last append into this segment (0 after a reopen).
     var lastAppendTick: UInt64 = 0
 
@@ -184,6 +186,7 @@ final class ChunkSegment {
         guard fsync(descriptor) == 0 else {
             throw ChunkStoreError.system("fsync", path: path)
         }
+        syncedLength = length
     }
 
     /// The file's length on disk, which can exceed ``length`` before recovery.

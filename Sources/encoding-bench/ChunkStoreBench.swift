@@ -95,8 +95,8 @@ func measureStore(directory: String, chunkLength: Int, count: Int, runs: Int) th
             var fold = 0
             data.withUnsafeBytes { raw in
                 for offset in stride(from: 0, to: raw.count, by: chunkLength) {
-                    fold ^= ChunkKey(of: UnsafeRawBufferPointer(rebasing: raw[offset..<(offset + chunkLength)]))
-                        .hashValue
+                    let chunk = UnsafeRawBufferPointer(rebasing: raw[offset..<(offset + chunkLength)])
+                    fold ^= ChunkKey(of: chunk).hashValue
                 }
             }
             hashes.append(seconds(clock.now - start))

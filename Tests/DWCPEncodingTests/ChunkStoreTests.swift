@@ -600,4 +600,91 @@ enum Files {
         let found = held
         #expect(found == store.count, "the store holds chunks the writer never wrote")
     }
+
+    @Test(.enabled(if: writer != nil, "needs the encoding-bench executable next to the test bundle"))
+    func anotherProcessCannotOpenAnOpenStore() throws {
+        let directory = TemporaryDirectory()
+        let store = try PersistentChunkStore(directory: directory.store)
+        let (pid, output) = Self.spawnWriter(Self.writer!, directory: directory.store, seed: 1)
+        #expect(Self.awaitSynced(output, atLeast: 1) == 0)  // it fails before writing anything
+        var status: Int32 = 0
+        waitpid(pid, &status, 0)
+        close(output)
+        #expect(status & 0x7f == 0 && (status >> 8) & 0xff == 2, "wait status \(status)")
+        #expect(store.count == 0)
+    }
+}
+
+/// Seeded random sequences of puts, gets, syncs, reopens and crashes (the newest segment cut at a random offset
+/// past its last `fsync`) against a small store that evicts: whatever the sequence, the store stays within its
+/// cap, every chunk it holds reads back as exactly the bytes that were put, and a crash loses nothing that was
+/// synced and not evicted.
+@Suite struct ChunkStoreSequenceTests {
+    static let configuration = PersistentChunkStore.Configuration(segmentCapacity: 8 << 10, capacity: 32 << 10)
+
+    @Test(arguments: 1...4 as ClosedRange<UInt64>)
+    func randomOperationsKeepTheInvariants(seed: UInt64) throws {
+        let directory = TemporaryDirectory()
+        var generator = SeededGenerator(seed: seed)
+        let pool = (0..<60).map {
+            TestData.random(Int.random(in: 0...3000, using: &generator), seed: seed * 1000 + UInt64($0))
+        }
+        let contents = Dictionary(pool.map { (ChunkKey(of: $0), $0) }, uniquingKeysWith: { first, _ in first })
+        var store: PersistentChunkStore? = try PersistentChunkStore(
+            directory: directory.store, configuration: Self.configuration)
+        var crashes = 0
+        for step in 0..<500 {
+            switch Int.random(in: 0..<100, using: &generator) {
+            case 0..<55:
+                try store!.put(pool.randomElement(using: &generator)!)
+            case 55..<85:
+                let key = ChunkKey(of: pool.randomElement(using: &generator)!)
+                if let bytes = try store!.get(key) {
+                    #expect(bytes == contents[key], "step \(step)")
+                }
+            case 85..<90:
+                try store!.sync()
+            case 90..<94:
+                store = nil
+                store = try PersistentChunkStore(directory: directory.store, configuration: Self.configuration)
+            default:
+                // A crash: what was synced stays; the newest segment keeps a random prefix of what followed its
+                // last fsync (older segments were fsynced when sealed).
+                try store!.sync()
+                for chunk in pool.shuffled(using: &generator).prefix(3) {
+                    try store!.put(chunk)
+                }
+                try store!.flush()
+                let mustSurvive = contents.keys.filter { store!.contains($0) && isDurable($0, in: store!) }
+                let newest = ChunkStoreTests.segment(directory, store!.order.last!)
+                let durableLength = store!.activeSegment.syncedLength
+                store = nil
+                let file = Files.contents(of: newest)
+                let cut = Int.random(in: durableLength...file.count, using: &generator)
+                Files.replace(newest, with: file[0..<cut])
+                let reopened = try PersistentChunkStore(directory: directory.store, configuration: Self.configuration)
+                for key in mustSurvive {
+                    #expect(reopened.contains(key), "step \(step): a synced chunk was lost")
+                }
+                store = reopened
+                crashes += 1
+            }
+            let now = store!
+            #expect(now.statistics.size <= Self.configuration.capacity, "step \(step)")
+            for (key, bytes) in contents where now.contains(key) {
+                #expect(try now.get(key) == bytes, "step \(step)")
+            }
+        }
+        #expect(crashes > 0)
+    }
+
+    /// Whether the chunk's record lies in a sealed segment or before the newest segment's last fsync.
+    func isDurable(_ key: ChunkKey, in store: PersistentChunkStore) -> Bool {
+        guard let location = store.index[key] else {
+            return false
+        }
+        let newest = store.activeSegment
+        return location.segment != newest.number
+            || location.offset + ChunkRecord.headerLength + location.length <= newest.syncedLength
+    }
 }
