@@ -84,7 +84,11 @@ var package = Package(
         // BEGIN encoding targets (owned by the encoding work; keep edits inside these markers)
         .target(
             name: "DWCPEncoding",
-            dependencies: ["CZstd", "CXXHash"],
+            dependencies: [
+                "CZstd",
+                "CXXHash",
+                .product(name: "Crypto", package: "swift-crypto"),
+            ],
             swiftSettings: strictSettings
         ),
         .executableTarget(

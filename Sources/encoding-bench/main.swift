@@ -2,6 +2,7 @@
 // lz4 command-line tools run on the same files in the same run.
 //
 //   encoding-bench [--runs N] [--levels 1,3] [--no-cli] [--zstd19] IMAGE [IMAGE2]
+//   encoding-bench --chunk-store DIR [--runs N] [--chunks N]   (see ChunkStoreBench.swift)
 //
 // --zstd19 adds `zstd -19 --long=27` for the first image (it runs at a few MB/s). With two images the second
 // is also encoded against the first as its baseline (the pages the receiver already holds), next to
@@ -129,6 +130,8 @@ var levels = [1, 3]
 var runsCLI = true
 var zstd19 = false
 var hashOnly = false
+var chunkStoreDirectory: String?
+var storeChunks = 100_000
 var paths: [String] = []
 while !arguments.isEmpty {
     let argument = arguments.removeFirst()
@@ -138,8 +141,15 @@ while !arguments.isEmpty {
     case "--no-cli": runsCLI = false
     case "--zstd19": zstd19 = true
     case "--hash": hashOnly = true
+    case "--chunk-store": chunkStoreDirectory = arguments.removeFirst()
+    case "--chunks": storeChunks = number(arguments.removeFirst())
+    case "--chunk-store-writer":
+        runChunkStoreWriter(directory: arguments.removeFirst(), seed: UInt64(number(arguments.removeFirst())))
     default: paths.append(argument)
     }
+}
+if let chunkStoreDirectory {
+    runChunkStoreBench(directory: chunkStoreDirectory, runs: runs, chunks: storeChunks)
 }
 guard (1...2).contains(paths.count) else {
     fail("usage: encoding-bench [--runs N] [--levels 1,3] [--no-cli] [--zstd19] IMAGE [IMAGE2]")
