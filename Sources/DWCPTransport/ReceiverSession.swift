@@ -1,9 +1,10 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import Crypto
 import Foundation
 import NIOCore
+
+#if canImport(Glibc)
+    import Glibc
+#endif
 
 /// One transfer being received: the ``TransferReceiver`` machine plus the files it drives.
 ///

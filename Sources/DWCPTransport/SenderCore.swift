@@ -175,7 +175,8 @@ actor SenderCore {
                     TransportError(
                         .connectionFailed,
                         expected: "data streams to \(configuration.host):\(configuration.port) to stay open",
-                        found: "\(consecutiveFailures) failures in a row, the last: \(error.map { "\($0)" } ?? "closed")",
+                        found:
+                            "\(consecutiveFailures) failures in a row, the last: \(error.map { "\($0)" } ?? "closed")",
                         advice: "check the receiver; rerun with --resume to continue where it stopped"
                     ))
                 return
@@ -195,7 +196,8 @@ actor SenderCore {
                 let stream = nextStreamID
                 nextStreamID += 1
                 opening.insert(stream)
-                let backoff = consecutiveFailures == 0 ? Duration.zero : .milliseconds(250 << min(consecutiveFailures, 4))
+                let backoff =
+                    consecutiveFailures == 0 ? Duration.zero : .milliseconds(250 << min(consecutiveFailures, 4))
                 commands.yield(.open(stream, after: backoff))
             }
         } else if live > controller.streamCount {

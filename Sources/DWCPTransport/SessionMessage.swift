@@ -206,7 +206,8 @@ public enum SessionMessage: Hashable, Sendable {
         case .attach:
             let sessionID = try buffer.readField(UInt64.self, "attach session id")
             let token = Token(bytes: try buffer.readFixedBytes(16, "attach token"))
-            self = .attach(sessionID: sessionID, token: token, stream: try buffer.readField(UInt16.self, "attach stream"))
+            self = .attach(
+                sessionID: sessionID, token: token, stream: try buffer.readField(UInt16.self, "attach stream"))
         case .finish:
             let totalChunks = try buffer.readField(UInt64.self, "finish chunk count")
             let totalBytes = try buffer.readField(UInt64.self, "finish byte count")

@@ -190,7 +190,8 @@ public enum TransferClient {
                     inbound: &iterator, outbound: outbound, nodeName: configuration.nodeName, peer: peer)
                 let (session, token) = await core.credentials()
                 try await outbound.write(
-                    frame(.attach(sessionID: session, token: token, stream: UInt16(truncatingIfNeeded: stream)),
+                    frame(
+                        .attach(sessionID: session, token: token, stream: UInt16(truncatingIfNeeded: stream)),
                         session: session))
                 let chunks = await core.streamReady(stream, channel: channel.channel)
                 let connection = channel.channel

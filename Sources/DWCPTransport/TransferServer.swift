@@ -41,7 +41,8 @@ public enum TransferServer {
                         } catch {
                             await registry.finish(
                                 .failure(
-                                    TransportError(.connectionFailed, expected: "to accept connections", found: "\(error)")))
+                                    TransportError(
+                                        .connectionFailed, expected: "to accept connections", found: "\(error)")))
                         }
                         handlers.cancelAll()
                     }
@@ -85,7 +86,8 @@ public enum TransferServer {
             switch try SessionMessage(decoding: first.payload) {
             case .offer(let offer):
                 try await serveControl(
-                    offer, peer: "\(peer) (\(peerAddress))", iterator: &iterator, outbound: outbound, registry: registry)
+                    offer, peer: "\(peer) (\(peerAddress))", iterator: &iterator, outbound: outbound, registry: registry
+                )
             case .attach(let sessionID, let token, _):
                 guard let session = await registry.session(sessionID, token: token) else {
                     try await outbound.write(

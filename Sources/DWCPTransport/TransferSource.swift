@@ -1,9 +1,10 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import Crypto
 import NIOCore
 import NIOPosix
+
+#if canImport(Glibc)
+    import Glibc
+#endif
 
 /// What a sender reads: a file (its size known, so a transfer can resume) or a stream such as
 /// standard input (read once, in order, length unknown until it ends).
@@ -59,7 +60,8 @@ final class SourceReader: @unchecked Sendable {
             size = UInt64(status.st_size)
             // The same file (path, size, modification time) gets the same id, so --resume finds its partial copy.
             var identity = SHA256()
-            identity.update(data: Array("\(path)|\(status.st_size)|\(status.st_mtim.tv_sec).\(status.st_mtim.tv_nsec)".utf8))
+            identity.update(
+                data: Array("\(path)|\(status.st_size)|\(status.st_mtim.tv_sec).\(status.st_mtim.tv_nsec)".utf8))
             transferID = Array(identity.finalize().prefix(16))
         }
     }

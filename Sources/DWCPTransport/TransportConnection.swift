@@ -198,7 +198,8 @@ enum TransportConnection {
                 .authenticationFailed,
                 expected: "a peer certificate issued by this cluster's CA for \(peer)",
                 found: "TLS failed: \(tlsError)",
-                advice: "issue both nodes' certificates from one CA (`novacron certs issue`), with the address dialled as --ip"
+                advice:
+                    "issue both nodes' certificates from one CA (`novacron certs issue`), with the address dialled as --ip"
             )
         }
         if let tlsError = error as? BoringSSLError {

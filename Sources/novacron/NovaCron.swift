@@ -7,7 +7,8 @@ struct NovaCron: AsyncParsableCommand {
         abstract: "NovaCron: a distributed hypervisor for VMs across slow, lossy, long-distance links.",
         version: NovaCronVersion.string,
         subcommands: [
-            VersionCommand.self, SendCommand.self, ReceiveCommand.self, CertsCommand.self, VMCommand.self, WireCommand.self,
+            VersionCommand.self, SendCommand.self, ReceiveCommand.self, CertsCommand.self, VMCommand.self,
+            WireCommand.self,
         ]
     )
 }

@@ -33,7 +33,10 @@ struct ReceiveCommand: AsyncParsableCommand {
         if out != "-" {
             let parent = (out as NSString).deletingLastPathComponent
             var isDirectory: ObjCBool = false
-            guard parent.isEmpty || (FileManager.default.fileExists(atPath: parent, isDirectory: &isDirectory) && isDirectory.boolValue)
+            guard
+                parent.isEmpty
+                    || (FileManager.default.fileExists(atPath: parent, isDirectory: &isDirectory)
+                        && isDirectory.boolValue)
             else {
                 throw ValidationError("--out \(out): the directory \(parent) does not exist")
             }

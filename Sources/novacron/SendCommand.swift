@@ -54,7 +54,8 @@ struct SendCommand: AsyncParsableCommand {
 
     func validate() throws {
         guard minStreams >= 1, maxStreams >= minStreams, maxStreams <= 256 else {
-            throw ValidationError("need 1 <= --min-streams <= --max-streams <= 256, got \(minStreams) and \(maxStreams)")
+            throw ValidationError(
+                "need 1 <= --min-streams <= --max-streams <= 256, got \(minStreams) and \(maxStreams)")
         }
         if let streams, !(1...256).contains(streams) {
             throw ValidationError("--streams must be in 1...256, not \(streams)")
@@ -73,7 +74,8 @@ struct SendCommand: AsyncParsableCommand {
                 (try? String(contentsOfFile: "/proc/sys/net/ipv4/tcp_available_congestion_control", encoding: .utf8))?
                 .split(whereSeparator: \.isWhitespace).map(String.init) ?? []
             guard available.isEmpty || available.contains(cc) else {
-                throw ValidationError("--cc \(cc) is not available here; this kernel offers: \(available.joined(separator: ", "))")
+                throw ValidationError(
+                    "--cc \(cc) is not available here; this kernel offers: \(available.joined(separator: ", "))")
             }
         }
         guard source == "-" || FileManager.default.isReadableFile(atPath: source) else {

@@ -18,7 +18,8 @@ struct LoopbackTransferTests {
         let bytes: Data
 
         init(size: Int) throws {
-            directory = FileManager.default.temporaryDirectory
+            directory =
+                FileManager.default.temporaryDirectory
                 .appendingPathComponent("nctransport-\(UUID().uuidString)").path
             try FileManager.default.createDirectory(atPath: directory + "/out", withIntermediateDirectories: true)
             bytes = FileHandle(forReadingAtPath: "/dev/urandom")!.readData(ofLength: size)
@@ -126,7 +127,9 @@ struct LoopbackTransferTests {
         var configuration = Self.sendConfiguration(port: port)
         configuration.rateLimit = 16e6
         configuration.maximumConsecutiveFailures = 0
-        let firstAttempt = Task { try await TransferClient.send(.file(path: scratch.source), configuration: configuration) }
+        let firstAttempt = Task {
+            try await TransferClient.send(.file(path: scratch.source), configuration: configuration)
+        }
         // Let about a third arrive (the journal has a 32-byte header and 8 bytes per chunk), then kill the receiver.
         let journal = scratch.destination + ".novacron-journal"
         while ((try? FileManager.default.attributesOfItem(atPath: journal)[.size] as? Int) ?? 0) < 32 + 8 * 50 {
@@ -179,7 +182,8 @@ struct LoopbackTransferTests {
         }
         let (receiver, port) = await Self.startReceiver(scratch)
         let sendError = await #expect(throws: TransportError.self) {
-            try await TransferClient.send(.file(path: scratch.source), configuration: Self.sendConfiguration(port: port))
+            try await TransferClient.send(
+                .file(path: scratch.source), configuration: Self.sendConfiguration(port: port))
         }
         #expect(sendError?.code == .destinationFailed)
         #expect("\(sendError.map { "\($0)" } ?? "")".contains("No space left on device"))

@@ -15,8 +15,14 @@ struct SessionMessageTests {
     static let token = SessionMessage.Token(bytes: (0..<16).map { UInt8(200 + $0) })
 
     static let messages: [SessionMessage] = [
-        .offer(.init(transferID: Array(repeating: 7, count: 16), name: "ram.img", totalBytes: 1 << 33, chunkSize: 1 << 20, resume: true)),
-        .offer(.init(transferID: Array(repeating: 1, count: 16), name: "stdin", totalBytes: nil, chunkSize: 4096, resume: false)),
+        .offer(
+            .init(
+                transferID: Array(repeating: 7, count: 16), name: "ram.img", totalBytes: 1 << 33, chunkSize: 1 << 20,
+                resume: true)),
+        .offer(
+            .init(
+                transferID: Array(repeating: 1, count: 16), name: "stdin", totalBytes: nil, chunkSize: 4096,
+                resume: false)),
         .accept(.init(sessionID: 42, token: token, chunkSize: 1 << 20, windowChunks: 96, present: bitmap)),
         .accept(.init(sessionID: 1, token: token, chunkSize: 4096, windowChunks: 4, present: ChunkBitmap())),
         .refuse(reason: "no space — ünïcödé"),

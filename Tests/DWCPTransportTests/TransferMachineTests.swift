@@ -48,7 +48,7 @@ struct TransferMachineTests {
             for stream in sender.stalledStreams(now: now) {
                 #expect(stream == 1)
                 let outcome3 = sender.streamFailed(stream) > 0
-        #expect(outcome3)
+                #expect(outcome3)
                 replaced = true
             }
         }

@@ -24,7 +24,9 @@ struct TransferCLITests {
         /// Waits until it says it is listening.
         func waitUntilListening() async throws {
             for _ in 0..<200 {
-                if let text = try? String(contentsOf: errorURL, encoding: .utf8), text.contains("listening on") { return }
+                if let text = try? String(contentsOf: errorURL, encoding: .utf8), text.contains("listening on") {
+                    return
+                }
                 guard process.isRunning else { break }
                 try await Task.sleep(for: .milliseconds(50))
             }
@@ -125,13 +127,15 @@ struct TransferCLITests {
         #expect(receiver.process.isRunning, "a refused stranger does not end the receiver")
     }
 
-    @Test("Bad arguments are refused with a usage error", arguments: [
-        ["send", "/nonexistent", "--to", "127.0.0.1:1"],
-        ["send", "-", "--to", "no-port-here"],
-        ["send", "-", "--to", "127.0.0.1:1", "--min-streams", "5", "--max-streams", "2"],
-        ["send", "-", "--to", "127.0.0.1:1", "--cc", "warp-drive"],
-        ["receive", "--listen", "127.0.0.1:1", "--out", "/nonexistent/dir/file"],
-    ])
+    @Test(
+        "Bad arguments are refused with a usage error",
+        arguments: [
+            ["send", "/nonexistent", "--to", "127.0.0.1:1"],
+            ["send", "-", "--to", "no-port-here"],
+            ["send", "-", "--to", "127.0.0.1:1", "--min-streams", "5", "--max-streams", "2"],
+            ["send", "-", "--to", "127.0.0.1:1", "--cc", "warp-drive"],
+            ["receive", "--listen", "127.0.0.1:1", "--out", "/nonexistent/dir/file"],
+        ])
     func badArguments(_ arguments: [String]) throws {
         let result = try NovaCronCLI.run(arguments)
         #expect(result.status == 64, "\(arguments): \(result.standardError)")
