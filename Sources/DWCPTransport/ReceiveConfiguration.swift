@@ -20,7 +20,7 @@ public struct ReceiveConfiguration: Sendable {
     public var destination: ReceiveDestination
     /// How many bytes past the first missing chunk are accepted: the reorder window, which bounds
     /// the memory held for hashing in order.
-    public var windowBytes = 96 << 20
+    public var windowBytes = 64 << 20
     /// Replace an existing file at the destination.
     public var overwrite = false
 

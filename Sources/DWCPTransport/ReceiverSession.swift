@@ -10,8 +10,9 @@ import NIOCore
 ///
 /// Chunks are written where they belong (`pwrite`) as they arrive, and each stored chunk's index is
 /// appended to a journal next to the partial file; the journal is the chunk bitmap a resumed
-/// transfer starts from. The SHA-256 follows the contiguous prefix: chunks ahead of it wait in
-/// memory (at most the window), chunks from an earlier attempt are read back. The object appears
+/// transfer starts from. The SHA-256 follows the contiguous prefix: chunks that arrive ahead of it are
+/// read back from the file (page cache) when the prefix reaches them, or, for standard output, wait
+/// in memory (at most the window). The object appears
 /// under its final name only after the whole SHA-256 matched the sender's and the data was synced;
 /// until then it is `NAME.novacron-partial`.
 actor ReceiverSession {
@@ -202,7 +203,15 @@ actor ReceiverSession {
             record.writeInteger(UInt64(index), endianness: .little)
             try Self.writeAll(journalDescriptor, record, what: "the journal")
         }
-        if index >= hashedUpTo { pending[index] = payload }
+        if index == hashedUpTo {
+            pending[index] = payload
+        } else if finalPath == nil {
+            // Standard output needs order: hold the chunk until the prefix reaches it, as a compact copy
+            // (the received buffer may be a slice pinning a larger read buffer).
+            var copy = ByteBufferAllocator().buffer(capacity: payload.readableBytes)
+            copy.writeImmutableBuffer(payload)
+            pending[index] = copy
+        }  // A file destination reads it back from the page cache when the prefix gets there.
         try advanceHash()
         return .store
     }

@@ -22,7 +22,7 @@ public struct SendConfiguration: Sendable {
     /// Bytes per chunk.
     public var chunkSize = 1 << 20
     /// The most bytes read but not yet acknowledged: bounds memory on both sides.
-    public var windowBytes = 96 << 20
+    public var windowBytes = 64 << 20
     /// A cap on the sending rate in bytes per second (`--rate-limit`), or `nil` for none.
     public var rateLimit: Double?
     /// The congestion control of every data socket (`bbr`, `cubic`), or `nil` for the system default.

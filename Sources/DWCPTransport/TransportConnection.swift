@@ -157,7 +157,7 @@ enum TransportConnection {
             try channel.pipeline.syncOperations.addHandler(FaultInjectingHandler(faults))
         }
         try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(DWCPFrameDecoder()))
-        try channel.pipeline.syncOperations.addHandler(MessageToByteHandler(DWCPFrameEncoder()))
+        try channel.pipeline.syncOperations.addHandler(DWCPFrameWriter())
         return try FrameChannel(
             wrappingChannelSynchronously: channel,
             configuration: .init(

@@ -28,6 +28,18 @@ extension ByteBuffer {
     ///   ``DWCPWireError/Code/reservedFlagsSet`` if flags outside ``DWCPFrame/Flags/defined`` are set.
     @discardableResult
     public mutating func writeDWCPFrame(_ frame: DWCPFrame) throws(DWCPWireError) -> Int {
+        let start = writerIndex
+        reserveCapacity(minimumWritableBytes: DWCPFrame.headerLength + frame.payload.readableBytes)
+        try writeDWCPFrameHeader(frame)
+        writeImmutableBuffer(frame.payload)
+        return writerIndex - start
+    }
+
+    /// Appends only the 40-byte header of `frame`; its payload must follow it on the wire.
+    ///
+    /// Lets a writer send a large payload without copying it behind the header.
+    /// - Throws: As ``writeDWCPFrame(_:)``.
+    public mutating func writeDWCPFrameHeader(_ frame: DWCPFrame) throws(DWCPWireError) {
         let payloadLength = frame.payload.readableBytes
         guard payloadLength <= DWCPFrame.hardMaximumPayloadLength else {
             throw DWCPWireError(
@@ -45,7 +57,6 @@ extension ByteBuffer {
             )
         }
         let start = writerIndex
-        reserveCapacity(minimumWritableBytes: DWCPFrame.headerLength + payloadLength)
         writeInteger(DWCPFrame.magic)
         writeInteger(frame.version)
         writeInteger(frame.type.rawValue)
@@ -55,8 +66,6 @@ extension ByteBuffer {
         writeInteger(UInt32(payloadLength))
         writeInteger(Checksum.xxh3(frame.payload))
         writeInteger(Checksum.header(self, at: start))
-        writeImmutableBuffer(frame.payload)
-        return writerIndex - start
     }
 
     /// Reads one frame if a whole one is readable.

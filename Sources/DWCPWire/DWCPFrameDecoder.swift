@@ -55,3 +55,34 @@ public struct DWCPFrameEncoder: MessageToByteEncoder, Sendable {
         try out.writeDWCPFrame(data)
     }
 }
+
+/// Writes ``DWCPFrame``s for a NIO pipeline without copying payloads: the header goes out as its own
+/// 40-byte buffer, followed by the payload buffer itself. Prefer it to ``DWCPFrameEncoder`` for bulk
+/// data, where the copy would double the memory held in flight.
+public final class DWCPFrameWriter: ChannelOutboundHandler, RemovableChannelHandler {
+    /// The handler's input.
+    public typealias OutboundIn = DWCPFrame
+    /// The handler's output.
+    public typealias OutboundOut = ByteBuffer
+
+    /// Creates a writer.
+    public init() {}
+
+    /// Writes the frame's header and payload.
+    public func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        let frame = unwrapOutboundIn(data)
+        var header = context.channel.allocator.buffer(capacity: DWCPFrame.headerLength)
+        do {
+            try header.writeDWCPFrameHeader(frame)
+        } catch {
+            promise?.fail(error)
+            return
+        }
+        if frame.payload.readableBytes == 0 {
+            context.write(wrapOutboundOut(header), promise: promise)
+        } else {
+            context.write(wrapOutboundOut(header), promise: nil)
+            context.write(wrapOutboundOut(frame.payload), promise: promise)
+        }
+    }
+}

@@ -25,8 +25,8 @@ struct ReceiveCommand: AsyncParsableCommand {
     @Flag(help: "Replace an existing file.")
     var overwrite = false
 
-    @Option(help: "Reorder window: how far ahead of the first missing chunk data is accepted (e.g. 96M).")
-    var window = ByteCount(bytes: 96 << 20)
+    @Option(help: "Reorder window: how far ahead of the first missing chunk data is accepted (e.g. 64M).")
+    var window = ByteCount(bytes: 64 << 20)
 
     func validate() throws {
         guard window.bytes >= 1 << 20 else { throw ValidationError("--window must be at least 1M") }

@@ -43,8 +43,8 @@ struct SendCommand: AsyncParsableCommand {
     @Option(help: "Chunk size (e.g. 1M, 256K).")
     var chunkSize = ByteCount(bytes: 1 << 20)
 
-    @Option(help: "Bytes read but unacknowledged at most: bounds memory on both sides (e.g. 96M).")
-    var window = ByteCount(bytes: 96 << 20)
+    @Option(help: "Bytes read but unacknowledged at most: bounds memory on both sides (e.g. 64M).")
+    var window = ByteCount(bytes: 64 << 20)
 
     @Option(help: "The link rate assumed for the initial stream count, in Mbit/s.")
     var linkRate: Double = 1000

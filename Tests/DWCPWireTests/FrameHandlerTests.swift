@@ -66,4 +66,30 @@ struct FrameHandlerTests {
         #expect(try written.readDWCPFrame() == frame)
         #expect(try channel.finish().isClean)
     }
+
+    @Test("The zero-copy writer sends the header, then the payload buffer itself", arguments: [0, 1, 70_000])
+    func writerRoundTrip(payloadLength: Int) throws {
+        let channel = EmbeddedChannel(handler: DWCPFrameWriter())
+        let frame = sampleFrame(.chunk, payloadLength: payloadLength, flags: [])
+        try channel.writeOutbound(frame)
+        var wire = try #require(try channel.readOutbound(as: ByteBuffer.self))
+        #expect(wire.readableBytes == DWCPFrame.headerLength)
+        if payloadLength > 0 {
+            var payload = try #require(try channel.readOutbound(as: ByteBuffer.self))
+            #expect(payload == frame.payload)
+            wire.writeBuffer(&payload)
+        }
+        #expect(try wire.readDWCPFrame() == frame)
+        #expect(try channel.finish().isClean)
+    }
+
+    @Test("The writer fails the write of a frame with reserved flags and sends nothing")
+    func writerRejectsReservedFlags() throws {
+        let channel = EmbeddedChannel(handler: DWCPFrameWriter())
+        var frame = sampleFrame(.chunk, payloadLength: 10, flags: [])
+        frame.flags = DWCPFrame.Flags(rawValue: 0x8000)
+        #expect(throws: DWCPWireError.self) { try channel.writeOutbound(frame) }
+        #expect(try channel.readOutbound(as: ByteBuffer.self) == nil)
+        #expect(try channel.finish().isClean)
+    }
 }
