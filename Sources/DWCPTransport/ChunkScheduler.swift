@@ -121,6 +121,26 @@ public struct ChunkScheduler: Sendable {
         streams[stream]?.inFlight.count ?? 0
     }
 
+    /// Open streams with nothing in flight.
+    public var idleStreams: [Int] {
+        streams.filter { $0.value.isOpen && $0.value.inFlight.isEmpty }.keys.sorted()
+    }
+
+    /// Every chunk in flight with its stream, lowest index first.
+    public var inFlightChunks: [Assignment] {
+        streams.flatMap { id, stream in stream.inFlight.values.map { Assignment(chunk: $0, stream: id) } }
+            .sorted { ($0.chunk.index, $0.stream) < ($1.chunk.index, $1.stream) }
+    }
+
+    /// Sends a copy of a chunk that is already in flight on another stream (the end game: the last
+    /// chunks should not wait for one slow stream while others are idle). Whichever copy is
+    /// acknowledged first completes the chunk; the other is acknowledged later or dies with its stream.
+    public mutating func duplicate(_ chunk: Chunk, on stream: Int) {
+        precondition(streams[stream]?.isOpen == true, "stream \(stream) cannot take a copy of chunk \(chunk.index)")
+        streams[stream]!.inFlight[chunk.index] = chunk
+        streams[stream]!.inFlightBytes += chunk.size
+    }
+
     /// The streams the scheduler knows, open or draining.
     public var streamIDs: [Int] { streams.keys.sorted() }
 

@@ -181,6 +181,8 @@ actor ReceiverSession {
     /// A chunk arrived on a data stream.
     func store(_ index: Int, _ payload: ByteBuffer) throws -> TransferReceiver.Disposition {
         guard !isClosed else {
+            // A late copy (the sender's end game) of a chunk the committed object already holds.
+            if machine.present.contains(index) { return .duplicate }
             throw TransportError(.cancelled, expected: "an open session", found: "session \(sessionID) closed")
         }
         let disposition = try machine.chunkArrived(index: index, size: payload.readableBytes)

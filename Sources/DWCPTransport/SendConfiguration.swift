@@ -83,6 +83,8 @@ public struct SendReport: Sendable, Codable {
     public var streamFailures: Int
     /// Chunks sent again because the stream carrying them failed.
     public var chunksResent: Int
+    /// Chunks copied onto idle streams at the end so the last ones do not wait for a slow stream.
+    public var chunksDuplicated: Int
     /// The round-trip time measured on the control stream before the transfer, milliseconds.
     public var roundTripMilliseconds: Double
 }

@@ -44,6 +44,7 @@ actor SenderCore {
     private var acknowledgedBytes: UInt64 = 0
     private var bytesAtLastTick: UInt64 = 0
     private var lastTick: Duration = .zero
+    private var controlSampleStart: (at: Duration, bytes: UInt64) = (.zero, 0)
     private var sentBytes: UInt64 = 0
     private var streamFailures = 0
     private var consecutiveFailures = 0
@@ -249,8 +250,15 @@ actor SenderCore {
         let rate = elapsed > 0 ? Double(acknowledgedBytes - bytesAtLastTick) / elapsed : 0
         bytesAtLastTick = acknowledgedBytes
         lastTick = at
-        if !(machine!.isComplete), windowWaiter == nil || rate > 0 {
-            _ = controller?.intervalElapsed(goodput: rate)
+        // The controller sees goodput over at least eight round trips (one second at least), from the
+        // first acknowledgement on: shorter samples on a long lossy path are mostly noise.
+        if acknowledgedBytes == 0 {
+            controlSampleStart = (at, 0)
+        } else if !(machine!.isComplete), at - controlSampleStart.at >= max(configuration.interval, roundTrip * 8) {
+            let sampleRate =
+                Double(acknowledgedBytes - controlSampleStart.bytes) / (at - controlSampleStart.at).seconds
+            controlSampleStart = (at, acknowledgedBytes)
+            _ = controller?.intervalElapsed(goodput: sampleRate)
             adjustStreams()
         }
         var roundTrips: [Double] = []
@@ -338,6 +346,7 @@ actor SenderCore {
             maximumStreams: maximumStreams,
             streamFailures: streamFailures,
             chunksResent: machine?.chunksResent ?? 0,
+            chunksDuplicated: machine?.chunksDuplicated ?? 0,
             roundTripMilliseconds: roundTrip.seconds * 1000
         )
     }

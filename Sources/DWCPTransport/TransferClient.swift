@@ -46,8 +46,8 @@ public enum TransferClient {
                     await core.failing {
                         var iterator = inbound.makeAsyncIterator()
                         try await runControl(
-                            &iterator, outbound: outbound, core: core, reader: reader, configuration: configuration,
-                            peer: peer)
+                            &iterator, outbound: outbound, control: control.channel, core: core, reader: reader,
+                            configuration: configuration, peer: peer)
                     }
                 }
                 group.addTask {
@@ -83,13 +83,12 @@ public enum TransferClient {
     private static func runControl(
         _ iterator: inout NIOAsyncChannelInboundStream<DWCPFrame>.AsyncIterator,
         outbound: NIOAsyncChannelOutboundWriter<DWCPFrame>,
+        control: any Channel,
         core: SenderCore,
         reader: SourceReader,
         configuration: SendConfiguration,
         peer: String
     ) async throws {
-        _ = try await TransportConnection.sayHello(
-            inbound: &iterator, outbound: outbound, nodeName: configuration.nodeName, peer: peer)
         let offer = SessionMessage.Offer(
             transferID: reader.transferID,
             name: reader.name,
@@ -98,10 +97,19 @@ public enum TransferClient {
             resume: configuration.resume
         )
         let offered = ContinuousClock.now
-        try await outbound.write(frame(.offer(offer), session: 0))
+        _ = try await TransportConnection.sayHello(
+            inbound: &iterator, outbound: outbound, nodeName: configuration.nodeName, peer: peer,
+            pipelined: [frame(.offer(offer), session: 0)])
         switch try await nextMessage(&iterator, peer: peer) {
         case .accept(let accept):
-            let roundTrip = ContinuousClock.now - offered
+            // The kernel's smoothed RTT of the control connection; the offer's round trip (which
+            // includes the TLS handshake) only if the kernel has none.
+            var roundTrip = ContinuousClock.now - offered
+            if let provider = control as? any SocketOptionProvider, let info = try? await provider.getTCPInfo().get(),
+                info.tcpi_rtt > 0
+            {
+                roundTrip = .microseconds(Int(info.tcpi_rtt))
+            }
             await core.accepted(accept, roundTrip: roundTrip, receiveBufferLimit: Self.receiveBufferLimit())
         case .refuse(let reason):
             throw TransportError(.refused, expected: "the receiver to accept the transfer", found: reason)
@@ -186,13 +194,14 @@ public enum TransferClient {
             )
             try await channel.executeThenClose { inbound, outbound in
                 var iterator = inbound.makeAsyncIterator()
-                _ = try await TransportConnection.sayHello(
-                    inbound: &iterator, outbound: outbound, nodeName: configuration.nodeName, peer: peer)
                 let (session, token) = await core.credentials()
-                try await outbound.write(
-                    frame(
-                        .attach(sessionID: session, token: token, stream: UInt16(truncatingIfNeeded: stream)),
-                        session: session))
+                _ = try await TransportConnection.sayHello(
+                    inbound: &iterator, outbound: outbound, nodeName: configuration.nodeName, peer: peer,
+                    pipelined: [
+                        frame(
+                            .attach(sessionID: session, token: token, stream: UInt16(truncatingIfNeeded: stream)),
+                            session: session)
+                    ])
                 let chunks = await core.streamReady(stream, channel: channel.channel)
                 let connection = channel.channel
                 try await withThrowingTaskGroup(of: Void.self) { group in

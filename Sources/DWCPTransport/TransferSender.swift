@@ -28,6 +28,10 @@ public struct TransferSender: Sendable {
     public private(set) var chunksAcknowledged = 0
     /// Chunks queued again because the stream carrying them failed.
     public private(set) var chunksResent = 0
+    /// Chunks copied onto an idle stream in the end game.
+    public private(set) var chunksDuplicated = 0
+    private var duplicated: Set<Int> = []
+    private var highestRead = -1
 
     /// Creates the sending side.
     /// - Parameters:
@@ -69,6 +73,7 @@ public struct TransferSender: Sendable {
         precondition(size > 0 && size <= chunkSize, "chunk \(index) has size \(size), chunk size is \(chunkSize)")
         precondition(admits(index), "chunk \(index) is outside the window")
         scheduler.enqueue(CollectionOfOne(ChunkScheduler.Chunk(index: index, size: size)))
+        highestRead = max(highestRead, index)
     }
 
     /// The source ended: it holds `chunkCount` chunks.
@@ -89,8 +94,25 @@ public struct TransferSender: Sendable {
     }
 
     /// Which chunks go on which streams now.
+    ///
+    /// Once every chunk has been read and handed out, streams that fall idle take
+    /// copies of chunks still in flight elsewhere, oldest first (the end game), so the last chunks
+    /// do not wait for one slow or lossy stream.
     public mutating func assign(now: Duration) -> [Assignment] {
-        let assignments = scheduler.assign()
+        var assignments = scheduler.assign()
+        if let endChunk, scheduler.pendingCount == 0, done.firstAbsent(from: highestRead + 1) >= endChunk {
+            var candidates = scheduler.inFlightChunks.filter {
+                !done.contains($0.chunk.index) && !duplicated.contains($0.chunk.index)
+            }[...]
+            for stream in scheduler.idleStreams {
+                guard let next = candidates.first(where: { $0.stream != stream }) else { break }
+                candidates.removeAll { $0.chunk.index == next.chunk.index }
+                scheduler.duplicate(next.chunk, on: stream)
+                duplicated.insert(next.chunk.index)
+                chunksDuplicated += 1
+                assignments.append(Assignment(chunk: next.chunk, stream: stream))
+            }
+        }
         for assignment in assignments where scheduler.inFlightCount(on: assignment.stream) == 1 {
             // The stream was idle: the stall clock starts with this chunk.
             lastProgress[assignment.stream] = now

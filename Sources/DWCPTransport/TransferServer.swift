@@ -20,33 +20,41 @@ public enum TransferServer {
         onListening: @escaping @Sendable (Int) -> Void = { _ in },
         progress: @escaping @Sendable (TransferProgress) -> Void = { _ in }
     ) async throws -> ReceiveReport {
-        let listener = try await TransportConnection.listen(
+        let (listener, tlsContext) = try await TransportConnection.listen(
             host: configuration.host, port: configuration.port, security: configuration.security)
         onListening(listener.channel.localAddress?.port ?? configuration.port)
         let registry = SessionRegistry(configuration: configuration)
         try await listener.executeThenClose { connections in
-            await withTaskGroup(of: Void.self) { group in
-                group.addTask {
-                    await withDiscardingTaskGroup { handlers in
-                        do {
-                            // Every accepted connection is consumed, even after the result, until the
-                            // listener is closed: an accepted channel that nobody runs must still be closed.
-                            for try await connection in connections {
-                                if await registry.isFinished {
-                                    try? await connection.executeThenClose { _, _ in }
-                                } else {
-                                    handlers.addTask { await serve(connection, registry: registry) }
+            // The accept loop runs in its own task, shielded from this task's cancellation, and ends when
+            // the listener is closed and its sequence drained; connections accepted after the result are
+            // closed at once.
+            let acceptor = Task {
+                await withDiscardingTaskGroup { handlers in
+                    do {
+                        for try await connection in connections {
+                            if await registry.isFinished {
+                                connection.close(promise: nil)
+                            } else {
+                                handlers.addTask {
+                                    guard let adopted = try? await TransportConnection.adopt(connection, tlsContext: tlsContext)
+                                    else {
+                                        connection.close(promise: nil)
+                                        return
+                                    }
+                                    await serve(adopted, registry: registry)
                                 }
                             }
-                        } catch {
-                            await registry.finish(
-                                .failure(
-                                    TransportError(
-                                        .connectionFailed, expected: "to accept connections", found: "\(error)")))
                         }
-                        handlers.cancelAll()
+                    } catch {
+                        await registry.finish(
+                            .failure(
+                                TransportError(.connectionFailed, expected: "to accept connections", found: "\(error)")
+                            ))
                     }
+                    handlers.cancelAll()
                 }
+            }
+            await withTaskGroup(of: Void.self) { group in
                 group.addTask {
                     var last: (UInt64, ContinuousClock.Instant)?
                     var ticks = 0
@@ -70,8 +78,9 @@ public enum TransferServer {
                 } onCancel: {
                     Task { await registry.finish(.failure(CancellationError())) }
                 }
-                try? await listener.channel.close()
             }
+            try? await listener.channel.close()
+            await acceptor.value
         }
         return try await registry.result()
     }
@@ -156,11 +165,12 @@ public enum TransferServer {
             guard frame.type == .chunk else { continue }
             do {
                 _ = try await session.store(Int(frame.sequence), frame.payload)
+            } catch let error as TransportError where error.code == .cancelled {
+                // The session ended (committed, or replaced by a newer attempt): just drop this stream.
+                return
             } catch {
                 try? await outbound.write(control(.failed(reason: "\(error)"), session: session.sessionID))
-                if let failure = error as? TransportError, failure.code != .cancelled {
-                    await registry.finish(.failure(failure))
-                }
+                await registry.finish(.failure(error))
                 return
             }
             try await outbound.write(DWCPFrame(type: .ack, sessionID: session.sessionID, sequence: frame.sequence))

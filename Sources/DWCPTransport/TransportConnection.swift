@@ -60,17 +60,19 @@ enum TransportConnection {
         return channel
     }
 
-    /// Sends the DWCP hello on a connection opened by ``connect``, and waits for the answer.
+    /// Sends the DWCP hello on a connection opened by ``connect``, then `pipelined` without waiting
+    /// (saving a round trip on long links), and waits for the answer to the hello.
     /// - Returns: The peer's node name.
     static func sayHello(
         inbound: inout NIOAsyncChannelInboundStream<DWCPFrame>.AsyncIterator,
         outbound: NIOAsyncChannelOutboundWriter<DWCPFrame>,
         nodeName: String,
-        peer: String
+        peer: String,
+        pipelined: [DWCPFrame] = []
     ) async throws -> String {
         var handshake = HandshakeStateMachine.client(nodeName: nodeName, sessionID: 0)
         do {
-            try await outbound.write(handshake.start())
+            try await outbound.write(contentsOf: [handshake.start()] + pipelined)
             while let frame = try await inbound.next() {
                 switch handshake.receive(frame) {
                 case .establish(let outcome), .sendAndEstablish(_, let outcome):
@@ -92,29 +94,28 @@ enum TransportConnection {
         )
     }
 
-    /// Listens on `host:port`; each accepted connection has completed TLS (if any) when it appears.
+    /// Listens on `host:port`. Accepted connections arrive as bare channels that read nothing until
+    /// ``adopt(_:tlsContext:)`` has installed TLS and the frame codec: a connection that is never
+    /// adopted (one accepted while the listener closes) is simply closed, never half-wrapped.
     static func listen(
         host: String,
         port: Int,
         security: TransportSecurity
-    ) async throws -> NIOAsyncChannel<FrameChannel, Never> {
+    ) async throws -> (listener: NIOAsyncChannel<any Channel, Never>, tlsContext: NIOSSLContext?) {
         let tlsContext: NIOSSLContext?
         switch security {
         case .mutualTLS(let identity): tlsContext = try NIOSSLContext(configuration: identity.serverTLSConfiguration())
         case .insecurePlaintext: tlsContext = nil
         }
         do {
-            return try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            let listener = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
                 .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
                 .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+                .childChannelOption(.autoRead, value: false)
                 .bind(host: host, port: port) { channel in
-                    channel.eventLoop.makeCompletedFuture {
-                        if let tlsContext {
-                            try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: tlsContext))
-                        }
-                        return try wrap(channel, faults: nil)
-                    }
+                    channel.eventLoop.makeSucceededFuture(channel)
                 }
+            return (listener, tlsContext)
         } catch {
             throw TransportError(
                 .connectionFailed,
@@ -123,6 +124,18 @@ enum TransportConnection {
                 advice: "choose a free port and an address of this machine"
             )
         }
+    }
+
+    /// Installs TLS (if any) and the frame codec on an accepted connection and starts reading.
+    static func adopt(_ channel: any Channel, tlsContext: NIOSSLContext?) async throws -> FrameChannel {
+        try await channel.eventLoop.submit {
+            if let tlsContext {
+                try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: tlsContext))
+            }
+            let wrapped = try wrap(channel, faults: nil)
+            try channel.syncOptions?.setOption(.autoRead, value: true)
+            return wrapped
+        }.get()
     }
 
     /// Answers the DWCP hello on an accepted connection.

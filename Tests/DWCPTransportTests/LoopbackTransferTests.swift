@@ -96,7 +96,8 @@ struct LoopbackTransferTests {
         defer { scratch.remove() }
         let (receiver, port) = await Self.startReceiver(scratch)
         var configuration = Self.sendConfiguration(port: port)
-        configuration.faults[1] = FaultInjection(closeAfterBytes: 1 << 20)
+        configuration.rateLimit = 40e6
+        configuration.faults[0] = FaultInjection(closeAfterBytes: 1 << 20)
         let sent = try await TransferClient.send(.file(path: scratch.source), configuration: configuration)
         _ = try await receiver.value
         #expect(sent.streamFailures >= 1)
@@ -109,8 +110,9 @@ struct LoopbackTransferTests {
         defer { scratch.remove() }
         let (receiver, port) = await Self.startReceiver(scratch)
         var configuration = Self.sendConfiguration(port: port)
-        // Inside the payload of stream 2's fourth chunk frame (hello and attach frames come first).
-        configuration.faults[2] = FaultInjection(corruptByteAt: 3 * (256 << 10) + 5000)
+        configuration.rateLimit = 40e6
+        // Inside the payload of stream 0's first chunk frame (the hello and attach frames come first).
+        configuration.faults[0] = FaultInjection(corruptByteAt: 5000)
         let sent = try await TransferClient.send(.file(path: scratch.source), configuration: configuration)
         let received = try await receiver.value
         #expect(received.corruptChunks == 1)

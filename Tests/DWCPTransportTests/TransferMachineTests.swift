@@ -115,3 +115,49 @@ struct TransferMachineTests {
         #expect(throws: TransportError.self) { try early.chunkArrived(index: 1, size: 10) }
     }
 }
+
+@Suite("End game")
+struct EndGameTests {
+    @Test("At the end an idle stream takes a copy of a chunk stuck on a slow stream, and the transfer completes")
+    func idleStreamCopiesStuckChunk() {
+        var sender = TransferSender(chunkSize: 10, windowChunks: 16, totalChunks: 6)
+        sender.streamOpened(0, window: 30, now: .zero)
+        sender.streamOpened(1, window: 30, now: .zero)
+        for index in 0..<6 { sender.chunkRead(index, size: 10) }
+        let first = sender.assign(now: .zero)
+        #expect(Set(first.map(\.chunk.index)) == Set(0..<6))
+        // Stream 0 delivers everything it carried; stream 1 is slow and acknowledges nothing.
+        for assignment in first where assignment.stream == 0 {
+            _ = sender.acknowledged(assignment.chunk.index, on: 0, now: .zero)
+        }
+        #expect(!sender.isComplete)
+        let copies = sender.assign(now: .milliseconds(10))
+        #expect(!copies.isEmpty && copies.allSatisfy { $0.stream == 0 })
+        for copy in copies { _ = sender.acknowledged(copy.chunk.index, on: 0, now: .milliseconds(20)) }
+        // Idle again: the next stuck chunk goes; repeat until done.
+        var rounds = 0
+        while !sender.isComplete && rounds < 10 {
+            rounds += 1
+            for copy in sender.assign(now: .milliseconds(30)) {
+                _ = sender.acknowledged(copy.chunk.index, on: copy.stream, now: .milliseconds(40))
+            }
+        }
+        #expect(sender.isComplete)
+        #expect(sender.chunksDuplicated == 3)
+        // The slow stream's late acknowledgements release nothing twice.
+        let late = first.filter { $0.stream == 1 }.map { sender.acknowledged($0.chunk.index, on: 1, now: .seconds(1)) }
+        #expect(late.allSatisfy { !$0 })
+    }
+
+    @Test("No copies while chunks are still waiting for a stream")
+    func noCopiesBeforeTheEnd() {
+        var sender = TransferSender(chunkSize: 10, windowChunks: 16, totalChunks: nil)
+        sender.streamOpened(0, window: 10, now: .zero)
+        sender.streamOpened(1, window: 10, now: .zero)
+        for index in 0..<4 { sender.chunkRead(index, size: 10) }
+        let first = sender.assign(now: .zero)
+        _ = sender.acknowledged(first[0].chunk.index, on: first[0].stream, now: .zero)
+        let next = sender.assign(now: .zero)
+        #expect(next.count == 1 && sender.chunksDuplicated == 0)
+    }
+}
