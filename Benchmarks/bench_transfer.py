@@ -128,14 +128,27 @@ class MeasuredProcess:
             self.kill()
 
     def kill(self):
+        """SIGKILL to the command first, so time reaps it (nothing is orphaned), then to the whole group
+        (time itself if it is still there, and stragglers such as scp's ssh)."""
         if self.ended is None:
-            try:
-                os.killpg(self.process.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            self.process.wait()
-            self.ended = time.monotonic()
-            self._release()
+            pid = self.command_pid()
+            if pid:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            if not (pid and self.wait(5)):
+                try:
+                    os.killpg(self.process.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                self.process.wait()
+                self.ended = time.monotonic()
+                self._release()
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
 
     def _release(self):
         LIVE.discard(self)
@@ -288,6 +301,8 @@ class Link:
         summary = {"valid": report.get("valid"), "wanem_exit": self.process.returncode,
                    "elapsed_seconds": round(report.get("elapsed_seconds", 0), 2),
                    "cpu_seconds": round(report.get("cpu_seconds", 0), 2)}
+        # IP bytes the link carried a → b during this transfer's link lifetime (payload, headers, retransmissions).
+        summary["uplink_bytes"] = report.get("uplink", {}).get("forwarded_bytes")
         for direction in ("uplink", "downlink"):
             counters = report.get(direction, {})
             summary[direction] = {key: counters.get(key) for key in (
@@ -482,7 +497,8 @@ def generate_source(path, size):
 
 def prepare_ssh(directory):
     os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # sshd's privilege separation directory
-    os.makedirs(directory, mode=0o700, exist_ok=True)
+    shutil.rmtree(directory, ignore_errors=True)  # a reused --workdir: fresh keys
+    os.makedirs(directory, mode=0o700)
     host_key, client_key = os.path.join(directory, "host_ed25519"), os.path.join(directory, "client_ed25519")
     for key in (host_key, client_key):
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", key], check=True,
@@ -522,6 +538,7 @@ def prepare_novacron(binary, directory):
     probe = subprocess.run([binary, "send", "--help"], capture_output=True, text=True)
     if probe.returncode != 0:
         return None, f"novacron send not available (`novacron send --help` exited {probe.returncode})"
+    shutil.rmtree(directory, ignore_errors=True)  # a reused --workdir: a fresh cluster CA
     commands = [[binary, "certs", "init", "--dir", directory],
                 [binary, "certs", "issue", "a", "--dir", directory, "--ip", ADDRESS_A],
                 [binary, "certs", "issue", "b", "--dir", directory, "--ip", ADDRESS_B]]
@@ -568,6 +585,7 @@ def summarise(case, runs):
         "peak_rss_mib": {"sender": med(("sender", "peak_rss_mib")), "receiver": med(("receiver", "peak_rss_mib"))},
         "verified": (None if not case.verifiable else
                      (bool(completed) and all(r["verified"] for r in completed) and len(completed) == len(runs))),
+        "wire_bytes_a_to_b": med(("emulator", "uplink_bytes")),
         "completed_runs": len(completed),
         "timed_out_runs": sum(1 for r in runs if r["timed_out"]),
         "emulator_valid_runs": sum(1 for r in runs if r["emulator"].get("valid")),
@@ -644,6 +662,8 @@ Ceiling: {fmt(link.get('ceiling_mbit'))} Mbit/s ({link.get('ceiling_config') or 
                 goodput += f" ({r['timed_out_runs']} timed out"
                 goodput += f", {at[0] / MIB:.0f} MiB received in {document['timeout_seconds']} s)" if at and at[0] else ")"
             verified = {None: "n/a", True: "yes", False: "**NO**"}[r.get("verified")]
+            if not r["completed_runs"] and r.get("timed_out_runs"):
+                verified = "no (timed out)"
             valid = f"{r['emulator_valid_runs']}/{r['total_runs']}"
             if r["emulator_valid_runs"] < r["total_runs"]:
                 valid = f"**INVALID** in {r['total_runs'] - r['emulator_valid_runs']}/{r['total_runs']}"
@@ -819,7 +839,7 @@ def main():
         benchlib.write_results("transfer", document, "(table not generated yet)\n")
         benchlib.write_results("transfer", document, markdown(document))
     except (KeyboardInterrupt, Interrupted) as error:
-        log(f"interrupted ({error or 'Ctrl-C'}); cleaning up")
+        log(f"interrupted ({str(error) or 'Ctrl-C'}); cleaning up")
         raise SystemExit(130)
     except (RuntimeError, OSError, subprocess.SubprocessError) as error:
         log(f"failed: {error}; cleaning up")
