@@ -345,7 +345,8 @@ def transfer(ctx, receiver_argv, sender_argv, port, receiver_stops_itself=True, 
         finished = sender.wait(ctx.timeout)
         result = {"timed_out": not finished}
         if not finished:
-            result["bytes_at_timeout"] = tree_bytes(os.path.dirname(received))
+            # What had reached the receiver's file(s) when the clock ran out (iperf3 writes none: 0).
+            result["bytes_at_timeout"] = tree_bytes(os.path.dirname(received)) or None
             sender.kill()
             receiver.kill()
         elif receiver_stops_itself:
@@ -658,9 +659,16 @@ Ceiling: {fmt(link.get('ceiling_mbit'))} Mbit/s ({link.get('ceiling_config') or 
             if r.get("goodput_spread_mbit") and r["completed_runs"] > 1:
                 goodput += f" [{r['goodput_spread_mbit'][0]:.0f}–{r['goodput_spread_mbit'][1]:.0f}]"
             if r.get("timed_out_runs"):
-                at = [x.get("bytes_at_timeout") for x in r["runs"] if x["timed_out"]]
-                goodput += f" ({r['timed_out_runs']} timed out"
-                goodput += f", {at[0] / MIB:.0f} MiB received in {document['timeout_seconds']} s)" if at and at[0] else ")"
+                stopped = [x for x in r["runs"] if x["timed_out"]][0]
+                goodput += f" (timed out in {r['timed_out_runs']} run: "
+                if stopped.get("bytes_at_timeout"):
+                    goodput += (f"{stopped['bytes_at_timeout'] / MIB:.0f} MiB received in "
+                                f"{document['timeout_seconds']:.0f} s = {stopped['goodput_at_timeout_mbit']} Mbit/s)")
+                elif stopped.get("wire_bytes_at_timeout"):
+                    goodput += (f"{stopped['wire_bytes_at_timeout'] / MIB:.0f} MiB of IP packets carried in "
+                                f"{document['timeout_seconds']:.0f} s)")
+                else:
+                    goodput += "nothing measured)"
             verified = {None: "n/a", True: "yes", False: "**NO**"}[r.get("verified")]
             if not r["completed_runs"] and r.get("timed_out_runs"):
                 verified = "no (timed out)"
@@ -803,6 +811,11 @@ def main():
                         moved = result.get("bytes") or size
                         result["goodput_mbit"] = round(moved * 8 / result["seconds"] / 1e6, 1)
                     if result["timed_out"]:
+                        # Measured, but only over the first `timeout` seconds: shown, never used in ratios.
+                        delivered = result.get("bytes_at_timeout")
+                        result["goodput_at_timeout_mbit"] = (round(delivered * 8 / timeout / 1e6, 1)
+                                                             if delivered else None)
+                        result["wire_bytes_at_timeout"] = emulator.get("uplink_bytes")
                         case.skip_reason = f"timed out after {timeout:.0f} s in round {round_index + 1}"
                     runs_of[case.key].append(result)
                     state = "valid" if emulator.get("valid") else "INVALID"
