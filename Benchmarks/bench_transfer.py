@@ -587,6 +587,7 @@ def summarise(case, runs):
         "verified": (None if not case.verifiable else
                      (bool(completed) and all(r["verified"] for r in completed) and len(completed) == len(runs))),
         "wire_bytes_a_to_b": med(("emulator", "uplink_bytes")),
+        "errors": sorted({r["error"] for r in runs if r.get("error")}),
         "completed_runs": len(completed),
         "timed_out_runs": sum(1 for r in runs if r["timed_out"]),
         "emulator_valid_runs": sum(1 for r in runs if r["emulator"].get("valid")),
@@ -669,6 +670,9 @@ Ceiling: {fmt(link.get('ceiling_mbit'))} Mbit/s ({link.get('ceiling_config') or 
                                 f"{document['timeout_seconds']:.0f} s)")
                 else:
                     goodput += "nothing measured)"
+            if r["errors"]:
+                goodput += f" (failed in {len(r['runs']) - r['completed_runs'] - r['timed_out_runs']} run(s): " \
+                           f"{r['errors'][0][:160]})"
             verified = {None: "n/a", True: "yes", False: "**NO**"}[r.get("verified")]
             if not r["completed_runs"] and r.get("timed_out_runs"):
                 verified = "no (timed out)"
@@ -807,6 +811,10 @@ def main():
                         emulator = link.close()
                         link = None
                     result["round"], result["seed"], result["emulator"] = round_index + 1, seed, emulator
+                    sender_exit = result.get("sender", {}).get("exit")
+                    if not result["timed_out"] and not result.get("error") and sender_exit != 0:
+                        result["error"] = (f"sender exited {sender_exit}: "
+                                           f"{result.get('stderr', {}).get('sender', '')}".strip())
                     if result.get("seconds") and not result["timed_out"] and not result.get("error"):
                         moved = result.get("bytes") or size
                         result["goodput_mbit"] = round(moved * 8 / result["seconds"] / 1e6, 1)
