@@ -58,7 +58,7 @@ bench-encoding: release
 		$(if $(QUICK),--quick) $(ARGS)
 
 ## bench-transfer: tcp, iperf3, scp, rsync and novacron moving 1 GiB a → b over wanem links (docs/transport.md).
-## Needs root; QUICK=1 is 128 MiB and 2 runs; e.g. make bench-transfer QUICK=1 ARGS="--profiles lan".
+## Needs root; QUICK=1: 128 MiB, 2 runs, lan only (ARGS="--profiles continental" for other links).
 bench-transfer: require-root release
 	python3 Benchmarks/bench_transfer.py $(if $(QUICK),--quick) $(ARGS)
 

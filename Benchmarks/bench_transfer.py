@@ -694,13 +694,15 @@ Ceiling: {fmt(link.get('ceiling_mbit'))} Mbit/s ({link.get('ceiling_config') or 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--profiles", help=f"comma-separated wanem profiles (default {','.join(PROFILES)})")
+    parser.add_argument("--profiles", help=f"comma-separated wanem profiles (default {','.join(PROFILES)}; "
+                                           "--quick: lan)")
     parser.add_argument("--rtt-ms", type=float, help="link override (with no --profiles: one custom link)")
     parser.add_argument("--rate-mbit", type=float, help="link override")
     parser.add_argument("--loss", type=float, help="link override (each direction)")
     parser.add_argument("--size", help="bytes to move, with optional K/M/G suffix (default 1G; --quick 128M)")
     parser.add_argument("--runs", type=int, help="rounds per profile (default 3; --quick 2)")
-    parser.add_argument("--quick", action="store_true", help="128 MiB, 2 runs, iperf3 streams 1,4,16")
+    parser.add_argument("--quick", action="store_true",
+                        help="128 MiB, 2 runs, iperf3 streams 1,4,16, 90 s timeout; lan unless --profiles")
     parser.add_argument("--cases", default=",".join(FAMILIES), help=f"families to run: {','.join(FAMILIES)}")
     parser.add_argument("--iperf-streams", help="parallel stream counts of iperf3 bbr (default 1,2,4,8,16)")
     parser.add_argument("--timeout", type=float, help="seconds per transfer before it counts as timed out "
@@ -730,8 +732,8 @@ def main():
             overrides += [flag, str(value)]
     if args.profiles:
         profiles = args.profiles.split(",")
-    else:
-        profiles = ["custom"] if overrides else PROFILES
+    else:  # --quick alone is the smoke check (shared/BENCHMARKS.md: under 5 minutes): one short link
+        profiles = ["custom"] if overrides else (["lan"] if args.quick else PROFILES)
     if "custom" in profiles and not (args.rtt_ms is not None and args.rate_mbit is not None):
         sys.exit("bench-transfer: a custom link needs --rtt-ms and --rate-mbit (and optionally --loss)")
     for profile in profiles:
