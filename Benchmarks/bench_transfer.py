@@ -586,6 +586,7 @@ def summarise(case, runs):
         "goodput_spread_mbit": [round(v, 1) for v in benchlib.spread(goodputs)] if goodputs else None,
         "cpu_seconds": {"sender": med(("sender", "cpu_seconds")), "receiver": med(("receiver", "cpu_seconds"))},
         "peak_rss_mib": {"sender": med(("sender", "peak_rss_mib")), "receiver": med(("receiver", "peak_rss_mib"))},
+        # Every run completed and verified (unverified runs are failures and not in the medians).
         "verified": (None if not case.verifiable else
                      (bool(completed) and all(r["verified"] for r in completed) and len(completed) == len(runs))),
         "wire_bytes_a_to_b": med(("emulator", "uplink_bytes")),
@@ -832,6 +833,11 @@ def main():
                     if not result["timed_out"] and not result.get("error") and sender_exit != 0:
                         result["error"] = (f"sender exited {sender_exit}: "
                                            f"{result.get('stderr', {}).get('sender', '')}".strip())
+                    if (case.verifiable and not result["timed_out"] and not result.get("error")
+                            and not result.get("verified")):
+                        # An unverified transfer is a failure, not a goodput (shared/BENCHMARKS.md).
+                        result["error"] = ("received file is not the source (size or SHA-256 differs)"
+                                           + (f"; {result['note']}" if result.get("note") else ""))
                     if result.get("seconds") and not result["timed_out"] and not result.get("error"):
                         moved = result.get("bytes") or size
                         result["goodput_mbit"] = round(moved * 8 / result["seconds"] / 1e6, 1)
