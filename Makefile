@@ -6,7 +6,8 @@ FUZZ_SMOKE_SECONDS ?= 15
 QUICK ?=
 ARGS ?=
 
-.PHONY: all deps build release test fuzz fuzz-smoke fuzz-build demo bench bench-wire bench-wanem bench-encoding fmt lint clean
+.PHONY: all deps build release test fuzz fuzz-smoke fuzz-build demo bench bench-wire bench-wanem bench-encoding \
+	bench-transfer require-root fmt lint clean
 
 all: build
 
@@ -42,7 +43,7 @@ fuzz-build: deps
 	FUZZ=1 $(SWIFT) build -c release --sanitize=fuzzer --product WireFrameFuzzer --scratch-path .build-fuzz
 
 ## bench: every benchmark (long). QUICK=1 for a short version; ARGS passes flags through.
-bench: bench-wire bench-wanem bench-encoding
+bench: bench-wire bench-wanem bench-encoding bench-transfer
 
 bench-wire: release
 	python3 Benchmarks/bench_wire.py $(if $(QUICK),--quick) $(ARGS)
@@ -55,6 +56,16 @@ bench-encoding: release
 	@test -f var/corpus/random-full-64/ram-1.img || bash scripts/capture-guest-ram.sh var/corpus 2 5
 	python3 Benchmarks/bench_encoding.py --corpus var/corpus --workloads idle,text-sparse-16,random-full-64 \
 		$(if $(QUICK),--quick) $(ARGS)
+
+## bench-transfer: tcp, iperf3, scp, rsync and novacron moving 1 GiB a → b over wanem links (docs/transport.md).
+## Needs root; QUICK=1: 128 MiB, 2 runs, lan only (ARGS="--profiles continental" for other links).
+bench-transfer: require-root release
+	python3 Benchmarks/bench_transfer.py $(if $(QUICK),--quick) $(ARGS)
+
+require-root:
+	@if [ "$$(id -u)" -ne 0 ]; then \
+		echo "bench-transfer: needs root (network namespaces, TUN devices, sshd): run sudo make $(MAKECMDGOALS)" >&2; \
+		exit 1; fi
 
 fmt:
 	$(SWIFT) format --in-place --recursive Package.swift Sources Tests Fuzz

@@ -11,6 +11,10 @@ PACKAGES=(
     iproute2            # ip netns / ip link for wanem and network tests
     iperf3              # wanem selftest and transfer baselines
     iputils-ping        # wanem selftest RTT measurement
+    openssh-server      # bench-transfer: sshd inside a wanem namespace (scp and rsync baselines)
+    openssh-client      # bench-transfer: scp, ssh, ssh-keygen
+    rsync               # bench-transfer: rsync over ssh baseline
+    time                # bench-transfer: GNU time, CPU and peak RSS of each transfer's processes
     qemu-system-x86     # level-1 hypervisor for the test guest
     gcc                 # builds the guest's static /init
     python3             # scripts/mkcpio.py writes the guest initramfs
