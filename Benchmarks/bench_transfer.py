@@ -864,6 +864,10 @@ def main():
             }
             add_ratios(case_doc)
             case_docs.append(case_doc)
+            # Keep what is measured so far: an interrupted run still leaves its finished links.
+            with open(os.path.join(benchlib.RESULTS, "transfer.partial.json"), "w") as f:
+                json.dump({"benchmark": "transfer", "started": started, "partial": True, "runs": runs,
+                           "data": {"kind": "random", "bytes": size}, "cases": case_docs}, f, indent=2)
         notes.append("A fresh wanem link per transfer; its report's `valid` is recorded per run. Results of runs "
                      "wanem marked invalid are included in the medians and flagged, not hidden.")
         if not args.tcp_buffer_mib:
