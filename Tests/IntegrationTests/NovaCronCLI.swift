@@ -21,6 +21,46 @@ struct NovaCronCLI {
     /// Runs `novacron` with `arguments` to completion. Output goes through temporary files, so a chatty
     /// child can never block on a full pipe.
     static func run(_ arguments: [String], sourceLocation: SourceLocation = #_sourceLocation) throws -> Result {
+        let child = try launch(arguments, sourceLocation: sourceLocation)
+        child.process.waitUntilExit()
+        return try child.result()
+    }
+
+    /// Like ``run(_:sourceLocation:)``, but waits without blocking a thread of the concurrency pool
+    /// (tests that run servers in this process need those threads while the child runs).
+    static func runAsync(
+        _ arguments: [String],
+        sourceLocation: SourceLocation = #_sourceLocation
+    ) async throws -> Result {
+        let child = try launch(arguments, sourceLocation: sourceLocation)
+        await waitForExit(child.process)
+        return try child.result()
+    }
+
+    /// Waits for `process` to end by polling, never blocking a concurrency-pool thread.
+    static func waitForExit(_ process: Process) async {
+        while process.isRunning {
+            try? await Task.sleep(for: .milliseconds(20))
+        }
+    }
+
+    /// A started child and the files its output goes to.
+    private struct Child {
+        let process: Process
+        let directory: TemporaryDirectory
+        let outputURL: URL
+        let errorURL: URL
+
+        func result() throws -> Result {
+            Result(
+                status: process.terminationStatus,
+                standardOutput: try String(contentsOf: outputURL, encoding: .utf8),
+                standardError: try String(contentsOf: errorURL, encoding: .utf8)
+            )
+        }
+    }
+
+    private static func launch(_ arguments: [String], sourceLocation: SourceLocation) throws -> Child {
         let executable = Self.executable
         try #require(
             FileManager.default.isExecutableFile(atPath: executable.path),
@@ -38,12 +78,7 @@ struct NovaCronCLI {
         process.standardOutput = try FileHandle(forWritingTo: outputURL)
         process.standardError = try FileHandle(forWritingTo: errorURL)
         try process.run()
-        process.waitUntilExit()
-        return Result(
-            status: process.terminationStatus,
-            standardOutput: try String(contentsOf: outputURL, encoding: .utf8),
-            standardError: try String(contentsOf: errorURL, encoding: .utf8)
-        )
+        return Child(process: process, directory: directory, outputURL: outputURL, errorURL: errorURL)
     }
 }
 

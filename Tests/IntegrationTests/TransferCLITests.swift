@@ -67,10 +67,10 @@ struct TransferCLITests {
         let receiver = try Receiver(
             ["--listen", "127.0.0.1:\(port)", "--out", output.path, "--certs", certs, "--node", "b"], in: directory)
         try await receiver.waitUntilListening()
-        let sent = try NovaCronCLI.run(
+        let sent = try await NovaCronCLI.runAsync(
             ["send", source.path, "--to", "127.0.0.1:\(port)", "--certs", certs, "--node", "a", "--json"])
         #expect(sent.status == 0, "\(sent.standardError)")
-        receiver.process.waitUntilExit()
+        await NovaCronCLI.waitForExit(receiver.process)
         #expect(receiver.process.terminationStatus == 0)
         #expect(try Data(contentsOf: output) == bytes)
         let done = try #require(sent.standardOutput.split(separator: "\n").last)
@@ -101,9 +101,9 @@ struct TransferCLITests {
         sender.standardInput = FileHandle(forReadingAtPath: source.path)
         sender.standardError = FileHandle.nullDevice
         try sender.run()
-        sender.waitUntilExit()
+        await NovaCronCLI.waitForExit(sender)
         #expect(sender.terminationStatus == 0)
-        receiver.process.waitUntilExit()
+        await NovaCronCLI.waitForExit(receiver.process)
         #expect(receiver.process.terminationStatus == 0)
         #expect(try Data(contentsOf: directory.url.appendingPathComponent("receiver.stdout")) == bytes)
     }
@@ -120,7 +120,7 @@ struct TransferCLITests {
             ["--listen", "127.0.0.1:\(port)", "--out", directory.url.path, "--certs", certs, "--node", "b"],
             in: directory)
         try await receiver.waitUntilListening()
-        let sent = try NovaCronCLI.run(
+        let sent = try await NovaCronCLI.runAsync(
             ["send", source.path, "--to", "127.0.0.1:\(port)", "--certs", strangers, "--node", "a"])
         #expect(sent.status != 0)
         #expect(sent.standardError.contains("authentication failed"), "\(sent.standardError)")
