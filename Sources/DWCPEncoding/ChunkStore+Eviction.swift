@@ -4,7 +4,7 @@ extension PersistentChunkStore {
     /// The active segment is never evicted, and a configuration holds at least two segments, so the loop ends with
     /// the store at or below its capacity. Each eviction frees at least half of the evicted segment (see
     /// ``evictOldestSegment()``), so it always makes progress.
-    func evictIfNeeded() throws(ChunkStoreError) {
+    func evictIfNeeded() throws(EncodingError) {
         while totalSize > configuration.capacity && order.count > 1 {
             try evictOldestSegment()
         }
@@ -17,7 +17,7 @@ extension PersistentChunkStore {
     /// around. At most half of the segment's bytes are carried forward, the most recently used chunks first, so
     /// eviction frees space even when everything was used. The copies are `fsync`ed before the segment is deleted,
     /// so a crash in between loses nothing that was durable.
-    func evictOldestSegment() throws(ChunkStoreError) {
+    func evictOldestSegment() throws(EncodingError) {
         let number = order[0]
         guard let segment = segments[number] else {
             preconditionFailure("segment \(number) is in the eviction order but not open")
@@ -37,8 +37,8 @@ extension PersistentChunkStore {
                 continue  // corrupt: readRecord dropped it
             }
             let copy = Array(data)  // the scratch buffer is reused by the append
-            let outcome: Result<Void, ChunkStoreError> = copy.withUnsafeBytes { raw in
-                Result { () throws(ChunkStoreError) in
+            let outcome: Result<Void, EncodingError> = copy.withUnsafeBytes { raw in
+                Result { () throws(EncodingError) in
                     try append(key: key, identity: location.identity, data: raw, lastUse: 0)
                 }
             }

@@ -11,7 +11,7 @@ extension PersistentChunkStore {
     /// checksum failure still ends the segment there). The newest segment may end in a record torn by a crash: its
     /// records' data checksums are verified too. A record with a bad data checksum that is the segment's last is a
     /// torn tail and is cut off; one followed by further records is bit rot, skipped and counted.
-    func recover() throws(ChunkStoreError) {
+    func recover() throws(EncodingError) {
         let numbers = try segmentNumbers()
         for (position, number) in numbers.enumerated() {
             let segment = try ChunkSegment(directory: directory, number: number, creating: false)
@@ -27,7 +27,7 @@ extension PersistentChunkStore {
         recovery.chunks = index.count
     }
 
-    private func recover(_ segment: ChunkSegment, verifyingData: Bool) throws(ChunkStoreError) {
+    private func recover(_ segment: ChunkSegment, verifyingData: Bool) throws(EncodingError) {
         let fileLength = try segment.fileLength()
         let headerLength = ChunkRecord.headerLength
         var offset = 0
@@ -71,9 +71,9 @@ extension PersistentChunkStore {
     }
 
     /// The numbers of the segment files in the directory, ascending.
-    private func segmentNumbers() throws(ChunkStoreError) -> [UInt64] {
+    private func segmentNumbers() throws(EncodingError) -> [UInt64] {
         guard let stream = opendir(directory) else {
-            throw ChunkStoreError.system("opendir", path: directory)
+            throw EncodingError.system("opendir", path: directory)
         }
         defer { closedir(stream) }
         var numbers: [UInt64] = []

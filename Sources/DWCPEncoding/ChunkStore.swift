@@ -17,7 +17,7 @@
 ///   since its last `fsync`), its data checksum too. A write torn by a crash is therefore never addressable: the
 ///   torn tail is cut off and appends continue after the last whole record. Older segments were `fsync`ed when
 ///   they were sealed.
-/// - **Bit rot.** Every read checks the data checksum and throws ``ChunkStoreError/Code/checksumMismatch`` rather
+/// - **Bit rot.** Every read checks the data checksum and throws ``EncodingError/Code/checksumMismatch`` rather
 ///   than serve bad bytes; the chunk is then dropped from the index, so the sender is asked for it again.
 /// - **Durability** is explicit: ``sync()`` writes the buffered records and `fsync`s the newest segment (and the
 ///   directory after segments were created or deleted). Chunks put since the last ``sync()`` may be lost by a
@@ -140,21 +140,21 @@ public final class PersistentChunkStore: KnownChunks, ChunkProvider {
     /// - Parameters:
     ///   - directory: The store's directory; its parent must exist.
     ///   - configuration: Segment size and size cap.
-    /// - Throws: ``ChunkStoreError/Code/invalidConfiguration``, ``ChunkStoreError/Code/storeInUse`` if the
-    ///   directory is open elsewhere, or ``ChunkStoreError/Code/ioFailed``.
-    public init(directory: String, configuration: Configuration = Configuration()) throws(ChunkStoreError) {
+    /// - Throws: ``EncodingError/Code/invalidConfiguration``, ``EncodingError/Code/storeInUse`` if the
+    ///   directory is open elsewhere, or ``EncodingError/Code/ioFailed``.
+    public init(directory: String, configuration: Configuration = Configuration()) throws(EncodingError) {
         // Stored properties first, so that deinit (which frees the buffers) runs whatever throws below.
         self.directory = directory
         self.configuration = configuration
         guard (4096...(1 << 30)).contains(configuration.segmentCapacity),
             configuration.capacity >= 2 * configuration.segmentCapacity
         else {
-            throw ChunkStoreError(
+            throw EncodingError(
                 .invalidConfiguration, expected: "segments of 4 KiB...1 GiB and a capacity of at least two segments",
                 found: "segments of \(configuration.segmentCapacity) bytes, capacity \(configuration.capacity)")
         }
         guard mkdir(directory, 0o755) == 0 || errno == EEXIST else {
-            throw ChunkStoreError.system("mkdir", path: directory)
+            throw EncodingError.system("mkdir", path: directory)
         }
         try lockDirectory()
         try recover()
@@ -179,14 +179,14 @@ public final class PersistentChunkStore: KnownChunks, ChunkProvider {
     /// Not `flock`: a `flock` belongs to the open file description, which a child forked at that moment (this
     /// process spawns QEMU) shares until it execs, so a close-then-reopen could find the lock still held. Record
     /// locks belong to the process and are not inherited.
-    private func lockDirectory() throws(ChunkStoreError) {
+    private func lockDirectory() throws(EncodingError) {
         guard let resolved = realpath(directory, nil) else {
-            throw ChunkStoreError.system("realpath", path: directory)
+            throw EncodingError.system("realpath", path: directory)
         }
         let canonical = String(cString: resolved)
         free(resolved)
         guard OpenStoreDirectories.shared.insert(canonical) else {
-            throw ChunkStoreError(
+            throw EncodingError(
                 .storeInUse, expected: "no other store instance in this process to have \(canonical) open",
                 found: "one open", advice: "open a directory once and share the instance")
         }
@@ -194,14 +194,14 @@ public final class PersistentChunkStore: KnownChunks, ChunkProvider {
         let lockPath = canonical + "/LOCK"
         lockDescriptor = open(lockPath, O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
         guard lockDescriptor >= 0 else {
-            throw ChunkStoreError.system("open", path: lockPath)
+            throw EncodingError.system("open", path: lockPath)
         }
         var request = flock()
         request.l_type = Int16(F_WRLCK)
         request.l_whence = Int16(SEEK_SET)
         guard fcntl(lockDescriptor, F_SETLK, &request) == 0 else {
             let code = errno
-            throw ChunkStoreError(
+            throw EncodingError(
                 .storeInUse, expected: "no other process to have \(canonical) open", found: "its LOCK held",
                 advice: "stop the other process, or open the store in one process only", systemError: code)
         }
@@ -223,17 +223,17 @@ public final class PersistentChunkStore: KnownChunks, ChunkProvider {
     /// Stores a chunk; a chunk already held is not written again (it counts as a use).
     /// - Parameter bytes: The chunk's content, at most ``Configuration/maximumChunkLength`` bytes.
     /// - Returns: Its key, the SHA-256 of `bytes`.
-    /// - Throws: ``ChunkStoreError/Code/limitExceeded`` for a chunk too large, ``ChunkStoreError/Code/ioFailed``
+    /// - Throws: ``EncodingError/Code/limitExceeded`` for a chunk too large, ``EncodingError/Code/ioFailed``
     ///   if the write fails (the store then holds nothing partial and stays usable).
     @discardableResult
-    public func put(_ bytes: UnsafeRawBufferPointer) throws(ChunkStoreError) -> ChunkKey {
+    public func put(_ bytes: UnsafeRawBufferPointer) throws(EncodingError) -> ChunkKey {
         let key = ChunkKey(of: bytes)
         if index[key] != nil {
             touch(key)
             return key
         }
         guard bytes.count <= configuration.maximumChunkLength else {
-            throw ChunkStoreError(
+            throw EncodingError(
                 .limitExceeded, expected: "a chunk of at most \(configuration.maximumChunkLength) bytes",
                 found: "\(bytes.count) bytes", advice: "cut objects into smaller chunks or use larger segments")
         }
@@ -251,9 +251,9 @@ public final class PersistentChunkStore: KnownChunks, ChunkProvider {
     /// - Returns: Its key, the SHA-256 of `bytes`.
     /// - Throws: As ``put(_:)-(UnsafeRawBufferPointer)``.
     @discardableResult
-    public func put(_ bytes: [UInt8]) throws(ChunkStoreError) -> ChunkKey {
-        let outcome: Result<ChunkKey, ChunkStoreError> = bytes.withUnsafeBytes { raw in
-            Result { () throws(ChunkStoreError) -> ChunkKey in try put(raw) }
+    public func put(_ bytes: [UInt8]) throws(EncodingError) -> ChunkKey {
+        let outcome: Result<ChunkKey, EncodingError> = bytes.withUnsafeBytes { raw in
+            Result { () throws(EncodingError) -> ChunkKey in try put(raw) }
         }
         return try outcome.get()
     }
@@ -261,9 +261,9 @@ public final class PersistentChunkStore: KnownChunks, ChunkProvider {
     /// The content of a chunk, verified against its checksum.
     /// - Parameter key: A chunk key.
     /// - Returns: The chunk's bytes, or nil if the store does not hold it.
-    /// - Throws: ``ChunkStoreError/Code/checksumMismatch`` if the stored record is corrupt (the chunk is then
-    ///   dropped, so later look-ups return nil), or ``ChunkStoreError/Code/ioFailed``.
-    public func get(_ key: ChunkKey) throws(ChunkStoreError) -> [UInt8]? {
+    /// - Throws: ``EncodingError/Code/checksumMismatch`` if the stored record is corrupt (the chunk is then
+    ///   dropped, so later look-ups return nil), or ``EncodingError/Code/ioFailed``.
+    public func get(_ key: ChunkKey) throws(EncodingError) -> [UInt8]? {
         guard let location = index[key] else {
             return nil
         }
@@ -310,18 +310,18 @@ public final class PersistentChunkStore: KnownChunks, ChunkProvider {
 
     /// Makes every chunk put so far durable: `fsync`s the newest segment, and the directory if segments were
     /// created or deleted since the last call.
-    /// - Throws: ``ChunkStoreError/Code/ioFailed``.
-    public func sync() throws(ChunkStoreError) {
+    /// - Throws: ``EncodingError/Code/ioFailed``.
+    public func sync() throws(EncodingError) {
         try flush()
         try activeSegment.sync()
         if needsDirectorySync {
             let descriptor = open(directory, O_RDONLY | O_CLOEXEC)
             guard descriptor >= 0 else {
-                throw ChunkStoreError.system("open", path: directory)
+                throw EncodingError.system("open", path: directory)
             }
             defer { close(descriptor) }
             guard fsync(descriptor) == 0 else {
-                throw ChunkStoreError.system("fsync", path: directory)
+                throw EncodingError.system("fsync", path: directory)
             }
             needsDirectorySync = false
         }
@@ -385,7 +385,7 @@ public final class PersistentChunkStore: KnownChunks, ChunkProvider {
     /// Records are gathered in the write buffer and written by ``flush()`` with one `pwrite`; a record larger than
     /// the buffer is written at once. A buffered record is read from the buffer.
     func append(key: ChunkKey, identity: ChunkIdentity, data: UnsafeRawBufferPointer, lastUse: UInt64)
-        throws(ChunkStoreError)
+        throws(EncodingError)
     {
         let recordLength = ChunkRecord.headerLength + data.count
         var segment = activeSegment
@@ -425,7 +425,7 @@ public final class PersistentChunkStore: KnownChunks, ChunkProvider {
 
     /// Writes the buffered records to the active segment. If the write fails, they are dropped from the index
     /// (the file is cut back, so nothing partial stays addressable) and the error is thrown.
-    func flush() throws(ChunkStoreError) {
+    func flush() throws(EncodingError) {
         guard pendingLength > 0 else {
             return
         }
@@ -450,7 +450,7 @@ public final class PersistentChunkStore: KnownChunks, ChunkProvider {
 
     /// Reads and verifies a record; on a mismatch drops the chunk and throws.
     /// - Returns: The data, valid until the next read, append or flush.
-    func readRecord(_ key: ChunkKey, at location: Location) throws(ChunkStoreError) -> UnsafeRawBufferPointer {
+    func readRecord(_ key: ChunkKey, at location: Location) throws(EncodingError) -> UnsafeRawBufferPointer {
         guard let segment = segments[location.segment] else {
             preconditionFailure("chunk \(key) is indexed in segment \(location.segment), which is not open")
         }
@@ -473,7 +473,7 @@ public final class PersistentChunkStore: KnownChunks, ChunkProvider {
         else {
             forget(key)
             counters.corruptChunks += 1
-            throw ChunkStoreError(
+            throw EncodingError(
                 .checksumMismatch,
                 expected:
                     "the \(location.length)-byte chunk \(key) intact at offset \(location.offset) of \(segment.path)",
@@ -486,7 +486,7 @@ public final class PersistentChunkStore: KnownChunks, ChunkProvider {
 
     /// Seals the active segment (`fsync`) and starts the next one.
     @discardableResult
-    func startSegment() throws(ChunkStoreError) -> ChunkSegment {
+    func startSegment() throws(EncodingError) -> ChunkSegment {
         if let number = order.last, let current = segments[number] {
             try flush()
             try current.sync()

@@ -111,17 +111,17 @@ final class ChunkSegment {
         return number
     }
 
-    init(directory: String, number: UInt64, creating: Bool) throws(ChunkStoreError) {
+    init(directory: String, number: UInt64, creating: Bool) throws(EncodingError) {
         self.number = number
         self.path = directory + "/" + ChunkSegment.fileName(number)
         let flags = O_RDWR | O_CLOEXEC | (creating ? O_CREAT | O_EXCL : 0)
         descriptor = open(path, flags, 0o644)
         guard descriptor >= 0 else {
-            throw ChunkStoreError.system("open", path: path)
+            throw EncodingError.system("open", path: path)
         }
         var status = stat()
         guard fstat(descriptor, &status) == 0 else {
-            let error = ChunkStoreError.system("fstat", path: path)
+            let error = EncodingError.system("fstat", path: path)
             close(descriptor)
             throw error
         }
@@ -135,7 +135,7 @@ final class ChunkSegment {
     }
 
     /// Reads exactly `buffer.count` bytes at `offset`; returns false if the file ends first.
-    func read(into buffer: UnsafeMutableRawBufferPointer, at offset: Int) throws(ChunkStoreError) -> Bool {
+    func read(into buffer: UnsafeMutableRawBufferPointer, at offset: Int) throws(EncodingError) -> Bool {
         var done = 0
         while done < buffer.count {
             let got = pread(descriptor, buffer.baseAddress! + done, buffer.count - done, off_t(offset + done))
@@ -143,7 +143,7 @@ final class ChunkSegment {
                 if errno == EINTR {
                     continue
                 }
-                throw ChunkStoreError.system("pread", path: path)
+                throw EncodingError.system("pread", path: path)
             }
             if got == 0 {
                 return false
@@ -155,7 +155,7 @@ final class ChunkSegment {
 
     /// Writes all of `bytes` at the end of the valid records and advances ``length``. On failure the file is cut
     /// back to the old length, so a failed append leaves no partial record behind.
-    func append(_ bytes: UnsafeRawBufferPointer) throws(ChunkStoreError) {
+    func append(_ bytes: UnsafeRawBufferPointer) throws(EncodingError) {
         var done = 0
         while done < bytes.count {
             let wrote = pwrite(descriptor, bytes.baseAddress! + done, bytes.count - done, off_t(length + done))
@@ -163,7 +163,7 @@ final class ChunkSegment {
                 continue
             }
             guard wrote > 0 else {
-                let error = ChunkStoreError.system("pwrite", path: path)
+                let error = EncodingError.system("pwrite", path: path)
                 _ = ftruncate(descriptor, off_t(length))
                 throw error
             }
@@ -173,46 +173,46 @@ final class ChunkSegment {
     }
 
     /// Cuts the file to `newLength` bytes and makes the cut durable.
-    func truncate(to newLength: Int) throws(ChunkStoreError) {
+    func truncate(to newLength: Int) throws(EncodingError) {
         guard ftruncate(descriptor, off_t(newLength)) == 0 else {
-            throw ChunkStoreError.system("ftruncate", path: path)
+            throw EncodingError.system("ftruncate", path: path)
         }
         length = newLength
         try sync()
     }
 
     /// `fsync`s the file.
-    func sync() throws(ChunkStoreError) {
+    func sync() throws(EncodingError) {
         guard fsync(descriptor) == 0 else {
-            throw ChunkStoreError.system("fsync", path: path)
+            throw EncodingError.system("fsync", path: path)
         }
         syncedLength = length
     }
 
     /// The file's length on disk, which can exceed ``length`` before recovery.
-    func fileLength() throws(ChunkStoreError) -> Int {
+    func fileLength() throws(EncodingError) -> Int {
         var status = stat()
         guard fstat(descriptor, &status) == 0 else {
-            throw ChunkStoreError.system("fstat", path: path)
+            throw EncodingError.system("fstat", path: path)
         }
         return Int(status.st_size)
     }
 
     /// Closes and deletes the file.
-    func remove() throws(ChunkStoreError) {
+    func remove() throws(EncodingError) {
         close(descriptor)
         descriptor = -1
         guard unlink(path) == 0 || errno == ENOENT else {
-            throw ChunkStoreError.system("unlink", path: path)
+            throw EncodingError.system("unlink", path: path)
         }
     }
 }
 
-extension ChunkStoreError {
+extension EncodingError {
     /// An ``Code/ioFailed`` error for the system call that just failed, with its `errno`.
-    static func system(_ call: String, path: String, file: String = #fileID, line: UInt = #line) -> ChunkStoreError {
+    static func system(_ call: String, path: String, file: String = #fileID, line: UInt = #line) -> EncodingError {
         let code = errno
-        return ChunkStoreError(
+        return EncodingError(
             .ioFailed, expected: "\(call) on \(path) to succeed", found: String(cString: strerror(code)),
             advice: "check the store directory's permissions and free space", systemError: code, file: file,
             line: line)

@@ -49,13 +49,13 @@ public struct ChunkSummary: Sendable, Hashable {
     /// - Parameters:
     ///   - bytes: The output of ``serialized()``.
     ///   - maximumBitCount: The largest filter accepted; default 2^33 bits (1 GiB).
-    /// - Throws: ``ChunkStoreError/Code/malformedSummary`` for bad magic, version, fields or length;
-    ///   ``ChunkStoreError/Code/limitExceeded`` for a filter above `maximumBitCount`.
-    public init(serialized bytes: [UInt8], maximumBitCount: Int = 1 << 33) throws(ChunkStoreError) {
+    /// - Throws: ``EncodingError/Code/malformedSummary`` for bad magic, version, fields or length;
+    ///   ``EncodingError/Code/limitExceeded`` for a filter above `maximumBitCount`.
+    public init(serialized bytes: [UInt8], maximumBitCount: Int = 1 << 33) throws(EncodingError) {
         guard bytes.count >= ChunkSummary.headerLength, bytes[0..<4].elementsEqual(ChunkSummary.magic),
             bytes[4] == ChunkSummary.version, bytes[6] == 0, bytes[7] == 0
         else {
-            throw ChunkStoreError(
+            throw EncodingError(
                 .malformedSummary, expected: "a \(ChunkSummary.headerLength)-byte NCBF version 1 header",
                 found: "\(bytes.count) bytes starting \(Array(bytes.prefix(8)))")
         }
@@ -66,13 +66,13 @@ public struct ChunkSummary: Sendable, Hashable {
         let bits = field(8)
         let inserted = field(16)
         guard bits <= UInt64(maximumBitCount) else {
-            throw ChunkStoreError(
+            throw EncodingError(
                 .limitExceeded, expected: "a summary of at most \(maximumBitCount) bits", found: "\(bits) bits")
         }
         guard (1...32).contains(hashes), bits > 0, bits % 64 == 0,
             bytes.count == ChunkSummary.headerLength + Int(bits / 8), inserted <= UInt64(Int.max)
         else {
-            throw ChunkStoreError(
+            throw EncodingError(
                 .malformedSummary,
                 expected: "1...32 hashes and a positive multiple of 64 bits matching the length",
                 found: "\(hashes) hashes, \(bits) bits, \(bytes.count) bytes")

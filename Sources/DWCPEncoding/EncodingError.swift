@@ -22,6 +22,9 @@ public struct EncodingError: Error, Sendable, CustomStringConvertible {
             case decompressionFailed = "decompression failed"
             case decompressionBomb = "decompression bomb"
             case dictionaryFailed = "dictionary failed"
+            case ioFailed = "I/O failed"
+            case storeInUse = "store in use"
+            case malformedSummary = "malformed summary"
         }
 
         private let backing: Backing
@@ -63,6 +66,14 @@ public struct EncodingError: Error, Sendable, CustomStringConvertible {
         /// A dictionary could not be trained or loaded.
         public static let dictionaryFailed = Code(.dictionaryFailed)
 
+        /// A system call on the chunk store's directory or a segment file failed; ``EncodingError/systemError``
+        /// says why.
+        public static let ioFailed = Code(.ioFailed)
+        /// Another chunk store instance, in this process or another one, holds the directory's lock.
+        public static let storeInUse = Code(.storeInUse)
+        /// Serialized chunk-store summary bytes are truncated, have a bad magic or version, or inconsistent fields.
+        public static let malformedSummary = Code(.malformedSummary)
+
         /// A short human-readable name of the code.
         public var description: String { backing.rawValue }
     }
@@ -75,6 +86,8 @@ public struct EncodingError: Error, Sendable, CustomStringConvertible {
     public let found: String
     /// What an operator can do about it, if anything is known.
     public let advice: String?
+    /// The `errno` of a failed system call, for ``Code/ioFailed`` and ``Code/storeInUse``.
+    public let systemError: Int32?
     /// The source file that raised the error.
     public let file: String
     /// The source line that raised the error.
@@ -86,11 +99,13 @@ public struct EncodingError: Error, Sendable, CustomStringConvertible {
     ///   - expected: What was expected.
     ///   - found: What was found instead.
     ///   - advice: What to do about it, if known.
+    ///   - systemError: The `errno` of a failed system call, if one failed.
     public init(
         _ code: Code,
         expected: String,
         found: String,
         advice: String? = nil,
+        systemError: Int32? = nil,
         file: String = #fileID,
         line: UInt = #line
     ) {
@@ -98,13 +113,17 @@ public struct EncodingError: Error, Sendable, CustomStringConvertible {
         self.expected = expected
         self.found = found
         self.advice = advice
+        self.systemError = systemError
         self.file = file
         self.line = line
     }
 
-    /// One line: the code, expected and found, and advice when there is some.
+    /// One line: the code, expected and found, the `errno` and advice when there are some.
     public var description: String {
         var text = "HDE encoding error (\(code)): expected \(expected), found \(found)"
+        if let systemError {
+            text += " (errno \(systemError))"
+        }
         if let advice {
             text += "; \(advice)"
         }

@@ -4,6 +4,10 @@ import NIOCore
 import NIOPosix
 import NIOSSL
 
+#if canImport(Glibc)
+    import Glibc
+#endif
+
 /// How a DWCP connection is protected.
 public enum TransportSecurity: Sendable {
     /// TLS 1.3 with mutual authentication against the cluster CA (the only mode for real use).
@@ -38,10 +42,7 @@ enum TransportConnection {
                 .channelOption(.socketOption(.tcp_nodelay), value: 1)
                 .connectTimeout(.seconds(10))
                 .connect(host: host, port: port) { channel in
-                    channel.eventLoop.makeCompletedFuture {
-                        if let congestionControl {
-                            try setCongestionControl(congestionControl, on: channel)
-                        }
+                    setCongestionControl(congestionControl, on: channel).flatMapThrowing {
                         if let tlsContext {
                             try channel.pipeline.syncOperations.addHandler(
                                 try NIOSSLClientHandler(context: tlsContext, serverHostname: serverName))
@@ -180,20 +181,21 @@ enum TransportConnection {
         )
     }
 
-    /// Sets the socket's congestion control (`bbr`, `cubic`, … as the kernel offers).
-    private static func setCongestionControl(_ name: String, on channel: any Channel) throws {
-        guard let provider = channel as? any SocketOptionProvider else { return }
+    /// Sets the socket's congestion control (`bbr`, `cubic`, … as the kernel offers); `nil` keeps the default.
+    /// Runs on the channel's event loop, so it returns a future instead of waiting.
+    private static func setCongestionControl(_ name: String?, on channel: any Channel) -> EventLoopFuture<Void> {
+        guard let name, let provider = channel as? any SocketOptionProvider else {
+            return channel.eventLoop.makeSucceededVoidFuture()
+        }
         var bytes = Array(name.utf8.prefix(15))
         bytes += Array(repeating: 0, count: 16 - bytes.count)
         let value = (
             bytes[0], bytes[1], bytes[2], bytes[3], bytes[4], bytes[5], bytes[6], bytes[7],
             bytes[8], bytes[9], bytes[10], bytes[11], bytes[12], bytes[13], bytes[14], bytes[15]
         )
-        do {
-            try provider.unsafeSetSocketOption(
-                level: .tcp, name: NIOBSDSocket.Option(rawValue: 13 /* TCP_CONGESTION */), value: value
-            ).wait()
-        } catch {
+        return provider.unsafeSetSocketOption(
+            level: .tcp, name: NIOBSDSocket.Option(rawValue: TCP_CONGESTION), value: value
+        ).flatMapErrorThrowing { error in
             throw TransportError(
                 .invalidArgument,
                 expected: "a congestion control this kernel offers",

@@ -166,7 +166,7 @@ enum Files {
     @Test func rejectsChunksLargerThanASegment() throws {
         let directory = TemporaryDirectory()
         let store = try PersistentChunkStore(directory: directory.store, configuration: Self.small)
-        let error = #expect(throws: ChunkStoreError.self) {
+        let error = #expect(throws: EncodingError.self) {
             try store.put([UInt8](repeating: 1, count: Self.small.maximumChunkLength + 1))
         }
         #expect(error?.code == .limitExceeded)
@@ -180,7 +180,7 @@ enum Files {
             PersistentChunkStore.Configuration(segmentCapacity: 100, capacity: 1 << 20),
             PersistentChunkStore.Configuration(segmentCapacity: 1 << 20, capacity: 1 << 20),
         ] {
-            let error = #expect(throws: ChunkStoreError.self) {
+            let error = #expect(throws: EncodingError.self) {
                 try PersistentChunkStore(directory: directory.store, configuration: configuration)
             }
             #expect(error?.code == .invalidConfiguration)
@@ -191,7 +191,7 @@ enum Files {
         let directory = TemporaryDirectory()
         do {
             let store = try PersistentChunkStore(directory: directory.store)
-            let error = #expect(throws: ChunkStoreError.self) {
+            let error = #expect(throws: EncodingError.self) {
                 try PersistentChunkStore(directory: directory.store)
             }
             #expect(error?.code == .storeInUse)
@@ -303,7 +303,7 @@ enum Files {
         try store.sync()
         let record = ChunkRecord.headerLength + 3000
         Files.poke(Self.segment(directory), at: record + ChunkRecord.headerLength + 1234) { $0 ^ 0x10 }
-        let error = #expect(throws: ChunkStoreError.self) {
+        let error = #expect(throws: EncodingError.self) {
             try store.get(keys[1])
         }
         #expect(error?.code == .checksumMismatch)
@@ -326,7 +326,7 @@ enum Files {
         let key = try store.put(TestData.random(100, seed: 1))
         try store.sync()
         Files.poke(Self.segment(directory), at: offset) { $0 ^ 0x80 }
-        let error = #expect(throws: ChunkStoreError.self) {
+        let error = #expect(throws: EncodingError.self) {
             try store.get(key)
         }
         #expect(error?.code == .checksumMismatch)
@@ -480,12 +480,12 @@ enum Files {
         for malformed in [
             [], Array(bytes.prefix(23)), Array(bytes.dropLast()), bytes + [0], badMagic, badBits, noHashes,
         ] {
-            let error = #expect(throws: ChunkStoreError.self) {
+            let error = #expect(throws: EncodingError.self) {
                 try ChunkSummary(serialized: malformed)
             }
             #expect(error?.code == .malformedSummary)
         }
-        let error = #expect(throws: ChunkStoreError.self) {
+        let error = #expect(throws: EncodingError.self) {
             try ChunkSummary(serialized: bytes, maximumBitCount: summary.bitCount - 64)
         }
         #expect(error?.code == .limitExceeded)

@@ -194,6 +194,19 @@ struct LoopbackTransferTests {
         #expect(!FileManager.default.fileExists(atPath: scratch.destination))
     }
 
+    @Test("A chosen congestion control is set on the data sockets and the transfer verifies")
+    func congestionControl() async throws {
+        let scratch = try Scratch(size: 3 << 20)
+        defer { scratch.remove() }
+        let (receiver, port) = await Self.startReceiver(scratch)
+        var configuration = Self.sendConfiguration(port: port)
+        configuration.congestionControl = "cubic"
+        let sent = try await TransferClient.send(.file(path: scratch.source), configuration: configuration)
+        _ = try await receiver.value
+        #expect(sent.streamFailures == 0, "every data socket accepted TCP_CONGESTION cubic")
+        #expect(try Data(contentsOf: URL(fileURLWithPath: scratch.destination)) == scratch.bytes)
+    }
+
     @Test("Plaintext transfers work when both sides ask for it")
     func plaintext() async throws {
         let scratch = try Scratch(size: 3 << 20)
