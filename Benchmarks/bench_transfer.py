@@ -218,6 +218,23 @@ def last_json_line(text):
     return None
 
 
+def progress_trace(text):
+    """[seconds, Mbit/s, streams, retransmits] of every progress line a novacron process printed."""
+    trace = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line.startswith("{"):
+            continue
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        if event.get("event") == "progress":
+            trace.append([round(event.get("seconds", 0), 1), round(event.get("bytesPerSecond", 0) * 8 / 1e6, 1),
+                          event.get("streams"), event.get("retransmits")])
+    return trace
+
+
 def sha256_file(path):
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -447,6 +464,7 @@ def run_novacron(ctx, case):
     sender = [ctx.args.novacron, "send", ctx.source, "--to", f"{ADDRESS_B}:{port}", "--certs", certs,
               "--node", "a", "--json"] + plaintext + case.options.get("flags", [])
     result = transfer(ctx, receiver, sender, port)
+    result["trace"] = progress_trace(result["sender_stdout"])
     result["tool"] = last_json_line(result.pop("sender_stdout"))
     result["tool_receiver"] = last_json_line(result.pop("receiver_stdout"))
     verify(ctx, result)
@@ -478,6 +496,13 @@ def make_cases(args):
                           flags=["--min-streams", "1", "--max-streams", "1"]))
         cases.append(Case("novacron-auto-plaintext", "novacron", "auto, --insecure-plaintext", "novacron",
                           run_novacron, plaintext=True))
+        for variant in args.novacron_variant or []:
+            label, _, flags = variant.partition("=")
+            cases.append(Case(f"novacron-{label}", "novacron", flags or "auto", "novacron", run_novacron,
+                              flags=flags.split()))
+    if args.only:
+        keys = args.only.split(",")
+        cases = [case for case in cases if case.key in keys]
     return cases
 
 
@@ -731,6 +756,10 @@ def main():
     parser.add_argument("--wanem", help="wanem binary (default REPO/.build-release/release/wanem, else "
                                         "REPO/.build/debug/wanem)")
     parser.add_argument("--novacron", default=os.path.join(benchlib.REPO, ".build-release", "release", "novacron"))
+    parser.add_argument("--novacron-variant", action="append", metavar="LABEL=FLAGS",
+                        help="an extra novacron case with these `novacron send` flags, e.g. "
+                             "'s8=--streams 8' (repeatable; for tuning)")
+    parser.add_argument("--only", help="comma-separated case keys to keep (e.g. iperf3-8-bbr,novacron-auto)")
     parser.add_argument("--workdir", help="directory for the data and received files (default: a new temp dir)")
     args = parser.parse_args()
     if os.geteuid() != 0:

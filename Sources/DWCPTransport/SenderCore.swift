@@ -62,10 +62,27 @@ actor SenderCore {
 
     // MARK: Session
 
-    func accepted(_ accept: SessionMessage.Accept, roundTrip: Duration, receiveBufferLimit: Int) {
+    /// The control connection is up (TCP only; TLS and the offer are still on their way): sizes the
+    /// stream-count controller from the round-trip time the kernel measured on the handshake and starts
+    /// opening data streams, so that their handshakes overlap the control stream's.
+    func connected(roundTrip: Duration, streamInFlightLimit: Int) {
+        self.roundTrip = roundTrip
+        let derived = StreamCountController.initialStreamCount(
+            bitsPerSecond: configuration.linkRateHint,
+            roundTripSeconds: roundTrip.seconds,
+            streamInFlightLimit: streamInFlightLimit
+        )
+        controller = StreamCountController(
+            initialStreams: configuration.initialStreams ?? derived,
+            configuration: .init(
+                minimumStreams: configuration.minimumStreams, maximumStreams: configuration.maximumStreams)
+        )
+        adjustStreams()
+    }
+
+    func accepted(_ accept: SessionMessage.Accept) {
         sessionID = accept.sessionID
         token = accept.token
-        self.roundTrip = roundTrip
         let chunkSize = Int(accept.chunkSize)
         let totalChunks = reader.size.map { Int(($0 + UInt64(chunkSize) - 1) / UInt64(chunkSize)) }
         machine = TransferSender(
@@ -75,17 +92,6 @@ actor SenderCore {
             present: accept.present,
             stallTimeout: configuration.stallTimeout
         )
-        let derived = StreamCountController.initialStreamCount(
-            bitsPerSecond: configuration.linkRateHint,
-            roundTripSeconds: roundTrip.seconds,
-            receiveBufferLimit: receiveBufferLimit
-        )
-        let initial = configuration.initialStreams ?? max(derived, 4)
-        controller = StreamCountController(
-            initialStreams: initial,
-            configuration: .init(
-                minimumStreams: configuration.minimumStreams, maximumStreams: configuration.maximumStreams)
-        )
         for waiter in acceptWaiters { waiter.resume(returning: (chunkSize, accept.present)) }
         acceptWaiters.removeAll()
         adjustStreams()
@@ -94,10 +100,17 @@ actor SenderCore {
 
     func waitUntilAccepted() async -> (chunkSize: Int, skipped: ChunkBitmap) {
         if let machine { return (machine.chunkSize, machine.skipped) }
+        if outcome != nil { return (configuration.chunkSize, ChunkBitmap()) }
         return await withCheckedContinuation { acceptWaiters.append($0) }
     }
 
-    func credentials() -> (UInt64, SessionMessage.Token) { (sessionID, token) }
+    /// The session's id and token, once the receiver has accepted.
+    /// - Throws: `CancellationError` when the transfer ended without an accept (refused, failed).
+    func credentials() async throws -> (UInt64, SessionMessage.Token) {
+        if machine == nil { _ = await waitUntilAccepted() }
+        guard outcome == nil, machine != nil else { throw CancellationError() }
+        return (sessionID, token)
+    }
 
     // MARK: Source
 
@@ -163,15 +176,15 @@ actor SenderCore {
         opening.remove(stream)
         channels.removeValue(forKey: stream)
         outlets.removeValue(forKey: stream)?.finish()
-        guard var machine, outcome == nil, !finishSent else { return }
-        if draining.remove(stream) != nil, machine.isDrained(stream) {
-            machine.streamClosed(stream)
+        guard outcome == nil, !finishSent else { return }
+        if draining.remove(stream) != nil, machine?.isDrained(stream) ?? true {
+            machine?.streamClosed(stream)
         } else {
-            machine.streamFailed(stream)
+            // Before the accept (no machine yet) a failed stream held no chunks; it still counts.
+            machine?.streamFailed(stream)
             streamFailures += 1
             consecutiveFailures += 1
             if consecutiveFailures > configuration.maximumConsecutiveFailures {
-                self.machine = machine
                 fail(
                     TransportError(
                         .connectionFailed,
@@ -183,14 +196,13 @@ actor SenderCore {
                 return
             }
         }
-        self.machine = machine
         adjustStreams()
         pump()
     }
 
     /// Opens or drains streams to match the controller's count.
     private func adjustStreams() {
-        guard let controller, outcome == nil, !(machine?.isComplete ?? true) else { return }
+        guard let controller, outcome == nil, !(machine?.isComplete ?? false) else { return }
         let live = outlets.keys.filter { !draining.contains($0) }.count + opening.count
         if live < controller.streamCount {
             for _ in live..<controller.streamCount {

@@ -40,13 +40,18 @@ public enum TransferClient {
         )
         let (commands, commandSink) = AsyncStream.makeStream(of: SenderCore.Command.self)
         let core = SenderCore(configuration: configuration, reader: reader, commands: commandSink)
+        // The control connection's TCP handshake gave the kernel a first RTT sample: enough to size the
+        // stream count and open the data streams while TLS and the offer are still under way.
+        await core.connected(
+            roundTrip: await Self.smoothedRoundTrip(control.channel) ?? .zero,
+            streamInFlightLimit: Self.streamInFlightLimit())
         try await control.executeThenClose { inbound, outbound in
             await withTaskGroup(of: Void.self) { group in
                 group.addTask {
                     await core.failing {
                         var iterator = inbound.makeAsyncIterator()
                         try await runControl(
-                            &iterator, outbound: outbound, control: control.channel, core: core, reader: reader,
+                            &iterator, outbound: outbound, core: core, reader: reader,
                             configuration: configuration, peer: peer)
                     }
                 }
@@ -83,7 +88,6 @@ public enum TransferClient {
     private static func runControl(
         _ iterator: inout NIOAsyncChannelInboundStream<DWCPFrame>.AsyncIterator,
         outbound: NIOAsyncChannelOutboundWriter<DWCPFrame>,
-        control: any Channel,
         core: SenderCore,
         reader: SourceReader,
         configuration: SendConfiguration,
@@ -96,21 +100,12 @@ public enum TransferClient {
             chunkSize: UInt32(configuration.chunkSize),
             resume: configuration.resume
         )
-        let offered = ContinuousClock.now
         _ = try await TransportConnection.sayHello(
             inbound: &iterator, outbound: outbound, nodeName: configuration.nodeName, peer: peer,
             pipelined: [frame(.offer(offer), session: 0)])
         switch try await nextMessage(&iterator, peer: peer) {
         case .accept(let accept):
-            // The kernel's smoothed RTT of the control connection; the offer's round trip (which
-            // includes the TLS handshake) only if the kernel has none.
-            var roundTrip = ContinuousClock.now - offered
-            if let provider = control as? any SocketOptionProvider, let info = try? await provider.getTCPInfo().get(),
-                info.tcpi_rtt > 0
-            {
-                roundTrip = .microseconds(Int(info.tcpi_rtt))
-            }
-            await core.accepted(accept, roundTrip: roundTrip, receiveBufferLimit: Self.receiveBufferLimit())
+            await core.accepted(accept)
         case .refuse(let reason):
             throw TransportError(.refused, expected: "the receiver to accept the transfer", found: reason)
         case let other:
@@ -194,9 +189,11 @@ public enum TransferClient {
             )
             try await channel.executeThenClose { inbound, outbound in
                 var iterator = inbound.makeAsyncIterator()
-                let (session, token) = await core.credentials()
-                _ = try await TransportConnection.sayHello(
-                    inbound: &iterator, outbound: outbound, nodeName: configuration.nodeName, peer: peer,
+                let (session, token) = try await core.credentials()
+                // Chunks follow the hello and the attach at once; the answer to the hello is read
+                // before the first acknowledgement.
+                let handshake = try await TransportConnection.sendHello(
+                    outbound: outbound, nodeName: configuration.nodeName, peer: peer,
                     pipelined: [
                         frame(
                             .attach(sessionID: session, token: token, stream: UInt16(truncatingIfNeeded: stream)),
@@ -216,6 +213,8 @@ public enum TransferClient {
                         // Drained on purpose (or the transfer ended): closing ends the reader below.
                         connection.close(promise: nil)
                     }
+                    _ = try await TransportConnection.awaitHelloAnswer(
+                        handshake, inbound: &iterator, outbound: outbound, peer: peer)
                     while let frame = try await iterator.next() {
                         switch frame.type {
                         case .ack:
@@ -244,12 +243,26 @@ public enum TransferClient {
         await core.streamEnded(stream, error: failure)
     }
 
-    /// The kernel's ceiling for one TCP socket's receive buffer (`net.ipv4.tcp_rmem`'s maximum).
-    static func receiveBufferLimit() -> Int {
-        guard let text = try? String(contentsOfFile: "/proc/sys/net/ipv4/tcp_rmem", encoding: .utf8),
-            let last = text.split(whereSeparator: { $0 == " " || $0 == "\t" || $0 == "\n" }).last,
-            let value = Int(last)
-        else { return 6 << 20 }
-        return value
+    /// The kernel's smoothed round-trip time of a connection (`TCP_INFO`), `nil` before any sample.
+    static func smoothedRoundTrip(_ channel: any Channel) async -> Duration? {
+        guard let provider = channel as? any SocketOptionProvider, let info = try? await provider.getTCPInfo().get(),
+            info.tcpi_rtt > 0
+        else { return nil }
+        return .microseconds(Int(info.tcpi_rtt))
+    }
+
+    /// What one TCP stream of this host can keep in flight, from the kernel's buffer ceilings
+    /// (`net.ipv4.tcp_rmem` and `tcp_wmem` maxima; Linux defaults when unreadable).
+    static func streamInFlightLimit() -> Int {
+        func maximum(_ name: String, default value: Int) -> Int {
+            guard let text = try? String(contentsOfFile: "/proc/sys/net/ipv4/\(name)", encoding: .utf8),
+                let last = text.split(whereSeparator: { $0 == " " || $0 == "\t" || $0 == "\n" }).last,
+                let number = Int(last)
+            else { return value }
+            return number
+        }
+        return StreamCountController.streamInFlightLimit(
+            receiveBufferMaximum: maximum("tcp_rmem", default: 6 << 20),
+            sendBufferMaximum: maximum("tcp_wmem", default: 4 << 20))
     }
 }

@@ -28,7 +28,7 @@ public struct TransferSender: Sendable {
     public private(set) var chunksAcknowledged = 0
     /// Chunks queued again because the stream carrying them failed.
     public private(set) var chunksResent = 0
-    /// Chunks copied onto an idle stream in the end game.
+    /// Chunks copied onto an idle stream (end game or a window held up by a slow stream).
     public private(set) var chunksDuplicated = 0
     private var duplicated: Set<Int> = []
     private var highestRead = -1
@@ -95,12 +95,13 @@ public struct TransferSender: Sendable {
 
     /// Which chunks go on which streams now.
     ///
-    /// Once every chunk has been read and handed out, streams that fall idle take
-    /// copies of chunks still in flight elsewhere, oldest first (the end game), so the last chunks
-    /// do not wait for one slow or lossy stream.
+    /// When nothing more can be read — the source is read to its end (the end game), or the window is
+    /// full because its oldest chunks sit on a slow or lossy stream (head-of-line blocking) — streams
+    /// that fall idle take copies of chunks still in flight elsewhere, oldest first. So neither the last
+    /// chunks nor the whole window wait for one slow stream; a copy is made at most once per chunk.
     public mutating func assign(now: Duration) -> [Assignment] {
         var assignments = scheduler.assign()
-        if let endChunk, scheduler.pendingCount == 0, done.firstAbsent(from: highestRead + 1) >= endChunk {
+        if scheduler.pendingCount == 0, readingBlocked {
             var candidates = scheduler.inFlightChunks.filter {
                 !done.contains($0.chunk.index) && !duplicated.contains($0.chunk.index)
             }[...]
@@ -162,6 +163,14 @@ public struct TransferSender: Sendable {
         lastProgress.compactMap { stream, since in
             scheduler.inFlightCount(on: stream) > 0 && now - since > stallTimeout ? stream : nil
         }.sorted()
+    }
+
+    /// Whether no further chunk can be read now: the source has none left, or the next one lies
+    /// beyond the window.
+    private var readingBlocked: Bool {
+        let next = done.firstAbsent(from: highestRead + 1)
+        if let endChunk, next >= endChunk { return true }
+        return !admits(next)
     }
 
     /// Chunks read and not yet acknowledged.

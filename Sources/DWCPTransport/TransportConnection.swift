@@ -71,9 +71,37 @@ enum TransportConnection {
         peer: String,
         pipelined: [DWCPFrame] = []
     ) async throws -> String {
+        let handshake = try await sendHello(outbound: outbound, nodeName: nodeName, peer: peer, pipelined: pipelined)
+        return try await awaitHelloAnswer(handshake, inbound: &inbound, outbound: outbound, peer: peer)
+    }
+
+    /// The first half of ``sayHello``: sends the hello and `pipelined`, returns the handshake to finish
+    /// with ``awaitHelloAnswer`` (a data stream sends its chunks in between).
+    static func sendHello(
+        outbound: NIOAsyncChannelOutboundWriter<DWCPFrame>,
+        nodeName: String,
+        peer: String,
+        pipelined: [DWCPFrame] = []
+    ) async throws -> HandshakeStateMachine {
         var handshake = HandshakeStateMachine.client(nodeName: nodeName, sessionID: 0)
         do {
             try await outbound.write(contentsOf: [handshake.start()] + pipelined)
+        } catch {
+            throw classify(error, peer: peer)
+        }
+        return handshake
+    }
+
+    /// The second half of ``sayHello``: reads until the hello is answered.
+    /// - Returns: The peer's node name.
+    static func awaitHelloAnswer(
+        _ handshake: HandshakeStateMachine,
+        inbound: inout NIOAsyncChannelInboundStream<DWCPFrame>.AsyncIterator,
+        outbound: NIOAsyncChannelOutboundWriter<DWCPFrame>,
+        peer: String
+    ) async throws -> String {
+        var handshake = handshake
+        do {
             while let frame = try await inbound.next() {
                 switch handshake.receive(frame) {
                 case .establish(let outcome), .sendAndEstablish(_, let outcome):

@@ -17,18 +17,28 @@ struct StreamCountControllerTests {
         return counts
     }
 
-    @Test("The initial count covers the bandwidth-delay product with 6 MiB windows")
+    @Test("The initial count covers the bandwidth-delay product with what one stream keeps in flight")
     func initialCount() {
-        let sixMiB = 6 * 1024 * 1024
+        // Debian's defaults: tcp_rmem max 6 MiB (32 MiB in wanem's namespaces), tcp_wmem max 4 MiB.
+        let limit = StreamCountController.streamInFlightLimit(
+            receiveBufferMaximum: 32 << 20, sendBufferMaximum: 4 << 20)
+        #expect(limit == 2 << 20)
+        #expect(
+            StreamCountController.streamInFlightLimit(receiveBufferMaximum: 6 << 20, sendBufferMaximum: 8 << 20)
+                == 3 << 20)
+        // 1 Gbit/s × 250 ms = 31.25 MB: 15 streams of 2 MiB.
         #expect(
             StreamCountController.initialStreamCount(
-                bitsPerSecond: 1e9, roundTripSeconds: 0.25, receiveBufferLimit: sixMiB) == 5)
+                bitsPerSecond: 1e9, roundTripSeconds: 0.25, streamInFlightLimit: limit) == 15)
         #expect(
             StreamCountController.initialStreamCount(
-                bitsPerSecond: 1e9, roundTripSeconds: 0.001, receiveBufferLimit: sixMiB) == 1)
+                bitsPerSecond: 1e9, roundTripSeconds: 0.1, streamInFlightLimit: limit) == 6)
         #expect(
             StreamCountController.initialStreamCount(
-                bitsPerSecond: 1e8, roundTripSeconds: 0.3, receiveBufferLimit: sixMiB) == 1)
+                bitsPerSecond: 1e9, roundTripSeconds: 0.001, streamInFlightLimit: limit) == 1)
+        #expect(
+            StreamCountController.initialStreamCount(
+                bitsPerSecond: 1e8, roundTripSeconds: 0.03, streamInFlightLimit: limit) == 1)
     }
 
     @Test("It climbs to where extra streams stop paying off")
