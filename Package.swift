@@ -72,6 +72,7 @@ var package = Package(
         .target(
             name: "DWCPTransport",
             dependencies: [
+                "CNovaCronSystem",
                 "DWCPWire",
                 "DWCPSecurity",
                 .product(name: "Crypto", package: "swift-crypto"),

@@ -219,7 +219,8 @@ def last_json_line(text):
 
 
 def progress_trace(text):
-    """[seconds, Mbit/s, streams, retransmits] of every progress line a novacron process printed."""
+    """[seconds, Mbit/s, streams, retransmits, send-buffer-limited share] of every progress line a novacron
+    process printed."""
     trace = []
     for line in text.splitlines():
         line = line.strip()
@@ -231,7 +232,8 @@ def progress_trace(text):
             continue
         if event.get("event") == "progress":
             trace.append([round(event.get("seconds", 0), 1), round(event.get("bytesPerSecond", 0) * 8 / 1e6, 1),
-                          event.get("streams"), event.get("retransmits")])
+                          event.get("streams"), event.get("retransmits"),
+                          None if event.get("sendBufferLimited") is None else round(event["sendBufferLimited"], 2)])
     return trace
 
 

@@ -1,5 +1,6 @@
 #include "novacron_system.h"
 
+#include <linux/tcp.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
@@ -59,3 +60,17 @@ int novacron_spawn(const char *path, char *const argv[], int stdin_fd, int stdou
     posix_spawn_file_actions_destroy(&actions);
     return result;
 }
+
+#define NOVACRON_SAME_AS_LINUX(field)                                                                   \
+    _Static_assert(offsetof(struct novacron_tcp_info, field) == offsetof(struct tcp_info, tcpi_##field), \
+                   "struct novacron_tcp_info." #field " is not where Linux puts it")
+NOVACRON_SAME_AS_LINUX(rtt);
+NOVACRON_SAME_AS_LINUX(snd_cwnd);
+NOVACRON_SAME_AS_LINUX(total_retrans);
+NOVACRON_SAME_AS_LINUX(pacing_rate);
+NOVACRON_SAME_AS_LINUX(min_rtt);
+NOVACRON_SAME_AS_LINUX(delivery_rate);
+NOVACRON_SAME_AS_LINUX(busy_time);
+NOVACRON_SAME_AS_LINUX(rwnd_limited);
+NOVACRON_SAME_AS_LINUX(sndbuf_limited);
+_Static_assert(sizeof(struct novacron_tcp_info) <= sizeof(struct tcp_info), "struct novacron_tcp_info is too long");

@@ -1,17 +1,21 @@
 import NIOCore
 
-/// Faults a test or a benchmark injects into one data stream's outgoing bytes, to show that the
-/// transfer survives them. Never set in normal use.
+/// Faults a test or a benchmark injects into one connection (its outgoing bytes, or its lifetime), to
+/// show that the transfer survives them. Never set in normal use.
 public struct FaultInjection: Hashable, Sendable {
     /// Flip one byte at this offset of the stream's outgoing (pre-TLS) bytes: a corrupted chunk.
     public var corruptByteAt: Int?
     /// Close the connection once this many bytes have gone out: a data stream dying mid-transfer.
     public var closeAfterBytes: Int?
 
+    /// Close the connection this long after it was set up: a link that breaks mid-transfer.
+    public var closeAfter: Duration?
+
     /// Creates a fault set.
-    public init(corruptByteAt: Int? = nil, closeAfterBytes: Int? = nil) {
+    public init(corruptByteAt: Int? = nil, closeAfterBytes: Int? = nil, closeAfter: Duration? = nil) {
         self.corruptByteAt = corruptByteAt
         self.closeAfterBytes = closeAfterBytes
+        self.closeAfter = closeAfter
     }
 }
 
@@ -26,6 +30,15 @@ final class FaultInjectingHandler: ChannelOutboundHandler {
 
     init(_ faults: FaultInjection) {
         self.faults = faults
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        guard let delay = faults.closeAfter else { return }
+        let (seconds, attoseconds) = delay.components
+        let channel = context.channel
+        context.eventLoop.scheduleTask(in: .nanoseconds(seconds * 1_000_000_000 + attoseconds / 1_000_000_000)) {
+            channel.close(promise: nil)
+        }
     }
 
     func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {

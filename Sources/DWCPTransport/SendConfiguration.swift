@@ -35,8 +35,15 @@ public struct SendConfiguration: Sendable {
     public var interval: Duration = .seconds(1)
     /// How many times in a row data streams may fail to open before the transfer gives up.
     public var maximumConsecutiveFailures = 6
-    /// Faults injected into the first connection of the given data streams (tests only).
+    /// How many times a broken session is re-established (a new session resuming from the receiver's
+    /// chunk bitmap) before the transfer fails; files only, a stream from standard input cannot be re-read.
+    public var reconnectAttempts = 5
+    /// The wait before the first re-establishment; it doubles with every further attempt (at most 32×).
+    public var reconnectDelay: Duration = .seconds(1)
+    /// Faults injected into the first attempt's connections of the given data streams (tests only).
     public var faults: [Int: FaultInjection] = [:]
+    /// A fault injected into the first attempt's control connection (tests only).
+    public var controlFault: FaultInjection?
 
     /// Creates a configuration for a receiver at `host:port`.
     public init(host: String, port: Int, security: TransportSecurity, nodeName: String) {
@@ -63,6 +70,10 @@ public struct TransferProgress: Sendable, Codable {
     public var roundTripMilliseconds: Double?
     /// TCP retransmissions over the streams so far (from `TCP_INFO`).
     public var retransmits: UInt64?
+    /// The share of the streams' busy time over the last interval spent with a full send buffer and
+    /// nothing left to send (`TCP_INFO`): near 1, the kernel's `tcp_wmem` ceiling, not the path, sets
+    /// the pace (the sender adds streams; raising the ceiling would help too).
+    public var sendBufferLimited: Double?
 }
 
 /// What a completed send did.
@@ -87,4 +98,18 @@ public struct SendReport: Sendable, Codable {
     public var chunksDuplicated: Int
     /// The round-trip time measured on the control stream before the transfer, milliseconds.
     public var roundTripMilliseconds: Double
+    /// How many times the session broke and was re-established.
+    public var reconnects = 0
+}
+
+/// A broken session about to be re-established.
+public struct ReconnectNotice: Sendable, Codable {
+    /// Which re-establishment this is (1 for the first).
+    public var attempt: Int
+    /// How many are allowed.
+    public var attempts: Int
+    /// Seconds until it starts.
+    public var delaySeconds: Double
+    /// What broke the session.
+    public var reason: String
 }

@@ -1,8 +1,8 @@
 import NIOCore
 
-/// The sender's shared state: the ``TransferSender`` and ``StreamCountController`` machines, the
-/// chunks held until acknowledged, and one outlet per data stream. Stream tasks, the source reader
-/// and the ticker report events here; the actor turns the machines' decisions into commands.
+/// The sender's I/O shell around ``SenderSession``: it holds the chunks read until they are
+/// released, one outlet per data stream and the streams' channels. Stream tasks, the source reader
+/// and the ticker report events here; the session decides, and this actor carries out its actions.
 actor SenderCore {
     enum Command: Sendable {
         /// Open data stream `id` after `delay`.
@@ -19,8 +19,7 @@ actor SenderCore {
     private let clock = ContinuousClock()
     private let started: ContinuousClock.Instant
 
-    private var machine: TransferSender?
-    private var controller: StreamCountController?
+    private var session: SenderSession
     private(set) var sessionID: UInt64 = 0
     private var token = SessionMessage.Token(bytes: Array(repeating: 0, count: 16))
     private var acceptWaiters: [CheckedContinuation<(Int, ChunkBitmap), Never>] = []
@@ -29,32 +28,23 @@ actor SenderCore {
     private var chunks: [Int: ByteBuffer] = [:]
     private var outlets: [Int: Outlet.Continuation] = [:]
     private var channels: [Int: any Channel] = [:]
-    private var opening: Set<Int> = []
-    private var draining: Set<Int> = []
-    private var nextStreamID = 0
     private var bucket: TokenBucket?
 
     private var digest: SessionMessage.Digest?
-    private var totals: (chunks: Int, bytes: UInt64)?
-    private var finishSent = false
+    private var totalBytes: UInt64?
     private var outcome: Result<SessionMessage.Digest, any Error>?
-    private var completionWaiters: [CheckedContinuation<Void, Never>] = []
 
-    private var roundTrip: Duration = .zero
-    private var acknowledgedBytes: UInt64 = 0
     private var bytesAtLastTick: UInt64 = 0
     private var lastTick: Duration = .zero
-    private var controlSampleStart: (at: Duration, bytes: UInt64) = (.zero, 0)
     private var sentBytes: UInt64 = 0
-    private var streamFailures = 0
-    private var consecutiveFailures = 0
-    private var maximumStreams = 0
+    private var lastStatistics: [Int: TCPStatistics] = [:]
 
     init(configuration: SendConfiguration, reader: SourceReader, commands: AsyncStream<Command>.Continuation) {
         self.configuration = configuration
         self.reader = reader
         self.commands = commands
         self.started = clock.now
+        self.session = SenderSession(configuration: .init(configuration))
         self.bucket = configuration.rateLimit.map { TokenBucket(bytesPerSecond: $0) }
     }
 
@@ -62,44 +52,24 @@ actor SenderCore {
 
     // MARK: Session
 
-    /// The control connection is up (TCP only; TLS and the offer are still on their way): sizes the
-    /// stream-count controller from the round-trip time the kernel measured on the handshake and starts
-    /// opening data streams, so that their handshakes overlap the control stream's.
+    /// The control connection is up (TCP only; TLS and the offer are still on their way): the session
+    /// sizes the stream count from the handshake's round-trip time and starts opening data streams.
     func connected(roundTrip: Duration, streamInFlightLimit: Int) {
-        self.roundTrip = roundTrip
-        let derived = StreamCountController.initialStreamCount(
-            bitsPerSecond: configuration.linkRateHint,
-            roundTripSeconds: roundTrip.seconds,
-            streamInFlightLimit: streamInFlightLimit
-        )
-        controller = StreamCountController(
-            initialStreams: configuration.initialStreams ?? derived,
-            configuration: .init(
-                minimumStreams: configuration.minimumStreams, maximumStreams: configuration.maximumStreams)
-        )
-        adjustStreams()
+        perform(session.connected(roundTrip: roundTrip, streamInFlightLimit: streamInFlightLimit))
     }
 
     func accepted(_ accept: SessionMessage.Accept) {
+        guard outcome == nil else { return }
         sessionID = accept.sessionID
         token = accept.token
-        let chunkSize = Int(accept.chunkSize)
-        let totalChunks = reader.size.map { Int(($0 + UInt64(chunkSize) - 1) / UInt64(chunkSize)) }
-        machine = TransferSender(
-            chunkSize: chunkSize,
-            windowChunks: max(1, min(Int(accept.windowChunks), configuration.windowBytes / chunkSize)),
-            totalChunks: totalChunks,
-            present: accept.present,
-            stallTimeout: configuration.stallTimeout
-        )
-        for waiter in acceptWaiters { waiter.resume(returning: (chunkSize, accept.present)) }
+        let actions = session.accepted(accept, objectSize: reader.size)
+        for waiter in acceptWaiters { waiter.resume(returning: (Int(accept.chunkSize), accept.present)) }
         acceptWaiters.removeAll()
-        adjustStreams()
-        finishIfDone()
+        perform(actions)
     }
 
     func waitUntilAccepted() async -> (chunkSize: Int, skipped: ChunkBitmap) {
-        if let machine { return (machine.chunkSize, machine.skipped) }
+        if let transfer = session.transfer { return (transfer.chunkSize, transfer.skipped) }
         if outcome != nil { return (configuration.chunkSize, ChunkBitmap()) }
         return await withCheckedContinuation { acceptWaiters.append($0) }
     }
@@ -107,61 +77,44 @@ actor SenderCore {
     /// The session's id and token, once the receiver has accepted.
     /// - Throws: `CancellationError` when the transfer ended without an accept (refused, failed).
     func credentials() async throws -> (UInt64, SessionMessage.Token) {
-        if machine == nil { _ = await waitUntilAccepted() }
-        guard outcome == nil, machine != nil else { throw CancellationError() }
+        if session.transfer == nil { _ = await waitUntilAccepted() }
+        guard outcome == nil, session.transfer != nil else { throw CancellationError() }
         return (sessionID, token)
     }
 
     // MARK: Source
 
     func admit(_ index: Int, _ chunk: ByteBuffer) async throws {
-        while outcome == nil, let machine, !machine.admits(index) {
+        while outcome == nil, !session.admits(index) {
             await withCheckedContinuation { windowWaiter = $0 }
         }
         guard outcome == nil else { throw CancellationError() }
         chunks[index] = chunk
-        machine!.chunkRead(index, size: chunk.readableBytes)
-        pump()
+        perform(session.chunkRead(index, size: chunk.readableBytes, now: now))
     }
 
     func sourceEnded(chunkCount: Int, digest: SessionMessage.Digest) {
-        machine?.sourceEnded(chunkCount: chunkCount)
         self.digest = digest
-        totals = (chunkCount, reader.bytesRead)
-        finishIfDone()
+        totalBytes = reader.bytesRead
+        perform(session.sourceEnded(chunkCount: chunkCount, totalBytes: reader.bytesRead, digest: digest))
     }
 
     // MARK: Streams
 
     func streamReady(_ stream: Int, channel: any Channel) -> Outlet {
         let (outlet, continuation) = Outlet.makeStream()
-        opening.remove(stream)
-        guard outcome == nil, machine != nil else {
+        guard outcome == nil else {
             continuation.finish()
             return outlet
         }
         outlets[stream] = continuation
         channels[stream] = channel
-        maximumStreams = max(maximumStreams, outlets.count)
-        machine!.streamOpened(stream, window: streamWindow(), now: now)
-        rebalanceWindows()
-        pump()
+        perform(session.streamReady(stream, now: now))
         return outlet
     }
 
     func acknowledged(_ index: Int, on stream: Int) {
-        guard machine != nil, machine!.acknowledged(index, on: stream, now: now) else { return }
-        if let chunk = chunks.removeValue(forKey: index) {
-            acknowledgedBytes += UInt64(chunk.readableBytes)
-        }
-        consecutiveFailures = 0
-        if draining.contains(stream), machine!.isDrained(stream) {
-            outlets.removeValue(forKey: stream)?.finish()
-        }
-        windowWaiter?.resume()
-        windowWaiter = nil
-        pump()
-        finishIfDone()
+        perform(session.acknowledged(index, on: stream, now: now))
     }
 
     func sent(_ bytes: Int) {
@@ -173,134 +126,82 @@ actor SenderCore {
     }
 
     func streamEnded(_ stream: Int, error: (any Error)?) {
-        opening.remove(stream)
         channels.removeValue(forKey: stream)
         outlets.removeValue(forKey: stream)?.finish()
-        guard outcome == nil, !finishSent else { return }
-        if draining.remove(stream) != nil, machine?.isDrained(stream) ?? true {
-            machine?.streamClosed(stream)
-        } else {
-            // Before the accept (no machine yet) a failed stream held no chunks; it still counts.
-            machine?.streamFailed(stream)
-            streamFailures += 1
-            consecutiveFailures += 1
-            if consecutiveFailures > configuration.maximumConsecutiveFailures {
-                fail(
-                    TransportError(
-                        .connectionFailed,
-                        expected: "data streams to \(configuration.host):\(configuration.port) to stay open",
-                        found:
-                            "\(consecutiveFailures) failures in a row, the last: \(error.map { "\($0)" } ?? "closed")",
-                        advice: "check the receiver; rerun with --resume to continue where it stopped"
-                    ))
-                return
-            }
-        }
-        adjustStreams()
-        pump()
+        perform(session.streamEnded(stream, now: now, error: error.map { "\($0)" }))
     }
 
-    /// Opens or drains streams to match the controller's count.
-    private func adjustStreams() {
-        guard let controller, outcome == nil, !(machine?.isComplete ?? false) else { return }
-        let live = outlets.keys.filter { !draining.contains($0) }.count + opening.count
-        if live < controller.streamCount {
-            for _ in live..<controller.streamCount {
-                let stream = nextStreamID
-                nextStreamID += 1
-                opening.insert(stream)
-                let backoff =
-                    consecutiveFailures == 0 ? Duration.zero : .milliseconds(250 << min(consecutiveFailures, 4))
-                commands.yield(.open(stream, after: backoff))
-            }
-        } else if live > controller.streamCount {
-            let victims = outlets.keys.filter { !draining.contains($0) }.sorted().suffix(live - controller.streamCount)
-            for stream in victims {
-                draining.insert(stream)
-                machine?.drain(stream)
-                if machine?.isDrained(stream) ?? false {
-                    outlets.removeValue(forKey: stream)?.finish()
+    /// Carries out the session's decisions.
+    private func perform(_ actions: [SenderSession.Action]) {
+        for action in actions {
+            switch action {
+            case .open(let stream, let delay):
+                commands.yield(.open(stream, after: delay))
+            case .send(let index, let stream):
+                if let chunk = chunks[index], let outlet = outlets[stream] {
+                    outlet.yield((index, chunk))
                 }
+            case .release(let index):
+                chunks.removeValue(forKey: index)
+                windowWaiter?.resume()
+                windowWaiter = nil
+            case .finishStream(let stream):
+                outlets.removeValue(forKey: stream)?.finish()
+            case .closeStream(let stream):
+                channels[stream]?.close(promise: nil)
+            case .sendFinish(let totalChunks, let totalBytes, let digest):
+                for outlet in outlets.values { outlet.finish() }
+                commands.yield(.send(.finish(totalChunks: totalChunks, totalBytes: totalBytes, sha256: digest)))
+            case .fail(let error):
+                fail(error)
             }
         }
-        rebalanceWindows()
-    }
-
-    private func streamWindow() -> Int {
-        guard let machine else { return configuration.chunkSize }
-        let streams = max(1, controller?.streamCount ?? 1)
-        return max(2 * machine.chunkSize, machine.windowChunks * machine.chunkSize / streams)
-    }
-
-    private func rebalanceWindows() {
-        let window = streamWindow()
-        for stream in outlets.keys where !draining.contains(stream) {
-            machine?.setWindow(window, for: stream)
-        }
-    }
-
-    private func pump() {
-        guard var machine, outcome == nil else { return }
-        for assignment in machine.assign(now: now) {
-            if let chunk = chunks[assignment.chunk.index], let outlet = outlets[assignment.stream] {
-                outlet.yield((assignment.chunk.index, chunk))
-            }
-        }
-        self.machine = machine
     }
 
     // MARK: Ticks
 
-    /// Once per interval: replaces stalled streams, feeds the stream-count controller, reports progress.
+    /// Once per interval: lets the session close stalled streams and adjust the stream count, and
+    /// reports progress.
     func tick() async -> TransferProgress? {
-        guard machine != nil, outcome == nil else { return nil }
-        let at = now
-        for stream in machine!.stalledStreams(now: at) {
-            channels[stream]?.close(promise: nil)
-        }
-        let elapsed = (at - lastTick).seconds
-        let rate = elapsed > 0 ? Double(acknowledgedBytes - bytesAtLastTick) / elapsed : 0
-        bytesAtLastTick = acknowledgedBytes
-        lastTick = at
-        // The controller sees goodput over at least eight round trips (one second at least), from the
-        // first acknowledgement on: shorter samples on a long lossy path are mostly noise.
-        if acknowledgedBytes == 0 {
-            controlSampleStart = (at, 0)
-        } else if !(machine!.isComplete), at - controlSampleStart.at >= max(configuration.interval, roundTrip * 8) {
-            let sampleRate =
-                Double(acknowledgedBytes - controlSampleStart.bytes) / (at - controlSampleStart.at).seconds
-            controlSampleStart = (at, acknowledgedBytes)
-            _ = controller?.intervalElapsed(goodput: sampleRate)
-            adjustStreams()
-        }
+        guard outcome == nil, let transfer = session.transfer else { return nil }
+        // TCP_INFO of every data stream: the controller's buffer-limited signal and the progress line.
         var roundTrips: [Double] = []
         var retransmits: UInt64 = 0
-        for channel in channels.values {
-            if let provider = channel as? any SocketOptionProvider, let info = try? await provider.getTCPInfo().get() {
-                roundTrips.append(Double(info.tcpi_rtt) / 1000)
-                retransmits += UInt64(info.tcpi_total_retrans)
+        var streamTime = (busy: Duration.zero, sendBufferLimited: Duration.zero)
+        var seen: [Int: TCPStatistics] = [:]
+        for (stream, channel) in channels {
+            guard let statistics = await TCPStatistics.read(channel) else { continue }
+            roundTrips.append(statistics.roundTrip.seconds * 1000)
+            retransmits += statistics.retransmits
+            if let before = lastStatistics[stream] {
+                streamTime.busy += statistics.busy - before.busy
+                streamTime.sendBufferLimited += statistics.sendBufferLimited - before.sendBufferLimited
             }
+            seen[stream] = statistics
         }
-        let skipped = UInt64(machine!.skipped.count) * UInt64(machine!.chunkSize)
+        lastStatistics = seen
+        guard outcome == nil else { return nil }
+        let at = now
+        perform(session.tick(now: at, streamTime: streamTime))
+        let acknowledged = session.acknowledgedBytes
+        let elapsed = (at - lastTick).seconds
+        let rate = elapsed > 0 ? Double(acknowledged - bytesAtLastTick) / elapsed : 0
+        bytesAtLastTick = acknowledged
+        lastTick = at
+        let skipped = UInt64(transfer.skipped.count) * UInt64(transfer.chunkSize)
         return TransferProgress(
-            bytesDone: min(acknowledgedBytes + skipped, reader.size ?? .max),
+            bytesDone: min(acknowledged + skipped, reader.size ?? .max),
             totalBytes: reader.size,
             seconds: at.seconds,
             bytesPerSecond: rate,
-            streams: outlets.count - draining.count,
+            streams: session.activeStreams,
             roundTripMilliseconds: roundTrips.isEmpty ? nil : roundTrips.reduce(0, +) / Double(roundTrips.count),
-            retransmits: roundTrips.isEmpty ? nil : retransmits
+            retransmits: roundTrips.isEmpty ? nil : retransmits,
+            sendBufferLimited: streamTime.busy > .zero ? streamTime.sendBufferLimited / streamTime.busy : nil
         )
     }
 
     // MARK: Completion
-
-    private func finishIfDone() {
-        guard !finishSent, let machine, machine.isComplete, let digest, let totals else { return }
-        finishSent = true
-        for outlet in outlets.values { outlet.finish() }
-        commands.yield(.send(.finish(totalChunks: UInt64(totals.chunks), totalBytes: totals.bytes, sha256: digest)))
-    }
 
     func completed(_ receiverDigest: SessionMessage.Digest) {
         guard outcome == nil else { return }
@@ -333,6 +234,7 @@ actor SenderCore {
 
     private func finish(_ result: Result<SessionMessage.Digest, any Error>) {
         outcome = result
+        session.stop()
         for outlet in outlets.values { outlet.finish() }
         outlets.removeAll()
         for channel in channels.values { channel.close(promise: nil) }
@@ -348,18 +250,19 @@ actor SenderCore {
             throw TransportError(.cancelled, expected: "the transfer to finish", found: "it was interrupted")
         }
         let digest = try outcome.get()
-        let chunkSize = UInt64(machine?.chunkSize ?? configuration.chunkSize)
+        let transfer = session.transfer
+        let chunkSize = UInt64(transfer?.chunkSize ?? configuration.chunkSize)
         return SendReport(
-            bytes: totals?.bytes ?? 0,
-            skippedBytes: UInt64(machine?.skipped.count ?? 0) * chunkSize,
+            bytes: totalBytes ?? 0,
+            skippedBytes: UInt64(transfer?.skipped.count ?? 0) * chunkSize,
             sentBytes: sentBytes,
             seconds: now.seconds,
             sha256: "\(digest)",
-            maximumStreams: maximumStreams,
-            streamFailures: streamFailures,
-            chunksResent: machine?.chunksResent ?? 0,
-            chunksDuplicated: machine?.chunksDuplicated ?? 0,
-            roundTripMilliseconds: roundTrip.seconds * 1000
+            maximumStreams: session.maximumStreams,
+            streamFailures: session.streamFailures,
+            chunksResent: transfer?.chunksResent ?? 0,
+            chunksDuplicated: transfer?.chunksDuplicated ?? 0,
+            roundTripMilliseconds: session.roundTrip.seconds * 1000
         )
     }
 }

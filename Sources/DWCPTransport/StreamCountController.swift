@@ -3,7 +3,9 @@
 /// It starts from the bandwidth-delay product divided by what one TCP stream can keep in flight (bounded
 /// by the kernel's send- and receive-buffer ceilings), then hill-climbs on measured goodput: it adds streams while goodput rises
 /// by more than a threshold, and tries removing them while goodput holds, so it converges up when the
-/// path can take more and down when extra streams buy nothing. It is driven by one goodput sample per
+/// path can take more and down when extra streams buy nothing. When the kernel reports that the streams
+/// are held back by their socket buffers rather than by the path, it adds streams without waiting for a
+/// goodput sample to prove it (those are noisy on long lossy paths). It is driven by one goodput sample per
 /// interval and never reads a clock.
 public struct StreamCountController: Sendable {
     /// Bounds and sensitivity.
@@ -72,10 +74,18 @@ public struct StreamCountController: Sendable {
     }
 
     /// Feeds the goodput measured over the last interval at the current stream count.
-    /// - Parameter goodput: Delivered bytes per second (any unit, used consistently).
+    /// - Parameters:
+    ///   - goodput: Delivered bytes per second (any unit, used consistently).
+    ///   - bufferLimited: The fraction of their busy time the streams spent with everything they had
+    ///     in flight and a full send buffer (`TCP_INFO` `tcpi_sndbuf_limited` ÷ `tcpi_busy_time`), when
+    ///     known. Above one half the streams' buffers, not the path, set the pace, whatever a noisy
+    ///     goodput sample says: the controller keeps adding streams and does not remove any. (The
+    ///     receive-window-limited time is not used: a receiver short of CPU shows it too, and more
+    ///     streams do not help that.)
     /// - Returns: The stream count to use for the next interval.
-    public mutating func intervalElapsed(goodput: Double) -> Int {
+    public mutating func intervalElapsed(goodput: Double, bufferLimited: Double? = nil) -> Int {
         let bounds = configuration.minimumStreams...configuration.maximumStreams
+        let bufferBound = (bufferLimited ?? 0) > 0.5
         switch phase {
         case .measuring:
             startProbe(upward: true, baseline: goodput, bounds: bounds)
@@ -83,9 +93,9 @@ public struct StreamCountController: Sendable {
             let upward = streamCount > previous
             let improved = goodput > baseline * (1 + configuration.threshold)
             let held = goodput >= baseline * (1 - configuration.threshold)
-            if upward && improved {
-                startProbe(upward: true, baseline: goodput, bounds: bounds)
-            } else if !upward && held {
+            if upward && (improved || bufferBound) {
+                startProbe(upward: true, baseline: max(goodput, baseline), bounds: bounds)
+            } else if !upward && held && !bufferBound {
                 startProbe(
                     upward: false, baseline: max(goodput, baseline * (1 - configuration.threshold)), bounds: bounds)
             } else {
@@ -93,7 +103,9 @@ public struct StreamCountController: Sendable {
                 phase = .holding(remaining: configuration.holdIntervals, baseline: baseline, upward: !upward)
             }
         case .holding(let remaining, let baseline, let upward):
-            if remaining > 1 {
+            if bufferBound {
+                startProbe(upward: true, baseline: max(baseline, goodput), bounds: bounds)
+            } else if remaining > 1 {
                 phase = .holding(remaining: remaining - 1, baseline: max(baseline, goodput), upward: upward)
             } else {
                 // Conditions may have changed while holding: measure afresh, then probe.

@@ -8,16 +8,53 @@ import NIOPosix
 /// ``StreamCountController``; every decision is theirs.
 public enum TransferClient {
     /// Sends `source` and returns once the receiver has verified the object's SHA-256 and committed it.
+    ///
+    /// When a file's session breaks (the connection drops, the receiver restarts), it is re-established
+    /// up to `reconnectAttempts` times with a doubling back-off, each time resuming from the chunks the
+    /// receiver holds. Refusals, authentication, checksum and disk errors are not retried.
     /// - Parameters:
     ///   - source: A file or standard input.
     ///   - configuration: Where to, how, and the tuning.
     ///   - progress: Called once per interval with a snapshot.
-    /// - Returns: What was sent and measured.
+    ///   - reconnecting: Called before each re-establishment.
+    /// - Returns: What was sent and measured (by the attempt that completed).
     /// - Throws: ``TransportError`` saying what failed: refused, unreachable, authentication, checksum, source.
     public static func send(
         _ source: TransferSource,
         configuration: SendConfiguration,
-        progress: @escaping @Sendable (TransferProgress) -> Void = { _ in }
+        progress: @escaping @Sendable (TransferProgress) -> Void = { _ in },
+        reconnecting: @escaping @Sendable (ReconnectNotice) -> Void = { _ in }
+    ) async throws -> SendReport {
+        var attempt = configuration
+        var reconnects = 0
+        while true {
+            do {
+                var report = try await sendOnce(source, configuration: attempt, progress: progress)
+                report.reconnects = reconnects
+                return report
+            } catch let error as TransportError {
+                guard error.code == .connectionFailed, case .file = source,
+                    reconnects < configuration.reconnectAttempts, !Task.isCancelled
+                else { throw error }
+                reconnects += 1
+                let delay = configuration.reconnectDelay * (1 << min(reconnects - 1, 5))
+                reconnecting(
+                    ReconnectNotice(
+                        attempt: reconnects, attempts: configuration.reconnectAttempts, delaySeconds: delay.seconds,
+                        reason: "\(error)"))
+                try await Task.sleep(for: delay)
+                attempt.resume = true
+                attempt.faults = [:]
+                attempt.controlFault = nil
+            }
+        }
+    }
+
+    /// One session: connect, offer, move the chunks, finish.
+    private static func sendOnce(
+        _ source: TransferSource,
+        configuration: SendConfiguration,
+        progress: @escaping @Sendable (TransferProgress) -> Void
     ) async throws -> SendReport {
         let reader = try SourceReader(source)
         if configuration.resume && reader.size == nil {
@@ -36,14 +73,14 @@ public enum TransferClient {
             serverName: configuration.serverName,
             nodeName: configuration.nodeName,
             congestionControl: nil,
-            faults: nil
+            faults: configuration.controlFault
         )
         let (commands, commandSink) = AsyncStream.makeStream(of: SenderCore.Command.self)
         let core = SenderCore(configuration: configuration, reader: reader, commands: commandSink)
         // The control connection's TCP handshake gave the kernel a first RTT sample: enough to size the
         // stream count and open the data streams while TLS and the offer are still under way.
         await core.connected(
-            roundTrip: await Self.smoothedRoundTrip(control.channel) ?? .zero,
+            roundTrip: await TCPStatistics.read(control.channel)?.roundTrip ?? .zero,
             streamInFlightLimit: Self.streamInFlightLimit())
         try await control.executeThenClose { inbound, outbound in
             await withTaskGroup(of: Void.self) { group in
@@ -241,14 +278,6 @@ public enum TransferClient {
             failure = error
         }
         await core.streamEnded(stream, error: failure)
-    }
-
-    /// The kernel's smoothed round-trip time of a connection (`TCP_INFO`), `nil` before any sample.
-    static func smoothedRoundTrip(_ channel: any Channel) async -> Duration? {
-        guard let provider = channel as? any SocketOptionProvider, let info = try? await provider.getTCPInfo().get(),
-            info.tcpi_rtt > 0
-        else { return nil }
-        return .microseconds(Int(info.tcpi_rtt))
     }
 
     /// What one TCP stream of this host can keep in flight, from the kernel's buffer ceilings

@@ -36,7 +36,9 @@ public enum TransferServer {
                                 connection.close(promise: nil)
                             } else {
                                 handlers.addTask {
-                                    guard let adopted = try? await TransportConnection.adopt(connection, tlsContext: tlsContext)
+                                    guard
+                                        let adopted = try? await TransportConnection.adopt(
+                                            connection, tlsContext: tlsContext)
                                     else {
                                         connection.close(promise: nil)
                                         return

@@ -52,6 +52,13 @@ struct SendCommand: AsyncParsableCommand {
     @Flag(help: "Continue an interrupted transfer of the same file from what the receiver already holds.")
     var resume = false
 
+    @Option(
+        help: """
+            Re-establish a broken session this many times (1 s back-off, doubling), resuming from what the \
+            receiver holds. Files only; 0 turns it off.
+            """)
+    var reconnect = 5
+
     func validate() throws {
         guard minStreams >= 1, maxStreams >= minStreams, maxStreams <= 256 else {
             throw ValidationError(
@@ -78,6 +85,9 @@ struct SendCommand: AsyncParsableCommand {
                     "--cc \(cc) is not available here; this kernel offers: \(available.joined(separator: ", "))")
             }
         }
+        guard reconnect >= 0 else {
+            throw ValidationError("--reconnect must be 0 or more, not \(reconnect)")
+        }
         guard source == "-" || FileManager.default.isReadableFile(atPath: source) else {
             throw ValidationError("cannot read \(source)")
         }
@@ -96,11 +106,13 @@ struct SendCommand: AsyncParsableCommand {
         configuration.windowBytes = window.bytes
         configuration.linkRateHint = linkRate * 1e6
         configuration.resume = resume
+        configuration.reconnectAttempts = reconnect
         let printer = ProgressPrinter(json: options.json)
         let report = try await TransferClient.send(
             source == "-" ? .standardInput : .file(path: source),
             configuration: configuration,
-            progress: { printer.show($0) }
+            progress: { printer.show($0) },
+            reconnecting: { printer.reconnecting($0) }
         )
         printer.done()
         if options.json {
@@ -113,7 +125,7 @@ struct SendCommand: AsyncParsableCommand {
                     sent \(ProgressPrinter.formatBytes(report.bytes)) in \(String(format: "%.2f", report.seconds)) s \
                     (\(String(format: "%.1f", Double(report.bytes - report.skippedBytes) * 8 / seconds / 1e6)) Mbit/s), \
                     up to \(report.maximumStreams) streams, \(report.streamFailures) stream failures, \
-                    \(ProgressPrinter.formatBytes(report.skippedBytes)) resumed; sha256 \(report.sha256) verified by the receiver
+                    \(ProgressPrinter.formatBytes(report.skippedBytes)) resumed, \(report.reconnects) reconnects; sha256 \(report.sha256) verified by the receiver
 
                     """.utf8))
         }

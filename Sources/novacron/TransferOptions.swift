@@ -99,6 +99,19 @@ struct ProgressPrinter: Sendable {
         if isTerminal && !json { FileHandle.standardError.write(Data("\n".utf8)) }
     }
 
+    /// A broken session is about to be re-established: always said, on standard error (and as a JSON line).
+    func reconnecting(_ notice: ReconnectNotice) {
+        if json { printJSON(event: "reconnect", notice) }
+        FileHandle.standardError.write(
+            Data(
+                """
+                \(isTerminal && !json ? "\r\u{1B}[K" : "")session broke: \(notice.reason)
+                reconnecting in \(String(format: "%.0f", notice.delaySeconds)) s (attempt \(notice.attempt) of \(notice.attempts)), \
+                resuming from what the receiver holds
+
+                """.utf8))
+    }
+
     static func line(_ progress: TransferProgress) -> String {
         var parts = [formatBytes(progress.bytesDone)]
         if let total = progress.totalBytes, total > 0 {

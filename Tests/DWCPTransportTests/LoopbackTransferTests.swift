@@ -1,5 +1,6 @@
 import DWCPSecurity
 import Foundation
+import Synchronization
 import Testing
 
 @testable import DWCPTransport
@@ -129,6 +130,7 @@ struct LoopbackTransferTests {
         var configuration = Self.sendConfiguration(port: port)
         configuration.rateLimit = 16e6
         configuration.maximumConsecutiveFailures = 0
+        configuration.reconnectAttempts = 0
         let firstAttempt = Task {
             try await TransferClient.send(.file(path: scratch.source), configuration: configuration)
         }
@@ -159,6 +161,38 @@ struct LoopbackTransferTests {
         #expect(sentAgain < arrived / 10, "re-sent \(sentAgain) of \(arrived) bytes that had arrived")
         #expect(received.resumedBytes == sent.skippedBytes)
         #expect(try Data(contentsOf: URL(fileURLWithPath: scratch.destination)) == scratch.bytes)
+    }
+
+    @Test("A session whose connection breaks is re-established by itself and resumes where it stopped")
+    func reconnectsAfterTheLinkBreaks() async throws {
+        let scratch = try Scratch(size: 20 << 20)
+        defer { scratch.remove() }
+        let (receiver, port) = await Self.startReceiver(scratch)
+        var configuration = Self.sendConfiguration(port: port)
+        configuration.rateLimit = 16e6
+        configuration.reconnectDelay = .milliseconds(50)
+        configuration.controlFault = FaultInjection(closeAfter: .milliseconds(500))
+        let notices = NoticeLog()
+        let sent = try await TransferClient.send(
+            .file(path: scratch.source), configuration: configuration, reconnecting: { notices.append($0) })
+        let received = try await receiver.value
+        #expect(sent.reconnects == 1 && notices.all.map(\.attempt) == [1])
+        #expect(notices.all.first?.reason.contains("connection failed") == true, "\(notices.all)")
+        // The second session resumed: the first one's chunks were not sent again.
+        #expect(sent.skippedBytes > 2 << 20 && received.resumedBytes == sent.skippedBytes)
+        #expect(try Data(contentsOf: URL(fileURLWithPath: scratch.destination)) == scratch.bytes)
+    }
+
+    @Test("Standard input is not re-sent after a broken session: the error says so")
+    func noReconnectForStandardInput() async throws {
+        var configuration = Self.sendConfiguration(port: 9)  // discard: nothing listens
+        configuration.reconnectDelay = .milliseconds(10)
+        let notices = NoticeLog()
+        await #expect(throws: TransportError.self) {
+            _ = try await TransferClient.send(
+                .standardInput, configuration: configuration, reconnecting: { notices.append($0) })
+        }
+        #expect(notices.all.isEmpty)
     }
 
     @Test(
@@ -218,4 +252,12 @@ struct LoopbackTransferTests {
         _ = try await receiver.value
         #expect(try Data(contentsOf: URL(fileURLWithPath: scratch.destination)) == scratch.bytes)
     }
+}
+
+/// Collects reconnect notices from the sender's callback.
+final class NoticeLog: Sendable {
+    private let notices = Mutex<[ReconnectNotice]>([])
+
+    func append(_ notice: ReconnectNotice) { notices.withLock { $0.append(notice) } }
+    var all: [ReconnectNotice] { notices.withLock { $0 } }
 }

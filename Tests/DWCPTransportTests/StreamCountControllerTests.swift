@@ -59,6 +59,19 @@ struct StreamCountControllerTests {
         #expect(settled.allSatisfy { (3...6).contains($0) }, "\(counts)")
     }
 
+    @Test("Streams held back by their send buffers make it add streams though goodput samples are flat")
+    func bufferLimitedStreamsClimb() {
+        var limited = StreamCountController(initialStreams: 4, configuration: .init(maximumStreams: 12))
+        var counts: [Int] = []
+        for _ in 0..<20 { counts.append(limited.intervalElapsed(goodput: 500, bufferLimited: 0.9)) }
+        #expect(counts.last == 12 && counts == counts.sorted(), "\(counts)")
+        // Not buffer-limited, the same flat samples say extra streams buy nothing: it never climbs.
+        var free = StreamCountController(initialStreams: 4, configuration: .init(maximumStreams: 12))
+        var freeCounts: [Int] = []
+        for _ in 0..<20 { freeCounts.append(free.intervalElapsed(goodput: 500, bufferLimited: 0.1)) }
+        #expect(freeCounts.allSatisfy { $0 <= 5 } && freeCounts.last! < 4, "\(freeCounts)")
+    }
+
     @Test("It stays within its bounds", arguments: [(1, 4), (3, 3), (2, 16)])
     func staysInBounds(minimum: Int, maximum: Int) {
         let configuration = StreamCountController.Configuration(minimumStreams: minimum, maximumStreams: maximum)

@@ -2,7 +2,27 @@
 #define NOVACRON_SYSTEM_H
 
 #include <stddef.h>
+#include <stdint.h>
 #include <sys/types.h>
+
+/// The leading part of Linux's `struct tcp_info` (linux/tcp.h, kernels 4.10 and later), laid out
+/// identically (novacron_system.c checks the offsets at compile time), to read with
+/// getsockopt(TCP_INFO). glibc's `struct tcp_info` ends before the delivery rate and the busy,
+/// receive-window-limited and send-buffer-limited times. Times in microseconds, rates in bytes/s.
+struct novacron_tcp_info {
+    uint8_t state, ca_state, retransmits, probes, backoff, options, wscale, flags;
+    uint32_t rto, ato, snd_mss, rcv_mss;
+    uint32_t unacked, sacked, lost, retrans, fackets;
+    uint32_t last_data_sent, last_ack_sent, last_data_recv, last_ack_recv;
+    uint32_t pmtu, rcv_ssthresh, rtt, rttvar, snd_ssthresh, snd_cwnd, advmss, reordering;
+    uint32_t rcv_rtt, rcv_space;
+    uint32_t total_retrans;
+    uint64_t pacing_rate, max_pacing_rate, bytes_acked, bytes_received;
+    uint32_t segs_out, segs_in;
+    uint32_t notsent_bytes, min_rtt, data_segs_in, data_segs_out;
+    uint64_t delivery_rate;
+    uint64_t busy_time, rwnd_limited, sndbuf_limited;
+};
 
 /// Sends `length` bytes of `data` on the unix-domain `socket` with `fd` attached as SCM_RIGHTS
 /// ancillary data (the CMSG_* macros are not callable from Swift). Returns what sendmsg(2) returns.

@@ -1,0 +1,300 @@
+/// The sending side of one session (AMST, sans-IO): how many data streams to keep, when to open,
+/// drain, replace or give up on them, which chunk goes on which stream, when a chunk may be
+/// released, and when to send the finish.
+///
+/// It combines ``TransferSender`` (chunks, windows, stalls, end game) with ``StreamCountController``
+/// (the stream count). The caller feeds it events with the time since the transfer started and
+/// carries out the ``Action``s it returns; it never reads a clock and does no I/O.
+public struct SenderSession: Sendable {
+    /// Bounds and timings.
+    public struct Configuration: Sendable {
+        /// `host:port` of the receiver, for error messages.
+        public var peer: String
+        /// The fewest data streams.
+        public var minimumStreams: Int
+        /// The most data streams.
+        public var maximumStreams: Int
+        /// Streams to start with; `nil` derives it from the round-trip time and `linkRateHint`.
+        public var initialStreams: Int?
+        /// The path rate assumed for the initial stream count, bits per second.
+        public var linkRateHint: Double
+        /// The most bytes read and not yet acknowledged.
+        public var windowBytes: Int
+        /// How long a stream may hold chunks without an acknowledgement.
+        public var stallTimeout: Duration
+        /// The shortest goodput sample the stream-count controller sees (it also waits 8 round trips).
+        public var sampleInterval: Duration
+        /// Failed stream openings in a row tolerated before the transfer fails.
+        public var maximumConsecutiveFailures: Int
+
+        /// The session part of a send configuration.
+        public init(_ send: SendConfiguration) {
+            peer = "\(send.host):\(send.port)"
+            minimumStreams = send.minimumStreams
+            maximumStreams = send.maximumStreams
+            initialStreams = send.initialStreams
+            linkRateHint = send.linkRateHint
+            windowBytes = send.windowBytes
+            stallTimeout = send.stallTimeout
+            sampleInterval = send.interval
+            maximumConsecutiveFailures = send.maximumConsecutiveFailures
+        }
+    }
+
+    /// What the caller must do.
+    public enum Action: Sendable {
+        /// Open data stream `stream` after `after` (zero, or a back-off after failures); report
+        /// ``streamReady(_:now:)`` once it is attached, ``streamEnded(_:now:error:)`` when it ends.
+        case open(stream: Int, after: Duration)
+        /// Write chunk `chunk` on stream `on`.
+        case send(chunk: Int, on: Int)
+        /// The receiver holds chunk `chunk`: drop its bytes; the window has moved.
+        case release(chunk: Int)
+        /// Stream `stream` has delivered everything it was given and gets no more: end it. Its end is
+        /// not a failure.
+        case finishStream(Int)
+        /// Stream `stream` stalled: close it. Its chunks are re-sent elsewhere when it ends.
+        case closeStream(Int)
+        /// Every chunk is acknowledged: send `finish` with these totals on the control stream.
+        case sendFinish(totalChunks: UInt64, totalBytes: UInt64, sha256: SessionMessage.Digest)
+        /// The transfer cannot go on.
+        case fail(TransportError)
+    }
+
+    /// The bounds and timings in force.
+    public let configuration: Configuration
+    /// The chunk machine, from the receiver's accept on.
+    public private(set) var transfer: TransferSender?
+    /// The stream-count controller, from the control connection on.
+    public private(set) var controller: StreamCountController?
+    /// The round-trip time the control connection's handshake measured.
+    public private(set) var roundTrip: Duration = .zero
+    /// Bytes acknowledged in this attempt.
+    public private(set) var acknowledgedBytes: UInt64 = 0
+    /// Streams that failed or stalled.
+    public private(set) var streamFailures = 0
+    /// The most data streams attached at once.
+    public private(set) var maximumStreams = 0
+    /// Whether the finish was sent or the transfer failed or was stopped: events change nothing now.
+    public private(set) var isOver = false
+
+    private var opening: Set<Int> = []
+    private var attached: Set<Int> = []
+    private var draining: Set<Int> = []
+    private var nextStreamID = 0
+    private var consecutiveFailures = 0
+    private var sizes: [Int: Int] = [:]
+    private var sample: (at: Duration, bytes: UInt64)?
+    private var busyTime: Duration = .zero
+    private var sendBufferLimitedTime: Duration = .zero
+    private var ending: (chunks: Int, bytes: UInt64, digest: SessionMessage.Digest)?
+
+    /// Creates the session's sending side; nothing happens before ``connected(roundTrip:streamInFlightLimit:)``.
+    public init(configuration: Configuration) {
+        self.configuration = configuration
+    }
+
+    /// Streams attached and not draining.
+    public var activeStreams: Int { attached.subtracting(draining).count }
+
+    // MARK: Session
+
+    /// The control connection is up: sizes the stream count from its round-trip time and opens the
+    /// first data streams (their handshakes overlap the control stream's).
+    /// - Parameter streamInFlightLimit: What one TCP stream can keep in flight on this host.
+    public mutating func connected(roundTrip: Duration, streamInFlightLimit: Int) -> [Action] {
+        self.roundTrip = roundTrip
+        let derived = StreamCountController.initialStreamCount(
+            bitsPerSecond: configuration.linkRateHint,
+            roundTripSeconds: roundTrip.seconds,
+            streamInFlightLimit: streamInFlightLimit
+        )
+        controller = StreamCountController(
+            initialStreams: configuration.initialStreams ?? derived,
+            configuration: .init(
+                minimumStreams: configuration.minimumStreams, maximumStreams: configuration.maximumStreams)
+        )
+        return adjustStreams()
+    }
+
+    /// The receiver accepted the offer.
+    /// - Parameters:
+    ///   - accept: Its answer: chunk size, window, the chunks it holds.
+    ///   - objectSize: The object's size, `nil` for a stream of unknown length.
+    public mutating func accepted(_ accept: SessionMessage.Accept, objectSize: UInt64?) -> [Action] {
+        guard !isOver else { return [] }
+        let chunkSize = Int(accept.chunkSize)
+        transfer = TransferSender(
+            chunkSize: chunkSize,
+            windowChunks: max(1, min(Int(accept.windowChunks), configuration.windowBytes / chunkSize)),
+            totalChunks: objectSize.map { Int(($0 + UInt64(chunkSize) - 1) / UInt64(chunkSize)) },
+            present: accept.present,
+            stallTimeout: configuration.stallTimeout
+        )
+        return adjustStreams() + finishIfDone()
+    }
+
+    // MARK: Source
+
+    /// Whether chunk `index` may be read now (it lies within the window).
+    public func admits(_ index: Int) -> Bool { transfer?.admits(index) ?? false }
+
+    /// Chunk `index` was read; it must be admitted.
+    public mutating func chunkRead(_ index: Int, size: Int, now: Duration) -> [Action] {
+        guard !isOver, transfer != nil else { return [] }
+        transfer!.chunkRead(index, size: size)
+        sizes[index] = size
+        return assign(now: now)
+    }
+
+    /// The source ended after `chunkCount` chunks and `totalBytes` bytes with this SHA-256.
+    public mutating func sourceEnded(chunkCount: Int, totalBytes: UInt64, digest: SessionMessage.Digest) -> [Action] {
+        guard !isOver else { return [] }
+        transfer?.sourceEnded(chunkCount: chunkCount)
+        ending = (chunkCount, totalBytes, digest)
+        return finishIfDone()
+    }
+
+    // MARK: Streams
+
+    /// Data stream `stream` is attached and can carry chunks.
+    public mutating func streamReady(_ stream: Int, now: Duration) -> [Action] {
+        opening.remove(stream)
+        guard !isOver, transfer != nil else { return [.finishStream(stream)] }
+        attached.insert(stream)
+        maximumStreams = max(maximumStreams, attached.count)
+        transfer!.streamOpened(stream, window: streamWindow, now: now)
+        rebalanceWindows()
+        return assign(now: now)
+    }
+
+    /// The receiver acknowledged chunk `index` on `stream`.
+    public mutating func acknowledged(_ index: Int, on stream: Int, now: Duration) -> [Action] {
+        guard !isOver, transfer != nil, transfer!.acknowledged(index, on: stream, now: now) else { return [] }
+        acknowledgedBytes += UInt64(sizes.removeValue(forKey: index) ?? 0)
+        consecutiveFailures = 0
+        var actions: [Action] = [.release(chunk: index)]
+        if draining.contains(stream), transfer!.isDrained(stream) {
+            actions.append(.finishStream(stream))
+        }
+        return actions + assign(now: now) + finishIfDone()
+    }
+
+    /// Data stream `stream` ended: on purpose after ``Action/finishStream(_:)``, or it failed (`error`).
+    public mutating func streamEnded(_ stream: Int, now: Duration, error: String?) -> [Action] {
+        opening.remove(stream)
+        attached.remove(stream)
+        guard !isOver else { return [] }
+        if draining.remove(stream) != nil, transfer?.isDrained(stream) ?? true {
+            transfer?.streamClosed(stream)
+        } else {
+            // Before the accept there is no chunk machine and the stream held nothing; it still counts.
+            transfer?.streamFailed(stream)
+            streamFailures += 1
+            consecutiveFailures += 1
+            if consecutiveFailures > configuration.maximumConsecutiveFailures {
+                isOver = true
+                return [
+                    .fail(
+                        TransportError(
+                            .connectionFailed,
+                            expected: "data streams to \(configuration.peer) to stay open",
+                            found: "\(consecutiveFailures) failures in a row, the last: \(error ?? "closed")",
+                            advice: "check the receiver; rerun with --resume to continue where it stopped"
+                        ))
+                ]
+            }
+        }
+        return adjustStreams() + assign(now: now)
+    }
+
+    /// Once per interval: closes stalled streams and feeds the stream-count controller a goodput
+    /// sample of at least `sampleInterval` and eight round trips, counted from the first acknowledgement
+    /// (shorter samples on a long lossy path are mostly noise).
+    /// - Parameters:
+    ///   - now: The time since the transfer started.
+    ///   - streamTime: Since the last tick, summed over the data streams (from `TCP_INFO`): time busy
+    ///     sending, and the part of it spent with a full send buffer and nothing left to send.
+    public mutating func tick(now: Duration, streamTime: (busy: Duration, sendBufferLimited: Duration)? = nil)
+        -> [Action]
+    {
+        guard !isOver, let transfer else { return [] }
+        var actions = transfer.stalledStreams(now: now).map { Action.closeStream($0) }
+        if let streamTime {
+            busyTime += streamTime.busy
+            sendBufferLimitedTime += streamTime.sendBufferLimited
+        }
+        guard acknowledgedBytes > 0, let started = sample else {
+            sample = (now, acknowledgedBytes)
+            (busyTime, sendBufferLimitedTime) = (.zero, .zero)
+            return actions
+        }
+        if !transfer.isComplete, now - started.at >= max(configuration.sampleInterval, roundTrip * 8) {
+            let goodput = Double(acknowledgedBytes - started.bytes) / (now - started.at).seconds
+            let limited = busyTime > .zero ? sendBufferLimitedTime / busyTime : nil
+            sample = (now, acknowledgedBytes)
+            (busyTime, sendBufferLimitedTime) = (.zero, .zero)
+            _ = controller?.intervalElapsed(goodput: goodput, bufferLimited: limited)
+            actions += adjustStreams()
+        }
+        return actions
+    }
+
+    /// The transfer ended outside the session's view (the receiver's verdict, cancellation): ignore
+    /// further events.
+    public mutating func stop() {
+        isOver = true
+    }
+
+    // MARK: Internals
+
+    /// Opens or drains streams to match the controller's count.
+    private mutating func adjustStreams() -> [Action] {
+        guard let controller, !isOver, !(transfer?.isComplete ?? false) else { return [] }
+        var actions: [Action] = []
+        let live = activeStreams + opening.count
+        if live < controller.streamCount {
+            let backoff = consecutiveFailures == 0 ? Duration.zero : .milliseconds(250 << min(consecutiveFailures, 4))
+            for _ in live..<controller.streamCount {
+                opening.insert(nextStreamID)
+                actions.append(.open(stream: nextStreamID, after: backoff))
+                nextStreamID += 1
+            }
+        } else if live > controller.streamCount {
+            for stream in attached.subtracting(draining).sorted().suffix(live - controller.streamCount) {
+                draining.insert(stream)
+                transfer?.drain(stream)
+                if transfer?.isDrained(stream) ?? true {
+                    actions.append(.finishStream(stream))
+                }
+            }
+        }
+        rebalanceWindows()
+        return actions
+    }
+
+    /// Each stream's share of the window, at least two chunks.
+    private var streamWindow: Int {
+        guard let transfer else { return 1 }
+        let streams = max(1, controller?.streamCount ?? 1)
+        return max(2 * transfer.chunkSize, transfer.windowChunks * transfer.chunkSize / streams)
+    }
+
+    private mutating func rebalanceWindows() {
+        let window = streamWindow
+        for stream in attached.subtracting(draining) {
+            transfer?.setWindow(window, for: stream)
+        }
+    }
+
+    private mutating func assign(now: Duration) -> [Action] {
+        guard !isOver, transfer != nil else { return [] }
+        return transfer!.assign(now: now).map { .send(chunk: $0.chunk.index, on: $0.stream) }
+    }
+
+    private mutating func finishIfDone() -> [Action] {
+        guard !isOver, let transfer, transfer.isComplete, let ending else { return [] }
+        isOver = true
+        return [.sendFinish(totalChunks: UInt64(ending.chunks), totalBytes: ending.bytes, sha256: ending.digest)]
+    }
+}
