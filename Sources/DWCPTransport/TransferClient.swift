@@ -72,7 +72,7 @@ public enum TransferClient {
             security: configuration.security,
             serverName: configuration.serverName,
             nodeName: configuration.nodeName,
-            congestionControl: nil,
+            congestionControl: .systemDefault,
             faults: configuration.controlFault
         )
         let (commands, commandSink) = AsyncStream.makeStream(of: SenderCore.Command.self)
@@ -221,7 +221,8 @@ public enum TransferClient {
                 security: configuration.security,
                 serverName: configuration.serverName,
                 nodeName: configuration.nodeName,
-                congestionControl: configuration.congestionControl,
+                congestionControl: configuration.congestionControl
+                    .map { .required($0) } ?? .preferred(SendConfiguration.preferredCongestionControl),
                 faults: configuration.faults[stream]
             )
             try await channel.executeThenClose { inbound, outbound in

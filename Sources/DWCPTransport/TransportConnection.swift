@@ -16,6 +16,16 @@ public enum TransportSecurity: Sendable {
     case insecurePlaintext
 }
 
+/// Which congestion control a connection's socket gets.
+enum CongestionControlChoice: Sendable {
+    /// The system default.
+    case systemDefault
+    /// This one if the kernel allows it, else the system default.
+    case preferred(String)
+    /// This one, or the connection fails.
+    case required(String)
+}
+
 /// A DWCP connection as an async channel of frames.
 typealias FrameChannel = NIOAsyncChannel<DWCPFrame, DWCPFrame>
 
@@ -28,7 +38,7 @@ enum TransportConnection {
         security: TransportSecurity,
         serverName: String?,
         nodeName: String,
-        congestionControl: String?,
+        congestionControl: CongestionControlChoice,
         faults: FaultInjection?
     ) async throws -> FrameChannel {
         let tlsContext: NIOSSLContext?
@@ -209,10 +219,17 @@ enum TransportConnection {
         )
     }
 
-    /// Sets the socket's congestion control (`bbr`, `cubic`, … as the kernel offers); `nil` keeps the default.
+    /// Sets the socket's congestion control (`bbr`, `cubic`, … as the kernel offers) as `choice` says.
     /// Runs on the channel's event loop, so it returns a future instead of waiting.
-    private static func setCongestionControl(_ name: String?, on channel: any Channel) -> EventLoopFuture<Void> {
-        guard let name, let provider = channel as? any SocketOptionProvider else {
+    private static func setCongestionControl(
+        _ choice: CongestionControlChoice, on channel: any Channel
+    ) -> EventLoopFuture<Void> {
+        let name: String
+        switch choice {
+        case .systemDefault: return channel.eventLoop.makeSucceededVoidFuture()
+        case .preferred(let preferred), .required(let preferred): name = preferred
+        }
+        guard let provider = channel as? any SocketOptionProvider else {
             return channel.eventLoop.makeSucceededVoidFuture()
         }
         var bytes = Array(name.utf8.prefix(15))
@@ -224,6 +241,7 @@ enum TransportConnection {
         return provider.unsafeSetSocketOption(
             level: .tcp, name: NIOBSDSocket.Option(rawValue: TCP_CONGESTION), value: value
         ).flatMapErrorThrowing { error in
+            guard case .required = choice else { return }  // preferred: the system default stays
             throw TransportError(
                 .invalidArgument,
                 expected: "a congestion control this kernel offers",

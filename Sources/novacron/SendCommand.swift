@@ -34,7 +34,11 @@ struct SendCommand: AsyncParsableCommand {
     @Option(help: "Use exactly this many data streams (no adaptation).")
     var streams: Int?
 
-    @Option(help: "TCP congestion control of the data streams: bbr, cubic, … Default: the system's.")
+    @Option(
+        help: """
+            TCP congestion control of the data streams: bbr, cubic, … Default: bbr where the kernel allows \
+            it (on lossy long links it is many times faster than cubic), else the system's.
+            """)
     var cc: String?
 
     @Option(help: "Cap the sending rate, in Mbit/s.")
