@@ -40,8 +40,9 @@ public struct SendConfiguration: Sendable {
     public var interval: Duration = .seconds(1)
     /// How many times in a row data streams may fail to open before the transfer gives up.
     public var maximumConsecutiveFailures = 6
-    /// How many times a broken session is re-established (a new session resuming from the receiver's
-    /// chunk bitmap) before the transfer fails; files only, a stream from standard input cannot be re-read.
+    /// How many times a broken session — one the receiver had accepted — is re-established (a new
+    /// session resuming from the receiver's chunk bitmap) before the transfer fails; files only, a stream
+    /// from standard input cannot be re-read.
     public var reconnectAttempts = 5
     /// The wait before the first re-establishment; it doubles with every further attempt (at most 32×).
     public var reconnectDelay: Duration = .seconds(1)

@@ -74,6 +74,9 @@ actor SenderCore {
         return await withCheckedContinuation { acceptWaiters.append($0) }
     }
 
+    /// Whether the receiver accepted the offer.
+    var wasAccepted: Bool { session.transfer != nil }
+
     /// The session's id and token, once the receiver has accepted.
     /// - Throws: `CancellationError` when the transfer ended without an accept (refused, failed).
     func credentials() async throws -> (UInt64, SessionMessage.Token) {

@@ -27,13 +27,19 @@ public enum TransferClient {
     ) async throws -> SendReport {
         var attempt = configuration
         var reconnects = 0
+        // Only a session that was once accepted is re-established: a wrong address or a receiver that
+        // was never started fails at once.
+        var established = false
         while true {
+            var accepted = false
             do {
-                var report = try await sendOnce(source, configuration: attempt, progress: progress)
+                var report = try await sendOnce(
+                    source, configuration: attempt, progress: progress, accepted: &accepted)
                 report.reconnects = reconnects
                 return report
             } catch let error as TransportError {
-                guard error.code == .connectionFailed, case .file = source,
+                established = established || accepted
+                guard error.code == .connectionFailed, case .file = source, established,
                     reconnects < configuration.reconnectAttempts, !Task.isCancelled
                 else { throw error }
                 reconnects += 1
@@ -50,11 +56,13 @@ public enum TransferClient {
         }
     }
 
-    /// One session: connect, offer, move the chunks, finish.
+    /// One session: connect, offer, move the chunks, finish. `accepted` says whether the receiver
+    /// accepted the offer, whatever the outcome.
     private static func sendOnce(
         _ source: TransferSource,
         configuration: SendConfiguration,
-        progress: @escaping @Sendable (TransferProgress) -> Void
+        progress: @escaping @Sendable (TransferProgress) -> Void,
+        accepted: inout Bool
     ) async throws -> SendReport {
         let reader = try SourceReader(source)
         if configuration.resume && reader.size == nil {
@@ -82,6 +90,28 @@ public enum TransferClient {
         await core.connected(
             roundTrip: await TCPStatistics.read(control.channel)?.roundTrip ?? .zero,
             streamInFlightLimit: Self.streamInFlightLimit())
+        do {
+            try await runSession(
+                control, commands: commands, core: core, reader: reader, configuration: configuration, peer: peer,
+                progress: progress)
+        } catch {
+            accepted = await core.wasAccepted
+            throw error
+        }
+        accepted = await core.wasAccepted
+        return try await core.result()
+    }
+
+    /// Runs the control stream, the source reader, the ticker and the data streams until the session ends.
+    private static func runSession(
+        _ control: FrameChannel,
+        commands: AsyncStream<SenderCore.Command>,
+        core: SenderCore,
+        reader: SourceReader,
+        configuration: SendConfiguration,
+        peer: String,
+        progress: @escaping @Sendable (TransferProgress) -> Void
+    ) async throws {
         try await control.executeThenClose { inbound, outbound in
             await withTaskGroup(of: Void.self) { group in
                 group.addTask {
@@ -115,7 +145,6 @@ public enum TransferClient {
                 group.cancelAll()
             }
         }
-        return try await core.result()
     }
 
     private static func frame(_ message: SessionMessage, session: UInt64) -> DWCPFrame {

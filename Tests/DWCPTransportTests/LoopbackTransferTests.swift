@@ -183,6 +183,20 @@ struct LoopbackTransferTests {
         #expect(try Data(contentsOf: URL(fileURLWithPath: scratch.destination)) == scratch.bytes)
     }
 
+    @Test("A receiver that never answered is not retried: the error comes at once")
+    func noReconnectWithoutASession() async throws {
+        let scratch = try Scratch(size: 1024)
+        defer { scratch.remove() }
+        let notices = NoticeLog()
+        let started = ContinuousClock.now
+        await #expect(throws: TransportError.self) {
+            _ = try await TransferClient.send(
+                .file(path: scratch.source), configuration: Self.sendConfiguration(port: 9),
+                reconnecting: { notices.append($0) })
+        }
+        #expect(notices.all.isEmpty && ContinuousClock.now - started < .seconds(1))
+    }
+
     @Test("Standard input is not re-sent after a broken session: the error says so")
     func noReconnectForStandardInput() async throws {
         var configuration = Self.sendConfiguration(port: 9)  // discard: nothing listens
