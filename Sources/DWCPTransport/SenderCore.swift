@@ -30,8 +30,6 @@ actor SenderCore {
     private var channels: [Int: any Channel] = [:]
     private var bucket: TokenBucket?
 
-    private var digest: SessionMessage.Digest?
-    private var totalBytes: UInt64?
     private var outcome: Result<SessionMessage.Digest, any Error>?
 
     private var bytesAtLastTick: UInt64 = 0
@@ -97,8 +95,6 @@ actor SenderCore {
     }
 
     func sourceEnded(chunkCount: Int, digest: SessionMessage.Digest) {
-        self.digest = digest
-        totalBytes = reader.bytesRead
         perform(session.sourceEnded(chunkCount: chunkCount, totalBytes: reader.bytesRead, digest: digest))
     }
 
@@ -170,15 +166,16 @@ actor SenderCore {
         // TCP_INFO of every data stream: the controller's buffer-limited signal and the progress line.
         var roundTrips: [Double] = []
         var retransmits: UInt64 = 0
-        var streamTime = (busy: Duration.zero, sendBufferLimited: Duration.zero)
+        var streamTime = SenderSession.StreamTime()
         var seen: [Int: TCPStatistics] = [:]
         for (stream, channel) in channels {
             guard let statistics = await TCPStatistics.read(channel) else { continue }
             roundTrips.append(statistics.roundTrip.seconds * 1000)
             retransmits += statistics.retransmits
             if let before = lastStatistics[stream] {
-                streamTime.busy += statistics.busy - before.busy
-                streamTime.sendBufferLimited += statistics.sendBufferLimited - before.sendBufferLimited
+                streamTime += .init(
+                    busy: statistics.busy - before.busy,
+                    sendBufferLimited: statistics.sendBufferLimited - before.sendBufferLimited)
             }
             seen[stream] = statistics
         }
@@ -200,7 +197,7 @@ actor SenderCore {
             streams: session.activeStreams,
             roundTripMilliseconds: roundTrips.isEmpty ? nil : roundTrips.reduce(0, +) / Double(roundTrips.count),
             retransmits: roundTrips.isEmpty ? nil : retransmits,
-            sendBufferLimited: streamTime.busy > .zero ? streamTime.sendBufferLimited / streamTime.busy : nil
+            sendBufferLimited: streamTime.sendBufferLimitedShare
         )
     }
 
@@ -208,16 +205,11 @@ actor SenderCore {
 
     func completed(_ receiverDigest: SessionMessage.Digest) {
         guard outcome == nil else { return }
-        guard let digest, receiverDigest == digest else {
-            fail(
-                TransportError(
-                    .checksumMismatch,
-                    expected: "the receiver's SHA-256 to be ours (\(digest.map { "\($0)" } ?? "none"))",
-                    found: "\(receiverDigest)"
-                ))
-            return
+        if let mismatch = session.completed(receiverDigest: receiverDigest) {
+            fail(mismatch)
+        } else {
+            finish(.success(receiverDigest))
         }
-        finish(.success(digest))
     }
 
     func fail(_ error: any Error) {
@@ -256,7 +248,7 @@ actor SenderCore {
         let transfer = session.transfer
         let chunkSize = UInt64(transfer?.chunkSize ?? configuration.chunkSize)
         return SendReport(
-            bytes: totalBytes ?? 0,
+            bytes: session.ending?.bytes ?? 0,
             skippedBytes: UInt64(transfer?.skipped.count ?? 0) * chunkSize,
             sentBytes: sentBytes,
             seconds: now.seconds,

@@ -41,6 +41,29 @@ public struct SenderSession: Sendable {
         }
     }
 
+    /// Time the data streams spent, summed over them (from `TCP_INFO`).
+    public struct StreamTime: Sendable {
+        /// Time busy sending (including the send-buffer-limited part).
+        public var busy: Duration
+        /// Time with a full send buffer and nothing left to send.
+        public var sendBufferLimited: Duration
+
+        /// Creates a sum.
+        public init(busy: Duration = .zero, sendBufferLimited: Duration = .zero) {
+            self.busy = busy
+            self.sendBufferLimited = sendBufferLimited
+        }
+
+        /// The share of the busy time spent send-buffer limited; `nil` without busy time.
+        public var sendBufferLimitedShare: Double? { busy > .zero ? sendBufferLimited / busy : nil }
+
+        /// Adds another stream's (or interval's) time.
+        public static func += (total: inout StreamTime, more: StreamTime) {
+            total.busy += more.busy
+            total.sendBufferLimited += more.sendBufferLimited
+        }
+    }
+
     /// What the caller must do.
     public enum Action: Sendable {
         /// Open data stream `stream` after `after` (zero, or a back-off after failures); report
@@ -77,6 +100,8 @@ public struct SenderSession: Sendable {
     public private(set) var maximumStreams = 0
     /// Whether the finish was sent or the transfer failed or was stopped: events change nothing now.
     public private(set) var isOver = false
+    /// What the source held, once it ended: chunks, bytes, SHA-256.
+    public private(set) var ending: (chunks: Int, bytes: UInt64, digest: SessionMessage.Digest)?
 
     private var opening: Set<Int> = []
     private var attached: Set<Int> = []
@@ -85,9 +110,7 @@ public struct SenderSession: Sendable {
     private var consecutiveFailures = 0
     private var sizes: [Int: Int] = [:]
     private var sample: (at: Duration, bytes: UInt64)?
-    private var busyTime: Duration = .zero
-    private var sendBufferLimitedTime: Duration = .zero
-    private var ending: (chunks: Int, bytes: UInt64, digest: SessionMessage.Digest)?
+    private var sampleStreamTime = StreamTime()
 
     /// Creates the session's sending side; nothing happens before ``connected(roundTrip:streamInFlightLimit:)``.
     public init(configuration: Configuration) {
@@ -215,29 +238,38 @@ public struct SenderSession: Sendable {
     ///   - now: The time since the transfer started.
     ///   - streamTime: Since the last tick, summed over the data streams (from `TCP_INFO`): time busy
     ///     sending, and the part of it spent with a full send buffer and nothing left to send.
-    public mutating func tick(now: Duration, streamTime: (busy: Duration, sendBufferLimited: Duration)? = nil)
-        -> [Action]
-    {
+    public mutating func tick(now: Duration, streamTime: StreamTime? = nil) -> [Action] {
         guard !isOver, let transfer else { return [] }
         var actions = transfer.stalledStreams(now: now).map { Action.closeStream($0) }
-        if let streamTime {
-            busyTime += streamTime.busy
-            sendBufferLimitedTime += streamTime.sendBufferLimited
-        }
+        if let streamTime { sampleStreamTime += streamTime }
         guard acknowledgedBytes > 0, let started = sample else {
             sample = (now, acknowledgedBytes)
-            (busyTime, sendBufferLimitedTime) = (.zero, .zero)
+            sampleStreamTime = StreamTime()
             return actions
         }
         if !transfer.isComplete, now - started.at >= max(configuration.sampleInterval, roundTrip * 8) {
             let goodput = Double(acknowledgedBytes - started.bytes) / (now - started.at).seconds
-            let limited = busyTime > .zero ? sendBufferLimitedTime / busyTime : nil
+            let limited = sampleStreamTime.sendBufferLimitedShare
             sample = (now, acknowledgedBytes)
-            (busyTime, sendBufferLimitedTime) = (.zero, .zero)
+            sampleStreamTime = StreamTime()
             _ = controller?.intervalElapsed(goodput: goodput, bufferLimited: limited)
             actions += adjustStreams()
         }
         return actions
+    }
+
+    /// The receiver committed the object and sent its SHA-256.
+    /// - Returns: `nil` when it is the SHA-256 of what was read, else the mismatch.
+    public mutating func completed(receiverDigest: SessionMessage.Digest) -> TransportError? {
+        isOver = true
+        guard let ending, ending.digest == receiverDigest else {
+            return TransportError(
+                .checksumMismatch,
+                expected: "the receiver's SHA-256 to be ours (\(ending.map { "\($0.digest)" } ?? "none"))",
+                found: "\(receiverDigest)"
+            )
+        }
+        return nil
     }
 
     /// The transfer ended outside the session's view (the receiver's verdict, cancellation): ignore

@@ -4,14 +4,14 @@ import NIOCore
 import NIOPosix
 
 /// Sends one object to a `TransferServer` over a DWCP session: a control stream plus an adaptive
-/// number of data streams (AMST). This is the I/O shell around ``TransferSender`` and
-/// ``StreamCountController``; every decision is theirs.
+/// number of data streams (AMST). This is the I/O shell around ``SenderSession`` (one session) and
+/// ``ReconnectPolicy`` (whether a broken one is re-established); every decision is theirs.
 public enum TransferClient {
     /// Sends `source` and returns once the receiver has verified the object's SHA-256 and committed it.
     ///
-    /// When a file's session breaks (the connection drops, the receiver restarts), it is re-established
-    /// up to `reconnectAttempts` times with a doubling back-off, each time resuming from the chunks the
-    /// receiver holds. Refusals, authentication, checksum and disk errors are not retried.
+    /// When a file's session breaks after the receiver accepted it (the connection drops, the receiver
+    /// restarts), it is re-established as ``ReconnectPolicy`` decides, each time resuming from the chunks
+    /// the receiver holds.
     /// - Parameters:
     ///   - source: A file or standard input.
     ///   - configuration: Where to, how, and the tuning.
@@ -26,27 +26,23 @@ public enum TransferClient {
         reconnecting: @escaping @Sendable (ReconnectNotice) -> Void = { _ in }
     ) async throws -> SendReport {
         var attempt = configuration
-        var reconnects = 0
-        // Only a session that was once accepted is re-established: a wrong address or a receiver that
-        // was never started fails at once.
-        var established = false
+        var policy = ReconnectPolicy(
+            attempts: configuration.reconnectAttempts, firstDelay: configuration.reconnectDelay,
+            resumable: { if case .file = source { true } else { false } }())
         while true {
             var accepted = false
             do {
                 var report = try await sendOnce(
                     source, configuration: attempt, progress: progress, accepted: &accepted)
-                report.reconnects = reconnects
+                report.reconnects = policy.reconnects
                 return report
             } catch let error as TransportError {
-                established = established || accepted
-                guard error.code == .connectionFailed, case .file = source, established,
-                    reconnects < configuration.reconnectAttempts, !Task.isCancelled
-                else { throw error }
-                reconnects += 1
-                let delay = configuration.reconnectDelay * (1 << min(reconnects - 1, 5))
+                guard !Task.isCancelled, let delay = policy.attemptFailed(error, accepted: accepted) else {
+                    throw error
+                }
                 reconnecting(
                     ReconnectNotice(
-                        attempt: reconnects, attempts: configuration.reconnectAttempts, delaySeconds: delay.seconds,
+                        attempt: policy.reconnects, attempts: policy.attempts, delaySeconds: delay.seconds,
                         reason: "\(error)"))
                 try await Task.sleep(for: delay)
                 attempt.resume = true

@@ -111,6 +111,9 @@ struct SenderSessionTests {
         }
         #expect(released == [0, 1, 2, 3] && finishes == 1 && session.acknowledgedBytes == 35)
         #expect(session.isOver && session.tick(now: .seconds(1)).isEmpty)
+        #expect(session.completed(receiverDigest: Self.digest) == nil)
+        let mismatch = session.completed(receiverDigest: .init(bytes: Array(repeating: 0, count: 32)))
+        #expect(mismatch?.code == .checksumMismatch)
     }
 
     @Test("The controller's probe opens a stream; a probe that buys nothing drains it, and its end is no failure")
@@ -191,5 +194,24 @@ struct SenderSessionTests {
             }
         }
         #expect(resent == onStalled && reopened && session.streamFailures == 1)
+    }
+
+    @Test("Only a broken session the receiver had accepted is re-established, with a doubling wait")
+    func reconnectPolicy() {
+        let broken = TransportError(.connectionFailed, expected: "open", found: "closed")
+        var policy = ReconnectPolicy(attempts: 3, firstDelay: .seconds(1), resumable: true)
+        // Nothing ever accepted: a wrong address fails at once.
+        #expect(policy.attemptFailed(broken, accepted: false) == nil)
+        #expect(policy.attemptFailed(broken, accepted: true) == .seconds(1))
+        // Accepted once: a receiver restarting (its connection refused) is waited for.
+        #expect(policy.attemptFailed(broken, accepted: false) == .seconds(2))
+        #expect(policy.attemptFailed(broken, accepted: false) == .seconds(4))
+        #expect(policy.attemptFailed(broken, accepted: false) == nil && policy.reconnects == 3)
+        // Final errors and unreadable-again sources.
+        var other = ReconnectPolicy(attempts: 3, firstDelay: .seconds(1), resumable: true)
+        let refused = TransportError(.refused, expected: "accept", found: "refuse")
+        #expect(other.attemptFailed(refused, accepted: true) == nil)
+        var stream = ReconnectPolicy(attempts: 3, firstDelay: .seconds(1), resumable: false)
+        #expect(stream.attemptFailed(broken, accepted: true) == nil)
     }
 }
