@@ -256,7 +256,7 @@ public enum TransferClient {
                 // Chunks follow the hello and the attach at once; the answer to the hello is read
                 // before the first acknowledgement.
                 let handshake = try await TransportConnection.sendHello(
-                    outbound: outbound, nodeName: configuration.nodeName, peer: peer,
+                    inbound: &iterator, outbound: outbound, nodeName: configuration.nodeName, peer: peer,
                     pipelined: [
                         frame(
                             .attach(sessionID: session, token: token, stream: UInt16(truncatingIfNeeded: stream)),

@@ -81,13 +81,15 @@ enum TransportConnection {
         peer: String,
         pipelined: [DWCPFrame] = []
     ) async throws -> String {
-        let handshake = try await sendHello(outbound: outbound, nodeName: nodeName, peer: peer, pipelined: pipelined)
+        let handshake = try await sendHello(
+            inbound: &inbound, outbound: outbound, nodeName: nodeName, peer: peer, pipelined: pipelined)
         return try await awaitHelloAnswer(handshake, inbound: &inbound, outbound: outbound, peer: peer)
     }
 
     /// The first half of ``sayHello``: sends the hello and `pipelined`, returns the handshake to finish
     /// with ``awaitHelloAnswer`` (a data stream sends its chunks in between).
     static func sendHello(
+        inbound: inout NIOAsyncChannelInboundStream<DWCPFrame>.AsyncIterator,
         outbound: NIOAsyncChannelOutboundWriter<DWCPFrame>,
         nodeName: String,
         peer: String,
@@ -97,6 +99,13 @@ enum TransportConnection {
         do {
             try await outbound.write(contentsOf: [handshake.start()] + pipelined)
         } catch {
+            // A connection closed before the hello went out (TLS refused our certificate, say) reports
+            // why on its inbound side; the write itself only knows that the channel is closed.
+            do {
+                while try await inbound.next() != nil {}
+            } catch let cause {
+                throw classify(cause, peer: peer)
+            }
             throw classify(error, peer: peer)
         }
         return handshake

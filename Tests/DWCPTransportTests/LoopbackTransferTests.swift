@@ -86,7 +86,7 @@ struct LoopbackTransferTests {
             try await TransferClient.send(
                 .file(path: scratch.source), configuration: Self.sendConfiguration(port: port, identity: stranger))
         }
-        #expect(error?.code == .authenticationFailed)
+        #expect(error?.code == .authenticationFailed, "\(error.map { "\($0)" } ?? "no error")")
         let leftovers = try FileManager.default.contentsOfDirectory(atPath: scratch.directory + "/out")
         #expect(leftovers.isEmpty, "no session was opened, so nothing was written: \(leftovers)")
     }
