@@ -1,4 +1,7 @@
+#define _GNU_SOURCE
 #include "novacron_system.h"
+
+#include <fcntl.h>
 
 #include <linux/tcp.h>
 #include <string.h>
@@ -74,3 +77,7 @@ NOVACRON_SAME_AS_LINUX(busy_time);
 NOVACRON_SAME_AS_LINUX(rwnd_limited);
 NOVACRON_SAME_AS_LINUX(sndbuf_limited);
 _Static_assert(sizeof(struct novacron_tcp_info) <= sizeof(struct tcp_info), "struct novacron_tcp_info is too long");
+
+int novacron_start_writeback(int fd, off_t offset, off_t length) {
+    return sync_file_range(fd, offset, length, SYNC_FILE_RANGE_WRITE);
+}

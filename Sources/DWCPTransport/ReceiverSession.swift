@@ -1,3 +1,4 @@
+import CNovaCronSystem
 import Crypto
 import Foundation
 import NIOCore
@@ -12,7 +13,8 @@ import NIOCore
 /// appended to a journal next to the partial file; the journal is the chunk bitmap a resumed
 /// transfer starts from. The SHA-256 follows the contiguous prefix: chunks that arrive ahead of it are
 /// read back from the file (page cache) when the prefix reaches them, or, for standard output, wait
-/// in memory (at most the window). The object appears
+/// in memory (at most the window). Writeback to disk starts behind the prefix (``WritebackSchedule``),
+/// so the `fsync` before the commit is short. The object appears
 /// under its final name only after the whole SHA-256 matched the sender's and the data was synced;
 /// until then it is `NAME.novacron-partial`.
 actor ReceiverSession {
@@ -31,6 +33,7 @@ actor ReceiverSession {
     private var hasher = SHA256()
     private var hashedUpTo = 0
     private var pending: [Int: ByteBuffer] = [:]
+    private var writeback = WritebackSchedule()
     private let resumedBytes: UInt64
     private(set) var corruptChunks = 0
     private let started = ContinuousClock.now
@@ -296,6 +299,10 @@ actor ReceiverSession {
                 try Self.writeAll(STDOUT_FILENO, chunk, what: "standard output")
             }
             hashedUpTo += 1
+        }
+        if dataDescriptor >= 0, let range = writeback.prefixReached(machine.offset(of: hashedUpTo)) {
+            // Advisory: an I/O error here shows again, and is reported, at the fsync before the commit.
+            _ = novacron_start_writeback(dataDescriptor, off_t(range.lowerBound), off_t(range.count))
         }
     }
 

@@ -214,3 +214,25 @@ struct EndGameTests {
         #expect(next.count == 1 && sender.chunksDuplicated == 0)
     }
 }
+
+@Suite("Receiver writeback schedule")
+struct WritebackScheduleTests {
+    @Test("Whole steps of the prefix are handed over once, in order, as soon as they are complete")
+    func wholeStepsOnceInOrder() {
+        var schedule = WritebackSchedule(step: 100)
+        #expect(schedule.prefixReached(99) == nil)
+        #expect(schedule.prefixReached(100) == 0..<100)
+        #expect(schedule.prefixReached(150) == nil)
+        #expect(schedule.prefixReached(420) == 100..<400)
+        #expect(schedule.prefixReached(420) == nil)
+        #expect(schedule.prefixReached(399) == nil)
+        #expect(schedule.startedUpTo == 400)
+    }
+
+    @Test("A resumed prefix starts at its last whole step")
+    func resumedPrefix() {
+        var schedule = WritebackSchedule(step: 100, startedUpTo: 250)
+        #expect(schedule.prefixReached(299) == nil)
+        #expect(schedule.prefixReached(300) == 200..<300)
+    }
+}

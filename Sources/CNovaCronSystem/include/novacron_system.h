@@ -35,4 +35,9 @@ ssize_t novacron_send_with_descriptor(int socket, const void *data, size_t lengt
 /// dispositions (a caller's blocked or ignored signals are not inherited), in a new process group.
 /// Stores the child's pid and returns 0, or returns an errno value.
 int novacron_spawn(const char *path, char *const argv[], int stdin_fd, int stdout_fd, int stderr_fd, pid_t *pid);
+
+/// Starts writeback of the dirty pages of `fd` in [offset, offset + length) without waiting for it:
+/// sync_file_range(2) with SYNC_FILE_RANGE_WRITE (glibc declares it only under _GNU_SOURCE, which
+/// Swift's Glibc module does not set). Returns 0 or -1 with errno set.
+int novacron_start_writeback(int fd, off_t offset, off_t length);
 #endif
