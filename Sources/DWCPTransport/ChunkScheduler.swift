@@ -1,21 +1,33 @@
-/// Decides which data stream carries which chunk (AMST's scheduler, sans-IO).
+/// Decides which data stream carries which chunk, and which object's chunk goes next (AMST's
+/// scheduler, sans-IO).
 ///
-/// Chunks wait in a queue; each stream has a window (how many bytes it may have unacknowledged).
-/// ``assign()`` hands the next chunks to the streams with the most free window — never blind
-/// round-robin — so a stream that stalls (its acknowledgements stop) simply stops receiving chunks
-/// while the others carry on. When a stream dies, its unacknowledged chunks go back to the front of
-/// the queue for the others, and the caller is told to reopen it.
+/// Chunks wait in one queue per object; each stream has a window (how many bytes it may have
+/// unacknowledged). ``assign()`` hands the next chunks to the streams with the most free window —
+/// never blind round-robin — so a stream that stalls (its acknowledgements stop) simply stops
+/// receiving chunks while the others carry on. When a stream dies, its unacknowledged chunks go back
+/// to the front, ahead of every queue, and the caller is told to reopen it.
+///
+/// Objects share the streams by weight (``setWeight(_:for:)``, default 1): among the objects with
+/// chunks waiting, the next chunk comes from the one with the least bytes sent per unit of weight
+/// (start-time fair queueing), so while two objects of weights 4 and 1 both have chunks waiting they
+/// get 4/5 and 1/5 of the bytes; an object with nothing waiting leaves its share to the others and
+/// does not bank it for later.
 public struct ChunkScheduler: Sendable {
-    /// A chunk to send: its index in the object and its size on the wire.
+    /// A chunk to send: its address and its size on the wire.
     public struct Chunk: Hashable, Sendable {
-        /// The chunk's index within its object.
-        public var index: Int
+        /// Which object it belongs to and its index there.
+        public var address: ChunkAddress
         /// Its size in bytes.
         public var size: Int
 
+        /// The chunk's index within its object.
+        public var index: Int { address.index }
+        /// The chunk's object.
+        public var object: Int { address.object }
+
         /// Creates a chunk.
-        public init(index: Int, size: Int) {
-            self.index = index
+        public init(object: Int = 0, index: Int, size: Int) {
+            self.address = ChunkAddress(object: object, index: index)
             self.size = size
         }
     }
@@ -30,23 +42,35 @@ public struct ChunkScheduler: Sendable {
 
     private struct Stream: Sendable {
         var window: Int
-        var inFlight: [Int: Chunk] = [:]
+        var inFlight: [ChunkAddress: Chunk] = [:]
         var inFlightBytes = 0
         var isOpen = true
 
         var freeWindow: Int { isOpen ? window - inFlightBytes : 0 }
     }
 
+    /// One object's waiting chunks and its place in the fair queue.
+    private struct Queue: Sendable {
+        var chunks: [Chunk] = []
+        var head = 0
+        var weight = 1
+        /// Bytes sent divided by weight: the object whose next chunk starts earliest goes first.
+        var virtualStart = 0.0
+
+        var count: Int { chunks.count - head }
+    }
+
     private var streams: [Int: Stream] = [:]
-    private var queue: [Chunk] = []
-    private var queueHead = 0
+    private var queues: [Int: Queue] = [:]
     private var retransmissions: [Chunk] = []
+    /// The virtual start of the chunk sent last: an object that had nothing waiting starts here.
+    private var virtualNow = 0.0
 
     /// Creates a scheduler with no streams.
     public init() {}
 
     /// Chunks waiting for a stream.
-    public var pendingCount: Int { queue.count - queueHead + retransmissions.count }
+    public var pendingCount: Int { queues.values.reduce(retransmissions.count) { $0 + $1.count } }
 
     /// Chunks sent and not yet acknowledged, over all streams.
     public var inFlightCount: Int { streams.values.reduce(0) { $0 + $1.inFlight.count } }
@@ -54,9 +78,24 @@ public struct ChunkScheduler: Sendable {
     /// Whether every chunk enqueued so far has been acknowledged.
     public var isIdle: Bool { pendingCount == 0 && inFlightCount == 0 }
 
-    /// Adds chunks to the end of the queue.
+    /// Sets an object's share of the streams relative to the others' (at least 1).
+    public mutating func setWeight(_ weight: Int, for object: Int) {
+        precondition(weight >= 1, "a weight is at least 1, not \(weight)")
+        withQueue(object) { $0.weight = weight }
+    }
+
+    /// Adds chunks to the end of their objects' queues.
     public mutating func enqueue(_ chunks: some Sequence<Chunk>) {
-        queue.append(contentsOf: chunks)
+        for chunk in chunks {
+            let now = virtualNow
+            withQueue(chunk.object) { queue in
+                if queue.count == 0 {
+                    // Idle time is not credit: the object rejoins at the current virtual time.
+                    queue.virtualStart = max(queue.virtualStart, now)
+                }
+                queue.chunks.append(chunk)
+            }
+        }
     }
 
     /// A stream opened (or reopened) with a window of `window` bytes.
@@ -78,21 +117,21 @@ public struct ChunkScheduler: Sendable {
     /// - Returns: What to send where, in order.
     public mutating func assign() -> [Assignment] {
         var assignments: [Assignment] = []
-        while let chunk = peekNext() {
+        while let (chunk, source) = peekNext() {
             guard let stream = bestStream(for: chunk) else { break }
-            takeNext()
-            streams[stream]!.inFlight[chunk.index] = chunk
+            take(from: source)
+            streams[stream]!.inFlight[chunk.address] = chunk
             streams[stream]!.inFlightBytes += chunk.size
             assignments.append(Assignment(chunk: chunk, stream: stream))
         }
         return assignments
     }
 
-    /// The receiver acknowledged chunk `index`, which `stream` carried.
+    /// The receiver acknowledged the chunk at `address`, which `stream` carried.
     /// - Returns: Whether the acknowledgement matched a chunk in flight (duplicates return `false`).
     @discardableResult
-    public mutating func acknowledged(_ index: Int, on stream: Int) -> Bool {
-        guard let chunk = streams[stream]?.inFlight.removeValue(forKey: index) else { return false }
+    public mutating func acknowledged(_ address: ChunkAddress, on stream: Int) -> Bool {
+        guard let chunk = streams[stream]?.inFlight.removeValue(forKey: address) else { return false }
         streams[stream]!.inFlightBytes -= chunk.size
         return true
     }
@@ -101,13 +140,13 @@ public struct ChunkScheduler: Sendable {
     /// - Returns: The chunks that will be re-sent on other streams.
     public mutating func streamFailed(_ stream: Int) -> [Chunk] {
         guard var failed = streams[stream] else { return [] }
-        let lost = failed.inFlight.values.sorted { $0.index < $1.index }
+        let lost = failed.inFlight.values.sorted { $0.address < $1.address }
         failed.inFlight.removeAll()
         failed.inFlightBytes = 0
         failed.isOpen = false
         streams[stream] = failed
         retransmissions.append(contentsOf: lost)
-        retransmissions.sort { $0.index < $1.index }
+        retransmissions.sort { $0.address < $1.address }
         return lost
     }
 
@@ -126,18 +165,18 @@ public struct ChunkScheduler: Sendable {
         streams.filter { $0.value.isOpen && $0.value.inFlight.isEmpty }.keys.sorted()
     }
 
-    /// Every chunk in flight with its stream, lowest index first.
+    /// Every chunk in flight with its stream, lowest address first.
     public var inFlightChunks: [Assignment] {
         streams.flatMap { id, stream in stream.inFlight.values.map { Assignment(chunk: $0, stream: id) } }
-            .sorted { ($0.chunk.index, $0.stream) < ($1.chunk.index, $1.stream) }
+            .sorted { ($0.chunk.address, $0.stream) < ($1.chunk.address, $1.stream) }
     }
 
     /// Sends a copy of a chunk that is already in flight on another stream (the end game: the last
     /// chunks should not wait for one slow stream while others are idle). Whichever copy is
     /// acknowledged first completes the chunk; the other is acknowledged later or dies with its stream.
     public mutating func duplicate(_ chunk: Chunk, on stream: Int) {
-        precondition(streams[stream]?.isOpen == true, "stream \(stream) cannot take a copy of chunk \(chunk.index)")
-        streams[stream]!.inFlight[chunk.index] = chunk
+        precondition(streams[stream]?.isOpen == true, "stream \(stream) cannot take a copy of chunk \(chunk.address)")
+        streams[stream]!.inFlight[chunk.address] = chunk
         streams[stream]!.inFlightBytes += chunk.size
     }
 
@@ -152,20 +191,46 @@ public struct ChunkScheduler: Sendable {
         streams.removeValue(forKey: stream)
     }
 
-    private func peekNext() -> Chunk? {
-        retransmissions.first ?? (queueHead < queue.count ? queue[queueHead] : nil)
+    /// The next chunk to send and where it waits: a re-send first, then the object whose next chunk
+    /// starts earliest in virtual time (ties: the lower object number).
+    private func peekNext() -> (Chunk, source: Int?)? {
+        if let first = retransmissions.first { return (first, nil) }
+        var best: (object: Int, queue: Queue)?
+        for (object, queue) in queues where queue.count > 0 {
+            if let current = best,
+                (current.queue.virtualStart, current.object) <= (queue.virtualStart, object)
+            {
+                continue
+            }
+            best = (object, queue)
+        }
+        guard let best else { return nil }
+        return (best.queue.chunks[best.queue.head], best.object)
     }
 
-    private mutating func takeNext() {
-        if !retransmissions.isEmpty {
+    private mutating func take(from object: Int?) {
+        guard let object else {
             retransmissions.removeFirst()
-        } else {
-            queueHead += 1
-            if queueHead > 4096 && queueHead * 2 > queue.count {
-                queue.removeFirst(queueHead)
-                queueHead = 0
-            }
+            return
         }
+        virtualNow = withQueue(object) { queue in
+            let started = queue.virtualStart
+            queue.virtualStart += Double(queue.chunks[queue.head].size) / Double(queue.weight)
+            queue.head += 1
+            if queue.head == queue.chunks.count {
+                queue.chunks.removeAll(keepingCapacity: true)
+                queue.head = 0
+            } else if queue.head > 4096 && queue.head * 2 > queue.chunks.count {
+                queue.chunks.removeFirst(queue.head)
+                queue.head = 0
+            }
+            return started
+        }
+    }
+
+    /// Changes an object's queue in place (no copy of its chunks).
+    private mutating func withQueue<Result>(_ object: Int, _ body: (inout Queue) -> Result) -> Result {
+        body(&queues[object, default: Queue()])
     }
 
     private func bestStream(for chunk: Chunk) -> Int? {

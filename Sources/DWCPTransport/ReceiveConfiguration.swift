@@ -35,11 +35,29 @@ public struct ReceiveConfiguration: Sendable {
     }
 }
 
-/// What a completed receive did.
-public struct ReceiveReport: Sendable, Codable {
-    /// Where the object was written (`nil` for standard output).
+/// One object a receive committed.
+public struct ReceivedObject: Sendable, Codable {
+    /// The name the sender gave it.
+    public var name: String
+    /// Where it was written (`nil` for standard output).
     public var path: String?
-    /// The object's size.
+    /// Its size.
+    public var bytes: UInt64
+    /// Bytes stored in this attempt (the rest came from an earlier, interrupted attempt).
+    public var receivedBytes: UInt64
+    /// Bytes that were already present from an earlier attempt.
+    public var resumedBytes: UInt64
+    /// Seconds from its offer to its commit.
+    public var seconds: Double
+    /// Its SHA-256, which matched the sender's.
+    public var sha256: String
+}
+
+/// What a completed receive (one session, one or more objects) did.
+public struct ReceiveReport: Sendable, Codable {
+    /// Where the (first) object was written (`nil` for standard output).
+    public var path: String?
+    /// The objects' sizes together.
     public var bytes: UInt64
     /// Bytes stored in this attempt (the rest came from an earlier, interrupted attempt).
     public var receivedBytes: UInt64
@@ -47,10 +65,26 @@ public struct ReceiveReport: Sendable, Codable {
     public var resumedBytes: UInt64
     /// Chunks that arrived corrupted (their stream was closed and the chunk sent again).
     public var corruptChunks: Int
-    /// Seconds from the offer to the commit.
+    /// Seconds from the first offer to the last commit.
     public var seconds: Double
-    /// The object's SHA-256, which matched the sender's.
+    /// The (first) object's SHA-256, which matched the sender's.
     public var sha256: String
     /// The sender's node name.
     public var peer: String
+    /// Every object, in the order offered.
+    public var objects: [ReceivedObject]
+
+    /// The report of a session that committed `objects` (in order, at least one).
+    init(objects: [ReceivedObject], corruptChunks: Int, seconds: Double, peer: String) {
+        precondition(!objects.isEmpty, "a session commits at least one object")
+        path = objects[0].path
+        bytes = objects.reduce(0) { $0 + $1.bytes }
+        receivedBytes = objects.reduce(0) { $0 + $1.receivedBytes }
+        resumedBytes = objects.reduce(0) { $0 + $1.resumedBytes }
+        self.corruptChunks = corruptChunks
+        self.seconds = seconds
+        sha256 = objects[0].sha256
+        self.peer = peer
+        self.objects = objects
+    }
 }

@@ -7,7 +7,7 @@ import NIOCore
     import Glibc
 #endif
 
-/// One transfer being received: the ``TransferReceiver`` machine plus the files it drives.
+/// One object being received: the ``TransferReceiver`` machine plus the files it drives.
 ///
 /// Chunks are written where they belong (`pwrite`) as they arrive, and each stored chunk's index is
 /// appended to a journal next to the partial file; the journal is the chunk bitmap a resumed
@@ -19,7 +19,6 @@ import NIOCore
 /// until then it is `NAME.novacron-partial`.
 actor ReceiverSession {
     let sessionID: UInt64
-    let token: SessionMessage.Token
     let offer: SessionMessage.Offer
     let peer: String
     let accept: SessionMessage.Accept
@@ -35,21 +34,29 @@ actor ReceiverSession {
     private var pending: [Int: ByteBuffer] = [:]
     private var writeback = WritebackSchedule()
     private let resumedBytes: UInt64
-    private(set) var corruptChunks = 0
     private let started = ContinuousClock.now
     private(set) var isClosed = false
 
     static let journalMagic: UInt32 = 0x4E43_4A31  // "NCJ1"
     static let journalHeaderLength = 4 + 16 + 4 + 8
 
+    /// Opens the destination of one offered object.
+    /// - Parameters:
+    ///   - sessionID: The session the object belongs to.
+    ///   - token: The session's token, for the accept.
+    ///   - offer: The sender's offer.
+    ///   - chunkSize: The session's chunk size when this is not its first object (all share one).
+    ///   - peer: The sender, for the report.
+    ///   - configuration: Where and how to write.
     init(
         sessionID: UInt64,
+        token: SessionMessage.Token,
         offer: SessionMessage.Offer,
+        chunkSize sessionChunkSize: Int?,
         peer: String,
         configuration: ReceiveConfiguration
     ) throws {
         self.sessionID = sessionID
-        self.token = .random()
         self.offer = offer
         self.peer = peer
         guard (4096...DWCPFrameLimitsForTransport.maximumChunkSize).contains(Int(offer.chunkSize)) else {
@@ -59,7 +66,7 @@ actor ReceiverSession {
                 found: "\(offer.chunkSize)"
             )
         }
-        var chunkSize = Int(offer.chunkSize)
+        var chunkSize = sessionChunkSize ?? Int(offer.chunkSize)
         var present = ChunkBitmap()
         switch configuration.destination {
         case .standardOutput:
@@ -85,7 +92,9 @@ actor ReceiverSession {
                     advice: "remove it or pass --overwrite"
                 )
             }
-            if offer.resume, let journal = Self.loadJournal(journalPath!, offer: offer) {
+            if offer.resume, let journal = Self.loadJournal(journalPath!, offer: offer),
+                sessionChunkSize == nil || journal.chunkSize == sessionChunkSize
+            {
                 chunkSize = journal.chunkSize
                 present = journal.present
             }
@@ -93,11 +102,14 @@ actor ReceiverSession {
                 partial: partialPath!, journal: journalPath!, transferID: offer.transferID,
                 totalBytes: offer.totalBytes, fresh: present.count == 0, chunkSize: chunkSize)
         }
+        // Each object gets the whole reorder window: only standard output (one object) holds chunks in
+        // memory while it waits for the prefix; a file reads them back from the page cache.
         let windowChunks = max(4, configuration.windowBytes / chunkSize)
         machine = TransferReceiver(
             chunkSize: chunkSize, windowChunks: windowChunks, declaredBytes: offer.totalBytes, present: present)
         resumedBytes = min(UInt64(present.count) * UInt64(chunkSize), offer.totalBytes ?? .max)
         accept = SessionMessage.Accept(
+            object: offer.object,
             sessionID: sessionID,
             token: token,
             chunkSize: UInt32(chunkSize),
@@ -221,18 +233,13 @@ actor ReceiverSession {
         return .store
     }
 
-    /// A data stream delivered a frame whose checksum failed.
-    func noteCorruptChunk() {
-        corruptChunks += 1
-    }
-
     /// The sender says it is done.
     /// - Returns: The answer for the control stream and, on success, the report.
     func finish(
         totalChunks: UInt64,
         totalBytes: UInt64,
         digest: SessionMessage.Digest
-    ) -> (SessionMessage, Result<ReceiveReport, TransportError>) {
+    ) -> (SessionMessage, Result<ReceivedObject, TransportError>) {
         do {
             guard try machine.finish(totalChunks: Int(totalChunks), totalBytes: totalBytes) else {
                 throw TransportError(
@@ -253,17 +260,16 @@ actor ReceiverSession {
                 )
             }
             try commit()
-            let report = ReceiveReport(
+            let report = ReceivedObject(
+                name: offer.name,
                 path: finalPath,
                 bytes: totalBytes,
                 receivedBytes: machine.bytesStored,
                 resumedBytes: resumedBytes,
-                corruptChunks: corruptChunks,
                 seconds: (ContinuousClock.now - started).seconds,
-                sha256: "\(ours)",
-                peer: peer
+                sha256: "\(ours)"
             )
-            return (.complete(sha256: ours), .success(report))
+            return (.complete(object: offer.object, sha256: ours), .success(report))
         } catch {
             close()
             let failure =
@@ -277,6 +283,16 @@ actor ReceiverSession {
     /// The control stream went away: keep the partial copy and its journal for a resume.
     func abandon() {
         close()
+    }
+
+    /// The session was refused after this object was opened: its files go unless they hold data from
+    /// an earlier attempt (kept for a resume).
+    func withdraw() {
+        if resumedBytes == 0 && machine.bytesStored == 0 {
+            discard()
+        } else {
+            close()
+        }
     }
 
     /// Progress so far: bytes held, and the object's size if known.

@@ -84,15 +84,31 @@ public struct TransferProgress: Sendable, Codable {
 
 /// What a completed send did.
 public struct SendReport: Sendable, Codable {
-    /// The object's size.
+    /// One object of the session.
+    public struct Object: Sendable, Codable {
+        /// Its name (the file's path, or `-`).
+        public var name: String
+        /// Its size.
+        public var bytes: UInt64
+        /// Bytes the receiver already held (resume) and that were not sent.
+        public var skippedBytes: UInt64
+        /// Its SHA-256, as both sides computed it.
+        public var sha256: String
+        /// Seconds from connecting to the receiver's confirmation of this object.
+        public var seconds: Double
+        /// Its share of the streams relative to the other objects'.
+        public var weight: Int
+    }
+
+    /// The objects' sizes together.
     public var bytes: UInt64
-    /// Bytes the receiver already held (resume) and that were not sent.
+    /// Bytes the receiver already held (resume) and that were not sent, over all objects.
     public var skippedBytes: UInt64
     /// Chunk payload bytes written to data streams, re-sends included.
     public var sentBytes: UInt64
     /// Seconds from connecting to the receiver's confirmation.
     public var seconds: Double
-    /// The object's SHA-256, as both sides computed it.
+    /// The SHA-256 of the (first) object, as both sides computed it.
     public var sha256: String
     /// The most data streams open at once.
     public var maximumStreams: Int
@@ -104,6 +120,8 @@ public struct SendReport: Sendable, Codable {
     public var chunksDuplicated: Int
     /// The round-trip time measured on the control stream before the transfer, milliseconds.
     public var roundTripMilliseconds: Double
+    /// Each object, in the order offered.
+    public var objects: [Object]
     /// How many times the session broke and was re-established.
     public var reconnects = 0
 }

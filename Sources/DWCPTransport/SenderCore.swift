@@ -1,7 +1,8 @@
 import NIOCore
 
-/// The sender's I/O shell around ``SenderSession``: it holds the chunks read until they are
-/// released, one outlet per data stream and the streams' channels. Stream tasks, the source reader
+/// The sender's I/O shell around ``SenderSession``: it holds the chunks read (of every object the
+/// session carries) until they are released, one outlet per data stream and the streams' channels.
+/// Stream tasks, the source readers
 /// and the ticker report events here; the session decides, and this actor carries out its actions.
 actor SenderCore {
     enum Command: Sendable {
@@ -11,10 +12,11 @@ actor SenderCore {
         case send(SessionMessage)
     }
 
-    typealias Outlet = AsyncStream<(Int, ByteBuffer)>
+    typealias Outlet = AsyncStream<(ChunkAddress, ByteBuffer)>
 
     private let configuration: SendConfiguration
-    private let reader: SourceReader
+    private let readers: [SourceReader]
+    private let weights: [Int]
     private let commands: AsyncStream<Command>.Continuation
     private let clock = ContinuousClock()
     private let started: ContinuousClock.Instant
@@ -22,27 +24,40 @@ actor SenderCore {
     private var session: SenderSession
     private(set) var sessionID: UInt64 = 0
     private var token = SessionMessage.Token(bytes: Array(repeating: 0, count: 16))
-    private var acceptWaiters: [CheckedContinuation<(Int, ChunkBitmap), Never>] = []
-    private var windowWaiter: CheckedContinuation<Void, Never>?
+    private var acceptWaiters: [Int: [CheckedContinuation<(Int, ChunkBitmap), Never>]] = [:]
+    private var windowWaiters: [CheckedContinuation<Void, Never>] = []
 
-    private var chunks: [Int: ByteBuffer] = [:]
+    private var chunks: [ChunkAddress: ByteBuffer] = [:]
     private var outlets: [Int: Outlet.Continuation] = [:]
     private var channels: [Int: any Channel] = [:]
     private var bucket: TokenBucket?
 
-    private var outcome: Result<SessionMessage.Digest, any Error>?
+    private var outcome: Result<Void, any Error>?
 
     private var bytesAtLastTick: UInt64 = 0
     private var lastTick: Duration = .zero
     private var sentBytes: UInt64 = 0
     private var lastStatistics: [Int: TCPStatistics] = [:]
+    private var committedAt: [Int: Duration] = [:]
 
-    init(configuration: SendConfiguration, reader: SourceReader, commands: AsyncStream<Command>.Continuation) {
+    /// - Parameters:
+    ///   - readers: The session's objects, in order (object 0 first).
+    ///   - weights: Each object's share of the streams.
+    init(
+        configuration: SendConfiguration,
+        readers: [SourceReader],
+        weights: [Int],
+        commands: AsyncStream<Command>.Continuation
+    ) {
+        precondition(!readers.isEmpty && readers.count == weights.count, "one weight per object")
         self.configuration = configuration
-        self.reader = reader
+        self.readers = readers
+        self.weights = weights
         self.commands = commands
         self.started = clock.now
-        self.session = SenderSession(configuration: .init(configuration))
+        var sessionConfiguration = SenderSession.Configuration(configuration)
+        sessionConfiguration.objects = readers.count
+        self.session = SenderSession(configuration: sessionConfiguration)
         self.bucket = configuration.rateLimit.map { TokenBucket(bytesPerSecond: $0) }
     }
 
@@ -56,21 +71,37 @@ actor SenderCore {
         perform(session.connected(roundTrip: roundTrip, streamInFlightLimit: streamInFlightLimit))
     }
 
-    func accepted(_ accept: SessionMessage.Accept) {
+    func accepted(_ accept: SessionMessage.Accept) throws(TransportError) {
         guard outcome == nil else { return }
+        let object = Int(accept.object)
+        guard object < readers.count, !session.hasAccepted(object: object),
+            session.transfer == nil || (accept.sessionID == sessionID && accept.token == token)
+        else {
+            throw TransportError(
+                .protocolViolation, expected: "one accept per offered object, all for one session",
+                found: "an accept for object \(object) of session \(accept.sessionID)")
+        }
         sessionID = accept.sessionID
         token = accept.token
-        let actions = session.accepted(accept, objectSize: reader.size)
-        for waiter in acceptWaiters { waiter.resume(returning: (Int(accept.chunkSize), accept.present)) }
-        acceptWaiters.removeAll()
+        let actions = session.accepted(
+            accept, object: object, objectSize: readers[object].size, weight: weights[object])
+        for waiter in acceptWaiters.removeValue(forKey: object) ?? [] {
+            waiter.resume(returning: (Int(accept.chunkSize), accept.present))
+        }
         perform(actions)
     }
 
-    func waitUntilAccepted() async -> (chunkSize: Int, skipped: ChunkBitmap) {
-        if let transfer = session.transfer { return (transfer.chunkSize, transfer.skipped) }
+    /// The chunk size and the chunks the receiver holds, once it has accepted `object`.
+    func waitUntilAccepted(object: Int = 0) async -> (chunkSize: Int, skipped: ChunkBitmap) {
+        if let transfer = session.transfer, session.hasAccepted(object: object) {
+            return (transfer.chunkSize, transfer.skipped(object: object))
+        }
         if outcome != nil { return (configuration.chunkSize, ChunkBitmap()) }
-        return await withCheckedContinuation { acceptWaiters.append($0) }
+        return await withCheckedContinuation { acceptWaiters[object, default: []].append($0) }
     }
+
+    /// The share of the streams `object` gets.
+    nonisolated func weight(of object: Int) -> Int { weights[object] }
 
     /// Whether the receiver accepted the offer.
     var wasAccepted: Bool { session.transfer != nil }
@@ -85,17 +116,24 @@ actor SenderCore {
 
     // MARK: Source
 
-    func admit(_ index: Int, _ chunk: ByteBuffer) async throws {
-        while outcome == nil, !session.admits(index) {
-            await withCheckedContinuation { windowWaiter = $0 }
+    /// Hands over chunk `index` of `object` once the session lets that object read (window room, and
+    /// its turn by weight among the readers waiting).
+    func admit(_ index: Int, of object: Int, _ chunk: ByteBuffer) async throws {
+        session.readerWaiting(object: object, index: index)
+        while outcome == nil, !session.mayRead(object: object) {
+            await withCheckedContinuation { windowWaiters.append($0) }
         }
         guard outcome == nil else { throw CancellationError() }
-        chunks[index] = chunk
-        perform(session.chunkRead(index, size: chunk.readableBytes, now: now))
+        chunks[ChunkAddress(object: object, index: index)] = chunk
+        perform(session.chunkRead(index, size: chunk.readableBytes, object: object, now: now))
+        // Another waiting reader may be next now (or was passed over while this one was chosen).
+        resumeReaders()
     }
 
-    func sourceEnded(chunkCount: Int, digest: SessionMessage.Digest) {
-        perform(session.sourceEnded(chunkCount: chunkCount, totalBytes: reader.bytesRead, digest: digest))
+    func sourceEnded(object: Int, chunkCount: Int, digest: SessionMessage.Digest) {
+        perform(
+            session.sourceEnded(
+                chunkCount: chunkCount, totalBytes: readers[object].bytesRead, digest: digest, object: object))
     }
 
     // MARK: Streams
@@ -112,8 +150,8 @@ actor SenderCore {
         return outlet
     }
 
-    func acknowledged(_ index: Int, on stream: Int) {
-        perform(session.acknowledged(index, on: stream, now: now))
+    func acknowledged(_ address: ChunkAddress, on stream: Int) {
+        perform(session.acknowledged(address, on: stream, now: now))
     }
 
     func sent(_ bytes: Int) {
@@ -130,27 +168,38 @@ actor SenderCore {
         perform(session.streamEnded(stream, now: now, error: error.map { "\($0)" }))
     }
 
+    /// Lets every reader waiting for window room check again.
+    private func resumeReaders() {
+        for waiter in windowWaiters { waiter.resume() }
+        windowWaiters.removeAll()
+    }
+
     /// Carries out the session's decisions.
     private func perform(_ actions: [SenderSession.Action]) {
         for action in actions {
             switch action {
             case .open(let stream, let delay):
                 commands.yield(.open(stream, after: delay))
-            case .send(let index, let stream):
-                if let chunk = chunks[index], let outlet = outlets[stream] {
-                    outlet.yield((index, chunk))
+            case .send(let address, let stream):
+                if let chunk = chunks[address], let outlet = outlets[stream] {
+                    outlet.yield((address, chunk))
                 }
-            case .release(let index):
-                chunks.removeValue(forKey: index)
-                windowWaiter?.resume()
-                windowWaiter = nil
+            case .release(let address):
+                chunks.removeValue(forKey: address)
+                resumeReaders()
             case .finishStream(let stream):
                 outlets.removeValue(forKey: stream)?.finish()
             case .closeStream(let stream):
                 channels[stream]?.close(promise: nil)
-            case .sendFinish(let totalChunks, let totalBytes, let digest):
-                for outlet in outlets.values { outlet.finish() }
-                commands.yield(.send(.finish(totalChunks: totalChunks, totalBytes: totalBytes, sha256: digest)))
+            case .sendFinish(let object, let totalChunks, let totalBytes, let digest):
+                if session.isOver {
+                    for outlet in outlets.values { outlet.finish() }
+                }
+                commands.yield(
+                    .send(
+                        .finish(
+                            object: UInt16(object), totalChunks: totalChunks, totalBytes: totalBytes, sha256: digest
+                        )))
             case .fail(let error):
                 fail(error)
             }
@@ -188,10 +237,14 @@ actor SenderCore {
         let rate = elapsed > 0 ? Double(acknowledged - bytesAtLastTick) / elapsed : 0
         bytesAtLastTick = acknowledged
         lastTick = at
-        let skipped = UInt64(transfer.skipped.count) * UInt64(transfer.chunkSize)
+        let skipped = transfer.objectNumbers.reduce(UInt64(0)) {
+            $0 + UInt64(transfer.skipped(object: $1).count) * UInt64(transfer.chunkSize)
+        }
+        let sizes = readers.map(\.size)
+        let total = sizes.contains(nil) ? nil : sizes.reduce(UInt64(0)) { $0 + $1! }
         return TransferProgress(
-            bytesDone: min(acknowledged + skipped, reader.size ?? .max),
-            totalBytes: reader.size,
+            bytesDone: min(acknowledged + skipped, total ?? .max),
+            totalBytes: total,
             seconds: at.seconds,
             bytesPerSecond: rate,
             streams: session.activeStreams,
@@ -203,13 +256,18 @@ actor SenderCore {
 
     // MARK: Completion
 
-    func completed(_ receiverDigest: SessionMessage.Digest) {
-        guard outcome == nil else { return }
-        if let mismatch = session.completed(receiverDigest: receiverDigest) {
+    /// The receiver committed `object`; the session ends once every object is committed.
+    /// - Returns: Whether every object is committed now.
+    func completed(object: Int, _ receiverDigest: SessionMessage.Digest) -> Bool {
+        guard outcome == nil else { return true }
+        committedAt[object] = now
+        if let mismatch = session.completed(object: object, receiverDigest: receiverDigest) {
             fail(mismatch)
-        } else {
-            finish(.success(receiverDigest))
+            return true
         }
+        guard session.allCommitted else { return false }
+        finish(.success(()))
+        return true
     }
 
     func fail(_ error: any Error) {
@@ -227,15 +285,16 @@ actor SenderCore {
         }
     }
 
-    private func finish(_ result: Result<SessionMessage.Digest, any Error>) {
+    private func finish(_ result: Result<Void, any Error>) {
         outcome = result
         session.stop()
         for outlet in outlets.values { outlet.finish() }
         outlets.removeAll()
         for channel in channels.values { channel.close(promise: nil) }
-        windowWaiter?.resume()
-        windowWaiter = nil
-        for waiter in acceptWaiters { waiter.resume(returning: (configuration.chunkSize, ChunkBitmap())) }
+        resumeReaders()
+        for waiter in acceptWaiters.values.joined() {
+            waiter.resume(returning: (configuration.chunkSize, ChunkBitmap()))
+        }
         acceptWaiters.removeAll()
         commands.finish()
     }
@@ -244,20 +303,32 @@ actor SenderCore {
         guard let outcome else {
             throw TransportError(.cancelled, expected: "the transfer to finish", found: "it was interrupted")
         }
-        let digest = try outcome.get()
+        try outcome.get()
         let transfer = session.transfer
         let chunkSize = UInt64(transfer?.chunkSize ?? configuration.chunkSize)
+        let objects = readers.indices.map { object in
+            let ending = session.endings[object]
+            return SendReport.Object(
+                name: readers[object].name,
+                bytes: ending?.bytes ?? 0,
+                skippedBytes: UInt64(transfer?.skipped(object: object).count ?? 0) * chunkSize,
+                sha256: ending.map { "\($0.digest)" } ?? "",
+                seconds: committedAt[object]?.seconds ?? now.seconds,
+                weight: weights[object]
+            )
+        }
         return SendReport(
-            bytes: session.ending?.bytes ?? 0,
-            skippedBytes: UInt64(transfer?.skipped.count ?? 0) * chunkSize,
+            bytes: objects.reduce(0) { $0 + $1.bytes },
+            skippedBytes: objects.reduce(0) { $0 + $1.skippedBytes },
             sentBytes: sentBytes,
             seconds: now.seconds,
-            sha256: "\(digest)",
+            sha256: objects[0].sha256,
             maximumStreams: session.maximumStreams,
             streamFailures: session.streamFailures,
             chunksResent: transfer?.chunksResent ?? 0,
             chunksDuplicated: transfer?.chunksDuplicated ?? 0,
-            roundTripMilliseconds: session.roundTrip.seconds * 1000
+            roundTripMilliseconds: session.roundTrip.seconds * 1000,
+            objects: objects
         )
     }
 }

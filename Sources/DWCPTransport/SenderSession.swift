@@ -1,6 +1,6 @@
 /// The sending side of one session (AMST, sans-IO): how many data streams to keep, when to open,
-/// drain, replace or give up on them, which chunk goes on which stream, when a chunk may be
-/// released, and when to send the finish.
+/// drain, replace or give up on them, which chunk of which object goes on which stream, when a chunk
+/// may be released, and when to send each object's finish.
 ///
 /// It combines ``TransferSender`` (chunks, windows, stalls, end game) with ``StreamCountController``
 /// (the stream count). The caller feeds it events with the time since the transfer started and
@@ -18,8 +18,10 @@ public struct SenderSession: Sendable {
         public var initialStreams: Int?
         /// The path rate assumed for the initial stream count, bits per second.
         public var linkRateHint: Double
-        /// The most bytes read and not yet acknowledged.
+        /// The most bytes read and not yet acknowledged, over all objects.
         public var windowBytes: Int
+        /// How many objects the session carries.
+        public var objects: Int
         /// How long a stream may hold chunks without an acknowledgement.
         public var stallTimeout: Duration
         /// The shortest goodput sample the stream-count controller sees (it also waits 8 round trips).
@@ -35,6 +37,7 @@ public struct SenderSession: Sendable {
             initialStreams = send.initialStreams
             linkRateHint = send.linkRateHint
             windowBytes = send.windowBytes
+            objects = 1
             stallTimeout = send.stallTimeout
             sampleInterval = send.interval
             maximumConsecutiveFailures = send.maximumConsecutiveFailures
@@ -70,16 +73,16 @@ public struct SenderSession: Sendable {
         /// ``streamReady(_:now:)`` once it is attached, ``streamEnded(_:now:error:)`` when it ends.
         case open(stream: Int, after: Duration)
         /// Write chunk `chunk` on stream `on`.
-        case send(chunk: Int, on: Int)
+        case send(chunk: ChunkAddress, on: Int)
         /// The receiver holds chunk `chunk`: drop its bytes; the window has moved.
-        case release(chunk: Int)
+        case release(chunk: ChunkAddress)
         /// Stream `stream` has delivered everything it was given and gets no more: end it. Its end is
         /// not a failure.
         case finishStream(Int)
         /// Stream `stream` stalled: close it. Its chunks are re-sent elsewhere when it ends.
         case closeStream(Int)
-        /// Every chunk is acknowledged: send `finish` with these totals on the control stream.
-        case sendFinish(totalChunks: UInt64, totalBytes: UInt64, sha256: SessionMessage.Digest)
+        /// Every chunk of `object` is acknowledged: send its `finish` with these totals on the control stream.
+        case sendFinish(object: Int, totalChunks: UInt64, totalBytes: UInt64, sha256: SessionMessage.Digest)
         /// The transfer cannot go on.
         case fail(TransportError)
     }
@@ -92,23 +95,30 @@ public struct SenderSession: Sendable {
     public private(set) var controller: StreamCountController?
     /// The round-trip time the control connection's handshake measured.
     public private(set) var roundTrip: Duration = .zero
-    /// Bytes acknowledged in this attempt.
+    /// Bytes acknowledged in this attempt, over all objects.
     public private(set) var acknowledgedBytes: UInt64 = 0
+    /// Bytes acknowledged in this attempt, per object.
+    public private(set) var acknowledgedBytesByObject: [Int: UInt64] = [:]
     /// Streams that failed or stalled.
     public private(set) var streamFailures = 0
     /// The most data streams attached at once.
     public private(set) var maximumStreams = 0
-    /// Whether the finish was sent or the transfer failed or was stopped: events change nothing now.
+    /// Whether every object's finish was sent or the transfer failed or was stopped: events change
+    /// nothing now.
     public private(set) var isOver = false
-    /// What the source held, once it ended: chunks, bytes, SHA-256.
-    public private(set) var ending: (chunks: Int, bytes: UInt64, digest: SessionMessage.Digest)?
+    /// What each object's source held, once it ended: chunks, bytes, SHA-256.
+    public private(set) var endings: [Int: (chunks: Int, bytes: UInt64, digest: SessionMessage.Digest)] = [:]
+    /// The objects whose finish was sent.
+    public private(set) var finished: Set<Int> = []
+    /// The objects the receiver verified and committed.
+    public private(set) var committed: Set<Int> = []
 
     private var opening: Set<Int> = []
     private var attached: Set<Int> = []
     private var draining: Set<Int> = []
     private var nextStreamID = 0
     private var consecutiveFailures = 0
-    private var sizes: [Int: Int] = [:]
+    private var sizes: [ChunkAddress: Int] = [:]
     private var sample: (at: Duration, bytes: UInt64)?
     private var sampleStreamTime = StreamTime()
 
@@ -140,42 +150,69 @@ public struct SenderSession: Sendable {
         return adjustStreams()
     }
 
-    /// The receiver accepted the offer.
+    /// The receiver accepted an object's offer.
     /// - Parameters:
     ///   - accept: Its answer: chunk size, window, the chunks it holds.
+    ///   - object: The object's number in the session.
     ///   - objectSize: The object's size, `nil` for a stream of unknown length.
-    public mutating func accepted(_ accept: SessionMessage.Accept, objectSize: UInt64?) -> [Action] {
+    ///   - weight: The object's share of the streams relative to the others'.
+    public mutating func accepted(
+        _ accept: SessionMessage.Accept,
+        object: Int = 0,
+        objectSize: UInt64?,
+        weight: Int = 1
+    ) -> [Action] {
         guard !isOver else { return [] }
-        let chunkSize = Int(accept.chunkSize)
-        transfer = TransferSender(
-            chunkSize: chunkSize,
-            windowChunks: max(1, min(Int(accept.windowChunks), configuration.windowBytes / chunkSize)),
+        if transfer == nil {
+            let chunkSize = Int(accept.chunkSize)
+            transfer = TransferSender(
+                chunkSize: chunkSize, windowChunks: max(1, configuration.windowBytes / chunkSize),
+                stallTimeout: configuration.stallTimeout)
+        }
+        let chunkSize = transfer!.chunkSize
+        transfer!.addObject(
+            object,
+            windowChunks: max(1, min(Int(accept.windowChunks), transfer!.windowChunks)),
             totalChunks: objectSize.map { Int(($0 + UInt64(chunkSize) - 1) / UInt64(chunkSize)) },
             present: accept.present,
-            stallTimeout: configuration.stallTimeout
+            weight: weight
         )
-        return adjustStreams() + finishIfDone()
+        return adjustStreams() + finishIfDone(object)
     }
+
+    /// Whether the receiver accepted `object`.
+    public func hasAccepted(object: Int) -> Bool { transfer?.objectNumbers.contains(object) ?? false }
 
     // MARK: Source
 
-    /// Whether chunk `index` may be read now (it lies within the window).
-    public func admits(_ index: Int) -> Bool { transfer?.admits(index) ?? false }
+    /// The reader of `object` has chunk `index` ready (see ``mayRead(object:)``).
+    public mutating func readerWaiting(object: Int, index: Int) {
+        transfer?.readerWaiting(object: object, index: index)
+    }
 
-    /// Chunk `index` was read; it must be admitted.
-    public mutating func chunkRead(_ index: Int, size: Int, now: Duration) -> [Action] {
+    /// Whether the reader of `object` may hand over its ready chunk now: within the object's and the
+    /// session's windows, and its turn by weight.
+    public func mayRead(object: Int) -> Bool { transfer?.mayRead(object: object) ?? false }
+
+    /// Chunk `index` of `object` was read; it must be admitted.
+    public mutating func chunkRead(_ index: Int, size: Int, object: Int = 0, now: Duration) -> [Action] {
         guard !isOver, transfer != nil else { return [] }
-        transfer!.chunkRead(index, size: size)
-        sizes[index] = size
+        transfer!.chunkRead(index, size: size, object: object)
+        sizes[ChunkAddress(object: object, index: index)] = size
         return assign(now: now)
     }
 
-    /// The source ended after `chunkCount` chunks and `totalBytes` bytes with this SHA-256.
-    public mutating func sourceEnded(chunkCount: Int, totalBytes: UInt64, digest: SessionMessage.Digest) -> [Action] {
+    /// The source of `object` ended after `chunkCount` chunks and `totalBytes` bytes with this SHA-256.
+    public mutating func sourceEnded(
+        chunkCount: Int,
+        totalBytes: UInt64,
+        digest: SessionMessage.Digest,
+        object: Int = 0
+    ) -> [Action] {
         guard !isOver else { return [] }
-        transfer?.sourceEnded(chunkCount: chunkCount)
-        ending = (chunkCount, totalBytes, digest)
-        return finishIfDone()
+        transfer?.sourceEnded(chunkCount: chunkCount, object: object)
+        endings[object] = (chunkCount, totalBytes, digest)
+        return finishIfDone(object)
     }
 
     // MARK: Streams
@@ -191,16 +228,18 @@ public struct SenderSession: Sendable {
         return assign(now: now)
     }
 
-    /// The receiver acknowledged chunk `index` on `stream`.
-    public mutating func acknowledged(_ index: Int, on stream: Int, now: Duration) -> [Action] {
-        guard !isOver, transfer != nil, transfer!.acknowledged(index, on: stream, now: now) else { return [] }
-        acknowledgedBytes += UInt64(sizes.removeValue(forKey: index) ?? 0)
+    /// The receiver acknowledged the chunk at `address` on `stream`.
+    public mutating func acknowledged(_ address: ChunkAddress, on stream: Int, now: Duration) -> [Action] {
+        guard !isOver, transfer != nil, transfer!.acknowledged(address, on: stream, now: now) else { return [] }
+        let size = UInt64(sizes.removeValue(forKey: address) ?? 0)
+        acknowledgedBytes += size
+        acknowledgedBytesByObject[address.object, default: 0] += size
         consecutiveFailures = 0
-        var actions: [Action] = [.release(chunk: index)]
+        var actions: [Action] = [.release(chunk: address)]
         if draining.contains(stream), transfer!.isDrained(stream) {
             actions.append(.finishStream(stream))
         }
-        return actions + assign(now: now) + finishIfDone()
+        return actions + assign(now: now) + finishIfDone(address.object)
     }
 
     /// Data stream `stream` ended: on purpose after ``Action/finishStream(_:)``, or it failed (`error`).
@@ -247,7 +286,7 @@ public struct SenderSession: Sendable {
             sampleStreamTime = StreamTime()
             return actions
         }
-        if !transfer.isComplete, now - started.at >= max(configuration.sampleInterval, roundTrip * 8) {
+        if !allComplete, now - started.at >= max(configuration.sampleInterval, roundTrip * 8) {
             let goodput = Double(acknowledgedBytes - started.bytes) / (now - started.at).seconds
             let limited = sampleStreamTime.sendBufferLimitedShare
             sample = (now, acknowledgedBytes)
@@ -258,19 +297,24 @@ public struct SenderSession: Sendable {
         return actions
     }
 
-    /// The receiver committed the object and sent its SHA-256.
+    /// The receiver committed `object` and sent its SHA-256.
     /// - Returns: `nil` when it is the SHA-256 of what was read, else the mismatch.
-    public mutating func completed(receiverDigest: SessionMessage.Digest) -> TransportError? {
-        isOver = true
-        guard let ending, ending.digest == receiverDigest else {
+    public mutating func completed(object: Int = 0, receiverDigest: SessionMessage.Digest) -> TransportError? {
+        guard let ending = endings[object], finished.contains(object), ending.digest == receiverDigest else {
+            isOver = true
             return TransportError(
                 .checksumMismatch,
-                expected: "the receiver's SHA-256 to be ours (\(ending.map { "\($0.digest)" } ?? "none"))",
+                expected:
+                    "the receiver's SHA-256 of object \(object) to be ours (\(endings[object].map { "\($0.digest)" } ?? "none"))",
                 found: "\(receiverDigest)"
             )
         }
+        committed.insert(object)
         return nil
     }
+
+    /// Whether the receiver committed every object.
+    public var allCommitted: Bool { committed.count == configuration.objects }
 
     /// The transfer ended outside the session's view (the receiver's verdict, cancellation): ignore
     /// further events.
@@ -282,7 +326,7 @@ public struct SenderSession: Sendable {
 
     /// Opens or drains streams to match the controller's count.
     private mutating func adjustStreams() -> [Action] {
-        guard let controller, !isOver, !(transfer?.isComplete ?? false) else { return [] }
+        guard let controller, !isOver, !allComplete else { return [] }
         var actions: [Action] = []
         let live = activeStreams + opening.count
         if live < controller.streamCount {
@@ -321,12 +365,24 @@ public struct SenderSession: Sendable {
 
     private mutating func assign(now: Duration) -> [Action] {
         guard !isOver, transfer != nil else { return [] }
-        return transfer!.assign(now: now).map { .send(chunk: $0.chunk.index, on: $0.stream) }
+        return transfer!.assign(now: now).map { .send(chunk: $0.chunk.address, on: $0.stream) }
     }
 
-    private mutating func finishIfDone() -> [Action] {
-        guard !isOver, let transfer, transfer.isComplete, let ending else { return [] }
-        isOver = true
-        return [.sendFinish(totalChunks: UInt64(ending.chunks), totalBytes: ending.bytes, sha256: ending.digest)]
+    /// Whether every object was accepted and is complete.
+    private var allComplete: Bool {
+        guard let transfer else { return false }
+        return transfer.objectNumbers.count == configuration.objects && transfer.isComplete
+    }
+
+    private mutating func finishIfDone(_ object: Int) -> [Action] {
+        guard !isOver, !finished.contains(object), let transfer, transfer.isComplete(object: object),
+            let ending = endings[object]
+        else { return [] }
+        finished.insert(object)
+        isOver = finished.count == configuration.objects
+        return [
+            .sendFinish(
+                object: object, totalChunks: UInt64(ending.chunks), totalBytes: ending.bytes, sha256: ending.digest)
+        ]
     }
 }

@@ -2,10 +2,12 @@ import NIOCore
 
 /// The control messages of a transfer session, carried as the payload of `control` frames.
 ///
-/// A session opens on the control stream (`offer` → `accept` or `refuse`); each data stream then
-/// opens with `attach`, proving with the session's token that it belongs; when the sender has sent
-/// everything it says `finish` with the object's SHA-256, and the receiver answers `complete` once
-/// its own SHA-256 matches, or `failed`. Layout: a kind byte, then the fields in order, integers
+/// A session opens on the control stream with the offer of object 0 (`offer` → `accept` or
+/// `refuse`); a session that carries several objects offers objects 1, 2, … on the same control
+/// stream, and each gets its own `accept`. Each data stream opens with `attach`, proving with the
+/// session's token that it belongs, and carries chunks of any of the session's objects. When the
+/// sender has sent all of an object it says `finish` with the object's SHA-256, and the receiver
+/// answers `complete` once its own SHA-256 matches, or `failed` (which ends the session). Layout: a kind byte, then the fields in order, integers
 /// big-endian, strings as `u16 length + UTF-8`.
 public enum SessionMessage: Hashable, Sendable {
     /// The sender proposes a transfer.
@@ -16,10 +18,10 @@ public enum SessionMessage: Hashable, Sendable {
     case refuse(reason: String)
     /// The first message on a data stream: which session it belongs to.
     case attach(sessionID: UInt64, token: Token, stream: UInt16)
-    /// The sender has sent every chunk: the totals and the object's SHA-256.
-    case finish(totalChunks: UInt64, totalBytes: UInt64, sha256: Digest)
-    /// The receiver verified the object (its SHA-256 matched) and committed it.
-    case complete(sha256: Digest)
+    /// The sender has sent every chunk of `object`: the totals and the object's SHA-256.
+    case finish(object: UInt16, totalChunks: UInt64, totalBytes: UInt64, sha256: Digest)
+    /// The receiver verified `object` (its SHA-256 matched) and committed it.
+    case complete(object: UInt16, sha256: Digest)
     /// The receiver could not complete the transfer.
     case failed(reason: String)
 
@@ -68,20 +70,40 @@ public enum SessionMessage: Hashable, Sendable {
         public var chunkSize: UInt32
         /// Whether the sender wants to continue a previous attempt from what the receiver holds.
         public var resume: Bool
+        /// The object's number in the session: 0 opens the session, 1… follow on its control stream.
+        public var object: UInt16
+        /// How many objects the session carries (1…65535).
+        public var objects: UInt16
+        /// The object's share of the data streams relative to the session's other objects (1…255).
+        public var weight: UInt8
 
         /// Creates an offer.
-        public init(transferID: [UInt8], name: String, totalBytes: UInt64?, chunkSize: UInt32, resume: Bool) {
+        public init(
+            transferID: [UInt8],
+            name: String,
+            totalBytes: UInt64?,
+            chunkSize: UInt32,
+            resume: Bool,
+            object: UInt16 = 0,
+            objects: UInt16 = 1,
+            weight: UInt8 = 1
+        ) {
             precondition(transferID.count == 16, "a transfer id is 16 bytes, not \(transferID.count)")
             self.transferID = transferID
             self.name = name
             self.totalBytes = totalBytes
             self.chunkSize = chunkSize
             self.resume = resume
+            self.object = object
+            self.objects = objects
+            self.weight = weight
         }
     }
 
-    /// What a receiver grants.
+    /// What a receiver grants for one object.
     public struct Accept: Hashable, Sendable {
+        /// The object it answers.
+        public var object: UInt16
         /// The session's identifier; every frame of the session carries it.
         public var sessionID: UInt64
         /// The secret data streams present in `attach`.
@@ -94,7 +116,15 @@ public enum SessionMessage: Hashable, Sendable {
         public var present: ChunkBitmap
 
         /// Creates an accept.
-        public init(sessionID: UInt64, token: Token, chunkSize: UInt32, windowChunks: UInt32, present: ChunkBitmap) {
+        public init(
+            object: UInt16 = 0,
+            sessionID: UInt64,
+            token: Token,
+            chunkSize: UInt32,
+            windowChunks: UInt32,
+            present: ChunkBitmap
+        ) {
+            self.object = object
             self.sessionID = sessionID
             self.token = token
             self.chunkSize = chunkSize
@@ -120,8 +150,12 @@ public enum SessionMessage: Hashable, Sendable {
             buffer.writeInteger(offer.totalBytes ?? .max)
             buffer.writeInteger(offer.chunkSize)
             buffer.writeInteger(UInt8(offer.resume ? 1 : 0))
+            buffer.writeInteger(offer.object)
+            buffer.writeInteger(offer.objects)
+            buffer.writeInteger(offer.weight)
         case .accept(let accept):
             buffer.writeInteger(Kind.accept.rawValue)
+            buffer.writeInteger(accept.object)
             buffer.writeInteger(accept.sessionID)
             buffer.writeBytes(accept.token.bytes)
             buffer.writeInteger(accept.chunkSize)
@@ -135,13 +169,15 @@ public enum SessionMessage: Hashable, Sendable {
             buffer.writeInteger(sessionID)
             buffer.writeBytes(token.bytes)
             buffer.writeInteger(stream)
-        case .finish(let totalChunks, let totalBytes, let sha256):
+        case .finish(let object, let totalChunks, let totalBytes, let sha256):
             buffer.writeInteger(Kind.finish.rawValue)
+            buffer.writeInteger(object)
             buffer.writeInteger(totalChunks)
             buffer.writeInteger(totalBytes)
             buffer.writeBytes(sha256.bytes)
-        case .complete(let sha256):
+        case .complete(let object, let sha256):
             buffer.writeInteger(Kind.complete.rawValue)
+            buffer.writeInteger(object)
             buffer.writeBytes(sha256.bytes)
         case .failed(let reason):
             buffer.writeInteger(Kind.failed.rawValue)
@@ -177,16 +213,30 @@ public enum SessionMessage: Hashable, Sendable {
             let totalBytes = try buffer.readField(UInt64.self, "offer size")
             let chunkSize = try buffer.readField(UInt32.self, "offer chunk size")
             let resume = try buffer.readField(UInt8.self, "offer resume flag")
+            let object = try buffer.readField(UInt16.self, "offer object number")
+            let objects = try buffer.readField(UInt16.self, "offer object count")
+            let weight = try buffer.readField(UInt8.self, "offer weight")
+            guard objects >= 1, object < objects, weight >= 1 else {
+                throw TransportError(
+                    .malformedMessage,
+                    expected: "an object number below the object count and a weight of at least 1",
+                    found: "object \(object) of \(objects), weight \(weight)"
+                )
+            }
             self = .offer(
                 Offer(
                     transferID: transferID,
                     name: name,
                     totalBytes: totalBytes == .max ? nil : totalBytes,
                     chunkSize: chunkSize,
-                    resume: resume != 0
+                    resume: resume != 0,
+                    object: object,
+                    objects: objects,
+                    weight: weight
                 )
             )
         case .accept:
+            let object = try buffer.readField(UInt16.self, "accept object number")
             let sessionID = try buffer.readField(UInt64.self, "accept session id")
             let token = Token(bytes: try buffer.readFixedBytes(16, "accept token"))
             let chunkSize = try buffer.readField(UInt32.self, "accept chunk size")
@@ -194,6 +244,7 @@ public enum SessionMessage: Hashable, Sendable {
             let present = try ChunkBitmap(decoding: &buffer)
             self = .accept(
                 Accept(
+                    object: object,
                     sessionID: sessionID,
                     token: token,
                     chunkSize: chunkSize,
@@ -209,12 +260,14 @@ public enum SessionMessage: Hashable, Sendable {
             self = .attach(
                 sessionID: sessionID, token: token, stream: try buffer.readField(UInt16.self, "attach stream"))
         case .finish:
+            let object = try buffer.readField(UInt16.self, "finish object number")
             let totalChunks = try buffer.readField(UInt64.self, "finish chunk count")
             let totalBytes = try buffer.readField(UInt64.self, "finish byte count")
             let digest = Digest(bytes: try buffer.readFixedBytes(32, "finish SHA-256"))
-            self = .finish(totalChunks: totalChunks, totalBytes: totalBytes, sha256: digest)
+            self = .finish(object: object, totalChunks: totalChunks, totalBytes: totalBytes, sha256: digest)
         case .complete:
-            self = .complete(sha256: Digest(bytes: try buffer.readFixedBytes(32, "complete SHA-256")))
+            let object = try buffer.readField(UInt16.self, "complete object number")
+            self = .complete(object: object, sha256: Digest(bytes: try buffer.readFixedBytes(32, "complete SHA-256")))
         case .failed:
             self = .failed(reason: try buffer.readString16("failure reason"))
         }

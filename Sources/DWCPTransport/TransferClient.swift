@@ -3,37 +3,79 @@ import Foundation
 import NIOCore
 import NIOPosix
 
-/// Sends one object to a `TransferServer` over a DWCP session: a control stream plus an adaptive
-/// number of data streams (AMST). This is the I/O shell around ``SenderSession`` (one session) and
-/// ``ReconnectPolicy`` (whether a broken one is re-established); every decision is theirs.
+/// One object of a session, and its share of the data streams.
+public struct TransferObject: Sendable {
+    /// The most a weight can be.
+    public static let maximumWeight = 255
+
+    /// Where its bytes come from.
+    public var source: TransferSource
+    /// Its share of the data streams relative to the session's other objects (1…255): while two
+    /// objects of weights 4 and 1 both have chunks to send, they get 4/5 and 1/5 of the bytes.
+    public var weight: Int
+
+    /// Creates an object to send.
+    public init(_ source: TransferSource, weight: Int = 1) {
+        precondition((1...Self.maximumWeight).contains(weight), "a weight is 1…255, not \(weight)")
+        self.source = source
+        self.weight = weight
+    }
+}
+
+/// Sends objects to a `TransferServer` over one DWCP session: a control stream plus an adaptive
+/// number of data streams (AMST) that every object of the session shares by weight. This is the I/O
+/// shell around ``SenderSession`` (one session) and ``ReconnectPolicy`` (whether a broken one is
+/// re-established); every decision is theirs.
 public enum TransferClient {
     /// Sends `source` and returns once the receiver has verified the object's SHA-256 and committed it.
-    ///
-    /// When a file's session breaks after the receiver accepted it (the connection drops, the receiver
-    /// restarts), it is re-established as ``ReconnectPolicy`` decides, each time resuming from the chunks
-    /// the receiver holds.
-    /// - Parameters:
-    ///   - source: A file or standard input.
-    ///   - configuration: Where to, how, and the tuning.
-    ///   - progress: Called once per interval with a snapshot.
-    ///   - reconnecting: Called before each re-establishment.
-    /// - Returns: What was sent and measured (by the attempt that completed).
-    /// - Throws: ``TransportError`` saying what failed: refused, unreachable, authentication, checksum, source.
+    /// See ``send(objects:configuration:progress:reconnecting:)``.
     public static func send(
         _ source: TransferSource,
         configuration: SendConfiguration,
         progress: @escaping @Sendable (TransferProgress) -> Void = { _ in },
         reconnecting: @escaping @Sendable (ReconnectNotice) -> Void = { _ in }
     ) async throws -> SendReport {
+        try await send(
+            objects: [TransferObject(source)], configuration: configuration, progress: progress,
+            reconnecting: reconnecting)
+    }
+
+    /// Sends `objects` over one session and returns once the receiver has verified every object's
+    /// SHA-256 and committed it.
+    ///
+    /// When a session of files breaks after the receiver accepted it (the connection drops, the
+    /// receiver restarts), it is re-established as ``ReconnectPolicy`` decides, each time resuming from
+    /// the chunks the receiver holds.
+    /// - Parameters:
+    ///   - objects: Files or standard input (at most once), with their weights; object 0 first.
+    ///   - configuration: Where to, how, and the tuning.
+    ///   - progress: Called once per interval with a snapshot (all objects together).
+    ///   - reconnecting: Called before each re-establishment.
+    /// - Returns: What was sent and measured (by the attempt that completed).
+    /// - Throws: ``TransportError`` saying what failed: refused, unreachable, authentication, checksum, source.
+    public static func send(
+        objects: [TransferObject],
+        configuration: SendConfiguration,
+        progress: @escaping @Sendable (TransferProgress) -> Void = { _ in },
+        reconnecting: @escaping @Sendable (ReconnectNotice) -> Void = { _ in }
+    ) async throws -> SendReport {
+        let streams = objects.filter { if case .standardInput = $0.source { true } else { false } }.count
+        guard !objects.isEmpty, objects.count < ChunkAddress.maximumObjects, streams <= 1 else {
+            throw TransportError(
+                .invalidArgument,
+                expected: "1 to \(ChunkAddress.maximumObjects - 1) objects, standard input at most once",
+                found: "\(objects.count) objects, standard input \(streams) times"
+            )
+        }
         var attempt = configuration
         var policy = ReconnectPolicy(
             attempts: configuration.reconnectAttempts, firstDelay: configuration.reconnectDelay,
-            resumable: { if case .file = source { true } else { false } }())
+            resumable: streams == 0)
         while true {
             var accepted = false
             do {
                 var report = try await sendOnce(
-                    source, configuration: attempt, progress: progress, accepted: &accepted)
+                    objects, configuration: attempt, progress: progress, accepted: &accepted)
                 report.reconnects = policy.reconnects
                 return report
             } catch let error as TransportError {
@@ -55,13 +97,13 @@ public enum TransferClient {
     /// One session: connect, offer, move the chunks, finish. `accepted` says whether the receiver
     /// accepted the offer, whatever the outcome.
     private static func sendOnce(
-        _ source: TransferSource,
+        _ objects: [TransferObject],
         configuration: SendConfiguration,
         progress: @escaping @Sendable (TransferProgress) -> Void,
         accepted: inout Bool
     ) async throws -> SendReport {
-        let reader = try SourceReader(source)
-        if configuration.resume && reader.size == nil {
+        let readers = try objects.map { try SourceReader($0.source) }
+        if configuration.resume && readers.contains(where: { $0.size == nil }) {
             throw TransportError(
                 .invalidArgument,
                 expected: "a file to resume",
@@ -80,7 +122,8 @@ public enum TransferClient {
             faults: configuration.controlFault
         )
         let (commands, commandSink) = AsyncStream.makeStream(of: SenderCore.Command.self)
-        let core = SenderCore(configuration: configuration, reader: reader, commands: commandSink)
+        let core = SenderCore(
+            configuration: configuration, readers: readers, weights: objects.map(\.weight), commands: commandSink)
         // The control connection's TCP handshake gave the kernel a first RTT sample: enough to size the
         // stream count and open the data streams while TLS and the offer are still under way.
         await core.connected(
@@ -88,7 +131,7 @@ public enum TransferClient {
             streamInFlightLimit: Self.streamInFlightLimit())
         do {
             try await runSession(
-                control, commands: commands, core: core, reader: reader, configuration: configuration, peer: peer,
+                control, commands: commands, core: core, readers: readers, configuration: configuration, peer: peer,
                 progress: progress)
         } catch {
             accepted = await core.wasAccepted
@@ -98,12 +141,12 @@ public enum TransferClient {
         return try await core.result()
     }
 
-    /// Runs the control stream, the source reader, the ticker and the data streams until the session ends.
+    /// Runs the control stream, the source readers, the ticker and the data streams until the session ends.
     private static func runSession(
         _ control: FrameChannel,
         commands: AsyncStream<SenderCore.Command>,
         core: SenderCore,
-        reader: SourceReader,
+        readers: [SourceReader],
         configuration: SendConfiguration,
         peer: String,
         progress: @escaping @Sendable (TransferProgress) -> Void
@@ -114,12 +157,14 @@ public enum TransferClient {
                     await core.failing {
                         var iterator = inbound.makeAsyncIterator()
                         try await runControl(
-                            &iterator, outbound: outbound, core: core, reader: reader,
+                            &iterator, outbound: outbound, core: core, readers: readers,
                             configuration: configuration, peer: peer)
                     }
                 }
-                group.addTask {
-                    await core.failing { try await readSource(reader, core: core) }
+                for (object, reader) in readers.enumerated() {
+                    group.addTask {
+                        await core.failing { try await readSource(reader, object: object, core: core) }
+                    }
                 }
                 group.addTask {
                     while !Task.isCancelled {
@@ -151,41 +196,46 @@ public enum TransferClient {
         _ iterator: inout NIOAsyncChannelInboundStream<DWCPFrame>.AsyncIterator,
         outbound: NIOAsyncChannelOutboundWriter<DWCPFrame>,
         core: SenderCore,
-        reader: SourceReader,
+        readers: [SourceReader],
         configuration: SendConfiguration,
         peer: String
     ) async throws {
-        let offer = SessionMessage.Offer(
-            transferID: reader.transferID,
-            name: reader.name,
-            totalBytes: reader.size,
-            chunkSize: UInt32(configuration.chunkSize),
-            resume: configuration.resume
-        )
+        let offers = readers.enumerated().map { object, reader in
+            frame(
+                .offer(
+                    SessionMessage.Offer(
+                        transferID: reader.transferID,
+                        name: reader.name,
+                        totalBytes: reader.size,
+                        chunkSize: UInt32(configuration.chunkSize),
+                        resume: configuration.resume,
+                        object: UInt16(object),
+                        objects: UInt16(readers.count),
+                        weight: UInt8(core.weight(of: object))
+                    )),
+                session: 0)
+        }
+        // Every offer goes out with the hello; the receiver answers them in order.
         _ = try await TransportConnection.sayHello(
             inbound: &iterator, outbound: outbound, nodeName: configuration.nodeName, peer: peer,
-            pipelined: [frame(.offer(offer), session: 0)])
-        switch try await nextMessage(&iterator, peer: peer) {
-        case .accept(let accept):
-            await core.accepted(accept)
-        case .refuse(let reason):
-            throw TransportError(.refused, expected: "the receiver to accept the transfer", found: reason)
-        case let other:
-            throw TransportError(.protocolViolation, expected: "accept or refuse", found: "\(other)")
-        }
+            pipelined: offers)
         while true {
             switch try await nextMessage(&iterator, peer: peer) {
-            case .complete(let digest):
-                await core.completed(digest)
-                return
+            case .accept(let accept):
+                try await core.accepted(accept)
+            case .refuse(let reason):
+                throw TransportError(.refused, expected: "the receiver to accept the transfer", found: reason)
+            case .complete(let object, let digest):
+                if await core.completed(object: Int(object), digest) { return }
             case .failed(let reason):
                 throw TransportError(
                     reason.hasPrefix("checksum") ? .checksumMismatch : .destinationFailed,
-                    expected: "the receiver to store and verify the object",
+                    expected: "the receiver to store and verify the objects",
                     found: reason
                 )
             case let other:
-                throw TransportError(.protocolViolation, expected: "complete or failed", found: "\(other)")
+                throw TransportError(
+                    .protocolViolation, expected: "accept, refuse, complete or failed", found: "\(other)")
             }
         }
     }
@@ -219,17 +269,17 @@ public enum TransferClient {
         }
     }
 
-    private static func readSource(_ reader: SourceReader, core: SenderCore) async throws {
-        let (chunkSize, skipped) = await core.waitUntilAccepted()
+    private static func readSource(_ reader: SourceReader, object: Int, core: SenderCore) async throws {
+        let (chunkSize, skipped) = await core.waitUntilAccepted(object: object)
         var index = 0
         while let chunk = try await reader.readChunk(chunkSize: chunkSize) {
             if !skipped.contains(index) {
-                try await core.admit(index, chunk)
+                try await core.admit(index, of: object, chunk)
             }
             index += 1
             if chunk.readableBytes < chunkSize { break }
         }
-        await core.sourceEnded(chunkCount: index, digest: reader.digest())
+        await core.sourceEnded(object: object, chunkCount: index, digest: reader.digest())
     }
 
     private static func runDataStream(
@@ -266,11 +316,12 @@ public enum TransferClient {
                 let connection = channel.channel
                 try await withThrowingTaskGroup(of: Void.self) { group in
                     group.addTask {
-                        for await (index, payload) in chunks {
+                        for await (address, payload) in chunks {
                             let delay = await core.pace(payload.readableBytes)
                             if delay > .zero { try await Task.sleep(for: delay) }
                             try await outbound.write(
-                                DWCPFrame(type: .chunk, sessionID: session, sequence: UInt64(index), payload: payload))
+                                DWCPFrame(
+                                    type: .chunk, sessionID: session, sequence: address.sequence, payload: payload))
                             await core.sent(payload.readableBytes)
                         }
                         // Drained on purpose (or the transfer ended): closing ends the reader below.
@@ -281,7 +332,7 @@ public enum TransferClient {
                     while let frame = try await iterator.next() {
                         switch frame.type {
                         case .ack:
-                            await core.acknowledged(Int(frame.sequence), on: stream)
+                            await core.acknowledged(ChunkAddress(sequence: frame.sequence), on: stream)
                         case .control:
                             if case .failed(let reason) = try SessionMessage(decoding: frame.payload) {
                                 await core.fail(

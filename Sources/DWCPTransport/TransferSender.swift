@@ -1,28 +1,62 @@
-/// The sending side of one transfer (AMST, sans-IO): which chunk to read next, which stream carries
-/// it, when a chunk may be released, when a stream has stalled, and when the transfer is done.
+/// The sending side of one session's transfers (AMST, sans-IO): which chunk of which object to read
+/// next, which stream carries it, when a chunk may be released, when a stream has stalled, and when
+/// each object is done.
 ///
-/// The sender keeps every chunk it has read until the receiver acknowledges it, so memory is bounded
-/// by the window: a chunk is read only while it lies within `windowChunks` of the first
-/// unacknowledged chunk. The same bound keeps the receiver's reorder buffer finite. Time is an input
-/// (`now`, any monotonic ``Duration`` since the transfer started); the type never reads a clock.
+/// A session carries one or more objects (files, streams), numbered 0, 1, …, that share the session
+/// by weight. The sender keeps every chunk it has read until the receiver acknowledges it, so memory
+/// is bounded by the session's window: at most `windowChunks` chunks are held, over all objects. A
+/// chunk is also read only while it lies within its object's own window past that object's first
+/// unacknowledged chunk, which keeps the receiver's reorder buffer finite. Which object reads next
+/// when several have a chunk ready is the weighted choice (start-time fair queueing on the bytes
+/// admitted ÷ weight, see ``mayRead(object:)``), and the ``ChunkScheduler`` makes the same choice
+/// among chunks waiting for a stream: while two objects of weights 4 and 1 both have data, they get
+/// 4/5 and 1/5 of the bytes. Time is an input (`now`, any monotonic ``Duration`` since the
+/// transfer started); the type never reads a clock.
 public struct TransferSender: Sendable {
-    /// A decision to send chunk `index` on `stream`.
+    /// A decision to send a chunk on a stream.
     public typealias Assignment = ChunkScheduler.Assignment
+
+    /// One object's progress.
+    struct Object: Sendable {
+        var windowChunks: Int
+        let weight: Int
+        /// Bytes admitted ÷ weight (start-time fair queueing).
+        var virtualStart = 0.0
+        /// The chunk its reader has ready, waiting for ``TransferSender/mayRead(object:)``.
+        var waiting: Int?
+        var done: ChunkBitmap
+        let skipped: ChunkBitmap
+        var lowestUnacknowledged: Int
+        var endChunk: Int?
+        var highestRead = -1
+
+        var isComplete: Bool { endChunk.map { lowestUnacknowledged >= $0 } ?? false }
+
+        func admits(_ index: Int) -> Bool { index < lowestUnacknowledged + windowChunks }
+
+        /// Whether no further chunk can be read now: none is left, or the next lies beyond the window.
+        var readingBlocked: Bool {
+            let next = done.firstAbsent(from: highestRead + 1)
+            if let endChunk, next >= endChunk { return true }
+            return !admits(next)
+        }
+    }
 
     /// The chunk size in force.
     public let chunkSize: Int
-    /// How many chunks past the first unacknowledged one may be read (the receiver's window).
+    /// The most chunks held (read and not yet acknowledged) over all objects: the session's window.
     public let windowChunks: Int
     /// How long a stream may hold chunks without any acknowledgement before it counts as stalled.
     public let stallTimeout: Duration
 
     private var scheduler = ChunkScheduler()
-    private var done: ChunkBitmap
-    /// The receiver already held these when the transfer started (resume).
-    public let skipped: ChunkBitmap
-    private var lowestUnacknowledged: Int
-    private var endChunk: Int?
+    private var objects: [Int: Object] = [:]
     private var lastProgress: [Int: Duration] = [:]
+    private var duplicated: Set<ChunkAddress> = []
+    /// The virtual start of the chunk admitted last: an object whose reader was idle rejoins here.
+    private var virtualNow = 0.0
+    /// Chunks read and not yet acknowledged (first acknowledgement), over all objects.
+    private var held = 0
 
     /// Chunks acknowledged in this attempt.
     public private(set) var chunksAcknowledged = 0
@@ -30,10 +64,20 @@ public struct TransferSender: Sendable {
     public private(set) var chunksResent = 0
     /// Chunks copied onto an idle stream (end game or a window held up by a slow stream).
     public private(set) var chunksDuplicated = 0
-    private var duplicated: Set<Int> = []
-    private var highestRead = -1
 
-    /// Creates the sending side.
+    /// Creates the sending side with no objects yet (see ``addObject(_:windowChunks:totalChunks:present:weight:)``).
+    /// - Parameters:
+    ///   - chunkSize: Bytes per chunk (the last of an object may be shorter).
+    ///   - windowChunks: The most chunks held over all objects.
+    ///   - stallTimeout: How long a stream may go without acknowledgements while it holds chunks.
+    public init(chunkSize: Int, windowChunks: Int, stallTimeout: Duration = .seconds(20)) {
+        precondition(chunkSize > 0 && windowChunks > 0, "chunk size and window must be positive")
+        self.chunkSize = chunkSize
+        self.windowChunks = windowChunks
+        self.stallTimeout = stallTimeout
+    }
+
+    /// Creates the sending side of a session that carries one object, object 0.
     /// - Parameters:
     ///   - chunkSize: Bytes per chunk (the last may be shorter).
     ///   - windowChunks: The receiver's reorder window, in chunks.
@@ -47,39 +91,100 @@ public struct TransferSender: Sendable {
         present: ChunkBitmap = ChunkBitmap(),
         stallTimeout: Duration = .seconds(20)
     ) {
-        precondition(chunkSize > 0 && windowChunks > 0, "chunk size and window must be positive")
-        self.chunkSize = chunkSize
-        self.windowChunks = windowChunks
-        self.endChunk = totalChunks
-        self.stallTimeout = stallTimeout
-        self.skipped = present
-        self.done = present
-        self.lowestUnacknowledged = present.firstAbsent(from: 0)
+        self.init(chunkSize: chunkSize, windowChunks: windowChunks, stallTimeout: stallTimeout)
+        addObject(0, windowChunks: windowChunks, totalChunks: totalChunks, present: present)
     }
 
-    /// Whether every chunk has been acknowledged (or was already present) and the source has ended.
-    public var isComplete: Bool { endChunk.map { lowestUnacknowledged >= $0 } ?? false }
+    /// Adds an object to the session.
+    /// - Parameters:
+    ///   - object: Its number in the session.
+    ///   - windowChunks: How many chunks past its first unacknowledged one may be read (the receiver's
+    ///     reorder window for it).
+    ///   - totalChunks: Its chunk count, or `nil` for a stream of unknown length.
+    ///   - present: Chunks the receiver already holds; they are never read or sent.
+    ///   - weight: Its share of the streams relative to the other objects' (at least 1).
+    public mutating func addObject(
+        _ object: Int,
+        windowChunks: Int,
+        totalChunks: Int?,
+        present: ChunkBitmap = ChunkBitmap(),
+        weight: Int = 1
+    ) {
+        precondition(windowChunks > 0, "the window must be positive")
+        precondition(objects[object] == nil, "object \(object) was added twice")
+        objects[object] = Object(
+            windowChunks: windowChunks, weight: weight, virtualStart: virtualNow, done: present, skipped: present,
+            lowestUnacknowledged: present.firstAbsent(from: 0), endChunk: totalChunks)
+        scheduler.setWeight(weight, for: object)
+    }
+
+    /// The objects added so far, in order.
+    public var objectNumbers: [Int] { objects.keys.sorted() }
+
+    /// Whether every object added so far is complete (and there is at least one).
+    public var isComplete: Bool { !objects.isEmpty && objects.values.allSatisfy(\.isComplete) }
+
+    /// Whether every chunk of `object` has been acknowledged (or was already present) and its source
+    /// has ended.
+    public func isComplete(object: Int) -> Bool { objects[object]?.isComplete ?? false }
 
     /// The object's chunk count, once known.
-    public var totalChunks: Int? { endChunk }
+    public func totalChunks(object: Int = 0) -> Int? { objects[object]?.endChunk }
 
-    /// Whether chunk `index` may be read now: it lies within the window past the first unacknowledged chunk.
-    public func admits(_ index: Int) -> Bool {
-        index < lowestUnacknowledged + windowChunks
+    /// The chunks of `object` the receiver held when the transfer started (resume).
+    public func skipped(object: Int = 0) -> ChunkBitmap { objects[object]?.skipped ?? ChunkBitmap() }
+
+    /// The window of `object`, in chunks.
+    public func windowChunks(object: Int) -> Int { objects[object]?.windowChunks ?? 0 }
+
+    /// Whether chunk `index` of `object` lies within the object's own window past its first
+    /// unacknowledged chunk (the session's window and the other objects are not considered).
+    public func admits(_ index: Int, object: Int = 0) -> Bool {
+        objects[object]?.admits(index) ?? false
     }
 
-    /// Chunk `index` was read and is ready to send.
-    public mutating func chunkRead(_ index: Int, size: Int) {
+    /// The reader of `object` has chunk `index` ready; it hands it over (``chunkRead(_:size:object:)``)
+    /// once ``mayRead(object:)`` says so.
+    public mutating func readerWaiting(object: Int, index: Int) {
+        guard objects[object] != nil else { return }
+        if objects[object]!.waiting == nil {
+            // Time spent not wanting to read is not credit: the object rejoins at the current virtual time.
+            objects[object]!.virtualStart = max(objects[object]!.virtualStart, virtualNow)
+        }
+        objects[object]!.waiting = index
+    }
+
+    /// Whether the reader of `object` may hand over the chunk it has ready: the chunk lies within the
+    /// object's window, the session's window has room, and no other waiting object that could read
+    /// has an earlier virtual start (ties: the lower object number).
+    public func mayRead(object: Int) -> Bool {
+        guard held < windowChunks, let mine = objects[object], let index = mine.waiting, mine.admits(index) else {
+            return false
+        }
+        return !objects.contains { other, state in
+            guard other != object, let next = state.waiting, state.admits(next) else { return false }
+            return (state.virtualStart, other) < (mine.virtualStart, object)
+        }
+    }
+
+    /// Chunk `index` of `object` was read and is ready to send. It must lie within the object's window
+    /// (readers that share the session ask ``mayRead(object:)`` first).
+    public mutating func chunkRead(_ index: Int, size: Int, object: Int = 0) {
         precondition(size > 0 && size <= chunkSize, "chunk \(index) has size \(size), chunk size is \(chunkSize)")
-        precondition(admits(index), "chunk \(index) is outside the window")
-        scheduler.enqueue(CollectionOfOne(ChunkScheduler.Chunk(index: index, size: size)))
-        highestRead = max(highestRead, index)
+        precondition(admits(index, object: object), "chunk \(object)/\(index) is outside the window")
+        scheduler.enqueue(CollectionOfOne(ChunkScheduler.Chunk(object: object, index: index, size: size)))
+        held += 1
+        virtualNow = objects[object]!.virtualStart
+        objects[object]!.virtualStart += Double(size) / Double(objects[object]!.weight)
+        objects[object]!.waiting = nil
+        objects[object]!.highestRead = max(objects[object]!.highestRead, index)
     }
 
-    /// The source ended: it holds `chunkCount` chunks.
-    public mutating func sourceEnded(chunkCount: Int) {
-        endChunk = chunkCount
-        advanceLowest()
+    /// The source of `object` ended: it holds `chunkCount` chunks.
+    public mutating func sourceEnded(chunkCount: Int, object: Int = 0) {
+        guard objects[object] != nil else { return }
+        objects[object]!.endChunk = chunkCount
+        advanceLowest(object)
     }
 
     /// A data stream is ready, allowed `window` bytes unacknowledged.
@@ -95,21 +200,22 @@ public struct TransferSender: Sendable {
 
     /// Which chunks go on which streams now.
     ///
-    /// When nothing more can be read — the source is read to its end (the end game), or the window is
-    /// full because its oldest chunks sit on a slow or lossy stream (head-of-line blocking) — streams
-    /// that fall idle take copies of chunks still in flight elsewhere, oldest first. So neither the last
-    /// chunks nor the whole window wait for one slow stream; a copy is made at most once per chunk.
+    /// When nothing more can be read — every source is read to its end (the end game), or the windows
+    /// are full because their oldest chunks sit on a slow or lossy stream (head-of-line blocking) —
+    /// streams that fall idle take copies of chunks still in flight elsewhere, oldest first. So neither
+    /// the last chunks nor a whole window wait for one slow stream; a copy is made at most once per chunk.
     public mutating func assign(now: Duration) -> [Assignment] {
         var assignments = scheduler.assign()
-        if scheduler.pendingCount == 0, readingBlocked {
+        if scheduler.pendingCount == 0, held >= windowChunks || objects.values.allSatisfy(\.readingBlocked) {
             var candidates = scheduler.inFlightChunks.filter {
-                !done.contains($0.chunk.index) && !duplicated.contains($0.chunk.index)
+                !(objects[$0.chunk.object]?.done.contains($0.chunk.index) ?? true)
+                    && !duplicated.contains($0.chunk.address)
             }[...]
             for stream in scheduler.idleStreams {
                 guard let next = candidates.first(where: { $0.stream != stream }) else { break }
-                candidates.removeAll { $0.chunk.index == next.chunk.index }
+                candidates.removeAll { $0.chunk.address == next.chunk.address }
                 scheduler.duplicate(next.chunk, on: stream)
-                duplicated.insert(next.chunk.index)
+                duplicated.insert(next.chunk.address)
                 chunksDuplicated += 1
                 assignments.append(Assignment(chunk: next.chunk, stream: stream))
             }
@@ -121,14 +227,15 @@ public struct TransferSender: Sendable {
         return assignments
     }
 
-    /// The receiver acknowledged chunk `index` on `stream`.
+    /// The receiver acknowledged the chunk at `address` on `stream`.
     /// - Returns: Whether this is the first acknowledgement, i.e. the caller may now release the chunk.
-    public mutating func acknowledged(_ index: Int, on stream: Int, now: Duration) -> Bool {
-        guard scheduler.acknowledged(index, on: stream) else { return false }
+    public mutating func acknowledged(_ address: ChunkAddress, on stream: Int, now: Duration) -> Bool {
+        guard scheduler.acknowledged(address, on: stream) else { return false }
         lastProgress[stream] = now
-        guard done.insert(index) else { return false }
+        guard objects[address.object]?.done.insert(address.index) == true else { return false }
         chunksAcknowledged += 1
-        advanceLowest()
+        held -= 1
+        advanceLowest(address.object)
         return true
     }
 
@@ -136,7 +243,9 @@ public struct TransferSender: Sendable {
     /// - Returns: How many chunks will be re-sent.
     @discardableResult
     public mutating func streamFailed(_ stream: Int) -> Int {
-        let lost = scheduler.streamFailed(stream).filter { !done.contains($0.index) }
+        let lost = scheduler.streamFailed(stream).filter {
+            !(objects[$0.object]?.done.contains($0.index) ?? true)
+        }
         scheduler.streamClosed(stream)
         lastProgress.removeValue(forKey: stream)
         chunksResent += lost.count
@@ -165,18 +274,11 @@ public struct TransferSender: Sendable {
         }.sorted()
     }
 
-    /// Whether no further chunk can be read now: the source has none left, or the next one lies
-    /// beyond the window.
-    private var readingBlocked: Bool {
-        let next = done.firstAbsent(from: highestRead + 1)
-        if let endChunk, next >= endChunk { return true }
-        return !admits(next)
-    }
-
     /// Chunks read and not yet acknowledged.
     public var heldChunks: Int { scheduler.pendingCount + scheduler.inFlightCount }
 
-    private mutating func advanceLowest() {
-        lowestUnacknowledged = done.firstAbsent(from: lowestUnacknowledged)
+    private mutating func advanceLowest(_ object: Int) {
+        guard let state = objects[object] else { return }
+        objects[object]!.lowestUnacknowledged = state.done.firstAbsent(from: state.lowestUnacknowledged)
     }
 }

@@ -2,12 +2,13 @@ import DWCPWire
 import NIOCore
 import NIOPosix
 
-/// Receives one object over DWCP: listens, accepts the sender's control stream and data streams,
-/// stores and acknowledges chunks, verifies the SHA-256 and commits. A sender that disappears
-/// mid-transfer leaves its partial copy and journal; the receiver keeps listening so the sender can
-/// come back with `--resume`.
+/// Receives one session over DWCP — one object, or several sharing the session's data streams:
+/// listens, accepts the sender's control stream and data streams, stores and acknowledges chunks,
+/// verifies each object's SHA-256 and commits it. A sender that disappears mid-transfer leaves its
+/// partial copies and journals; the receiver keeps listening so the sender can come back with `--resume`.
 public enum TransferServer {
-    /// Listens on the configured address and returns after one transfer completed and was verified.
+    /// Listens on the configured address and returns after one session's objects were all received,
+    /// verified and committed.
     /// - Parameters:
     ///   - configuration: Where to listen, where to write, the identities.
     ///   - onListening: Called with the bound port once the listener is up.
@@ -100,12 +101,12 @@ public enum TransferServer {
                     offer, peer: "\(peer) (\(peerAddress))", iterator: &iterator, outbound: outbound, registry: registry
                 )
             case .attach(let sessionID, let token, _):
-                guard let session = await registry.session(sessionID, token: token) else {
+                guard await registry.isSession(sessionID, token: token) else {
                     try await outbound.write(
                         control(.failed(reason: "no session \(sessionID) with that token"), session: sessionID))
                     return
                 }
-                try await serveData(session, iterator: &iterator, outbound: outbound, registry: registry)
+                try await serveData(sessionID, iterator: &iterator, outbound: outbound, registry: registry)
             default:
                 return
             }
@@ -116,44 +117,63 @@ public enum TransferServer {
         DWCPFrame(type: .control, sessionID: session, sequence: 0, payload: message.encoded)
     }
 
+    /// The control stream: the offers (object 0 opens the session, the others join it) and each
+    /// object's finish, until every object is committed or the sender goes away.
     private static func serveControl(
-        _ offer: SessionMessage.Offer,
+        _ first: SessionMessage.Offer,
         peer: String,
         iterator: inout NIOAsyncChannelInboundStream<DWCPFrame>.AsyncIterator,
         outbound: NIOAsyncChannelOutboundWriter<DWCPFrame>,
         registry: SessionRegistry
     ) async throws {
-        let session: ReceiverSession
+        let sessionID: UInt64
         do {
-            session = try await registry.open(offer, peer: peer)
-        } catch {
+            let session = try await registry.open(first, into: nil, peer: peer)
+            sessionID = session.sessionID
+            try await outbound.write(control(.accept(session.accept), session: sessionID))
+        } catch let error as TransportError {
             try await outbound.write(control(.refuse(reason: "\(error)"), session: 0))
             return
         }
-        try await outbound.write(control(.accept(session.accept), session: session.sessionID))
         do {
             while let frame = try await iterator.next() {
                 guard frame.type == .control else { continue }
-                guard case .finish(let chunks, let bytes, let digest) = try SessionMessage(decoding: frame.payload)
-                else { continue }
-                let (answer, outcome) = await session.finish(totalChunks: chunks, totalBytes: bytes, digest: digest)
-                try? await outbound.write(control(answer, session: session.sessionID))
-                await registry.finish(outcome.mapError { $0 as any Error })
-                return
+                switch try SessionMessage(decoding: frame.payload) {
+                case .offer(let offer):
+                    do {
+                        let session = try await registry.open(offer, into: sessionID, peer: peer)
+                        try await outbound.write(control(.accept(session.accept), session: sessionID))
+                    } catch let error as TransportError {
+                        try await outbound.write(control(.refuse(reason: "\(error)"), session: sessionID))
+                        await registry.withdraw(sessionID)
+                        return
+                    }
+                case .finish(let object, let chunks, let bytes, let digest):
+                    guard let session = await registry.object(Int(object), of: sessionID) else {
+                        throw TransportError(
+                            .protocolViolation, expected: "finish for an accepted object", found: "object \(object)")
+                    }
+                    let (answer, outcome) = await session.finish(totalChunks: chunks, totalBytes: bytes, digest: digest)
+                    try? await outbound.write(control(answer, session: sessionID))
+                    if await registry.committed(Int(object), of: sessionID, outcome) { return }
+                default:
+                    continue
+                }
             }
         } catch {}
         // The sender went away: keep what arrived for a resume.
-        await registry.abandon(session)
+        await registry.abandon(sessionID)
     }
 
     private static func serveData(
-        _ session: ReceiverSession,
+        _ sessionID: UInt64,
         iterator: inout NIOAsyncChannelInboundStream<DWCPFrame>.AsyncIterator,
         outbound: NIOAsyncChannelOutboundWriter<DWCPFrame>,
         registry: SessionRegistry
     ) async throws {
         await registry.streamOpened()
         defer { Task { await registry.streamClosed() } }
+        var objects: [Int: ReceiverSession] = [:]
         while true {
             let frame: DWCPFrame
             do {
@@ -161,75 +181,191 @@ public enum TransferServer {
                 frame = next
             } catch let error as DWCPWireError where error.code == .payloadChecksumMismatch {
                 // A corrupted chunk: drop this stream; the sender re-sends its chunks on the others.
-                await session.noteCorruptChunk()
+                await registry.noteCorruptChunk()
                 return
             }
             guard frame.type == .chunk else { continue }
+            let address = ChunkAddress(sequence: frame.sequence)
             do {
-                _ = try await session.store(Int(frame.sequence), frame.payload)
+                if objects[address.object] == nil {
+                    objects[address.object] = await registry.object(address.object, of: sessionID)
+                }
+                guard let session = objects[address.object] else {
+                    throw TransportError(
+                        .protocolViolation, expected: "chunks of accepted objects", found: "chunk \(address)")
+                }
+                _ = try await session.store(address.index, frame.payload)
             } catch let error as TransportError where error.code == .cancelled {
                 // The session ended (committed, or replaced by a newer attempt): just drop this stream.
                 return
             } catch {
-                try? await outbound.write(control(.failed(reason: "\(error)"), session: session.sessionID))
+                try? await outbound.write(control(.failed(reason: "\(error)"), session: sessionID))
                 await registry.finish(.failure(error))
                 return
             }
-            try await outbound.write(DWCPFrame(type: .ack, sessionID: session.sessionID, sequence: frame.sequence))
+            try await outbound.write(DWCPFrame(type: .ack, sessionID: sessionID, sequence: frame.sequence))
         }
     }
 }
 
 /// The receiver's sessions and the outcome everyone waits for.
 actor SessionRegistry {
+    /// One session: its token and objects.
+    private struct Session {
+        let token: SessionMessage.Token
+        let expected: Int
+        let peer: String
+        let started = ContinuousClock.now
+        var objects: [ReceiverSession] = []
+        var committed: [Int: ReceivedObject] = [:]
+    }
+
     let configuration: ReceiveConfiguration
     nonisolated var nodeName: String { configuration.nodeName }
-    private var sessions: [UInt64: ReceiverSession] = [:]
+    private var sessions: [UInt64: Session] = [:]
     private var outcome: Result<ReceiveReport, any Error>?
     var isFinished: Bool { outcome != nil }
     private var waiters: [CheckedContinuation<Void, Never>] = []
     private var dataStreams = 0
-    private var lastSession: ReceiverSession?
+    private var corruptChunks = 0
+    private var lastSession: UInt64?
     private let started = ContinuousClock.now
 
     init(configuration: ReceiveConfiguration) {
         self.configuration = configuration
     }
 
-    func open(_ offer: SessionMessage.Offer, peer: String) throws -> ReceiverSession {
+    /// Opens an offered object: object 0 opens a new session (`into` is `nil`); the others join the
+    /// session `into`, in order.
+    func open(_ offer: SessionMessage.Offer, into sessionID: UInt64?, peer: String) throws(TransportError)
+        -> ReceiverSession
+    {
         guard outcome == nil else {
             throw TransportError(.refused, expected: "a receiver still waiting", found: "a finished receiver")
         }
-        // A newer attempt at the same object replaces an older one still lingering.
-        for (id, session) in sessions where session.offer.transferID == offer.transferID {
-            sessions.removeValue(forKey: id)
-            Task { await session.abandon() }
+        let objects = Int(offer.objects)
+        if configuration.destination == .standardOutput, objects > 1 {
+            throw TransportError(
+                .invalidArgument, expected: "one object for standard output", found: "\(objects) objects",
+                advice: "give the receiver --out DIR")
         }
-        var id = UInt64.random(in: 1 ... .max)
-        while sessions[id] != nil { id = UInt64.random(in: 1 ... .max) }
-        let session = try ReceiverSession(sessionID: id, offer: offer, peer: peer, configuration: configuration)
-        sessions[id] = session
-        lastSession = session
-        return session
+        let id: UInt64
+        if let sessionID {
+            guard let session = sessions[sessionID], Int(offer.object) == session.objects.count,
+                objects == session.expected
+            else {
+                throw TransportError(
+                    .protocolViolation, expected: "the session's objects offered in order",
+                    found: "object \(offer.object) of \(offer.objects)")
+            }
+            id = sessionID
+        } else {
+            guard offer.object == 0 else {
+                throw TransportError(
+                    .protocolViolation, expected: "object 0 to open a session", found: "object \(offer.object)")
+            }
+            var fresh = UInt64.random(in: 1 ... .max)
+            while sessions[fresh] != nil { fresh = UInt64.random(in: 1 ... .max) }
+            id = fresh
+            sessions[id] = Session(token: .random(), expected: objects, peer: peer)
+        }
+        // A newer attempt at the same object replaces an older session still lingering.
+        for (old, lingering) in sessions
+        where old != id && lingering.objects.contains(where: { $0.offer.transferID == offer.transferID }) {
+            abandonNow(old)
+        }
+        let session = sessions[id]!
+        let object: ReceiverSession
+        do {
+            object = try ReceiverSession(
+                sessionID: id, token: session.token, offer: offer,
+                chunkSize: session.objects.first.map { Int($0.accept.chunkSize) },
+                peer: peer, configuration: configuration)
+        } catch {
+            if sessionID == nil { sessions.removeValue(forKey: id) }
+            throw error as? TransportError
+                ?? TransportError(.destinationFailed, expected: "to open the destination", found: "\(error)")
+        }
+        if let path = object.finalPath, session.objects.contains(where: { $0.finalPath == path }) {
+            Task { await object.abandon() }
+            throw TransportError(
+                .invalidArgument, expected: "a destination per object",
+                found: "two objects named \(offer.name) for \(path)", advice: "give the files distinct names")
+        }
+        sessions[id]!.objects.append(object)
+        lastSession = id
+        return object
     }
 
-    func session(_ id: UInt64, token: SessionMessage.Token) -> ReceiverSession? {
-        guard let session = sessions[id], session.token == token else { return nil }
-        return session
+    func isSession(_ id: UInt64, token: SessionMessage.Token) -> Bool {
+        sessions[id]?.token == token
     }
 
-    func abandon(_ session: ReceiverSession) async {
-        sessions.removeValue(forKey: session.sessionID)
-        await session.abandon()
+    /// Object `object` of session `id`, once accepted.
+    func object(_ object: Int, of id: UInt64) -> ReceiverSession? {
+        guard let objects = sessions[id]?.objects, objects.indices.contains(object) else { return nil }
+        return objects[object]
     }
+
+    /// An object's finish was answered.
+    /// - Returns: Whether the session is over: every object committed, or this one failed.
+    func committed(_ object: Int, of id: UInt64, _ outcome: Result<ReceivedObject, TransportError>) -> Bool {
+        guard var session = sessions[id] else { return true }
+        switch outcome {
+        case .failure(let error):
+            finish(.failure(error))
+            return true
+        case .success(let report):
+            session.committed[object] = report
+            sessions[id] = session
+            guard session.committed.count == session.expected else { return false }
+            finish(
+                .success(
+                    ReceiveReport(
+                        objects: (0..<session.expected).map { session.committed[$0]! },
+                        corruptChunks: corruptChunks,
+                        seconds: (ContinuousClock.now - session.started).seconds,
+                        peer: session.peer)))
+            return true
+        }
+    }
+
+    /// The control stream of session `id` went away: keep its partial copies for a resume.
+    func abandon(_ id: UInt64) {
+        abandonNow(id)
+    }
+
+    /// Session `id` was refused after some of its objects were opened: their files go, unless they
+    /// hold data from an earlier attempt.
+    func withdraw(_ id: UInt64) {
+        guard let session = sessions.removeValue(forKey: id) else { return }
+        for object in session.objects { Task { await object.withdraw() } }
+    }
+
+    private func abandonNow(_ id: UInt64) {
+        guard let session = sessions.removeValue(forKey: id) else { return }
+        for object in session.objects { Task { await object.abandon() } }
+    }
+
+    /// A data stream delivered a frame whose checksum failed.
+    func noteCorruptChunk() { corruptChunks += 1 }
 
     func streamOpened() { dataStreams += 1 }
     func streamClosed() { dataStreams -= 1 }
 
     func progress() async -> (UInt64, UInt64?, Int, Double)? {
-        guard outcome == nil, let lastSession else { return nil }
-        let (done, total) = await lastSession.progress()
-        return (done, total, dataStreams, (ContinuousClock.now - started).seconds)
+        guard outcome == nil, let lastSession, let session = sessions[lastSession] else { return nil }
+        var done: UInt64 = 0
+        var total: UInt64? = 0
+        for object in session.objects {
+            let (objectDone, objectTotal) = await object.progress()
+            done += objectDone
+            total = total.flatMap { sum in objectTotal.map { sum + $0 } }
+        }
+        return (
+            done, session.objects.count == session.expected ? total : nil, dataStreams,
+            (ContinuousClock.now - started).seconds
+        )
     }
 
     func finish(_ result: Result<ReceiveReport, any Error>) {

@@ -6,9 +6,10 @@ import Foundation
 struct ReceiveCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "receive",
-        abstract: "Receive one object from `novacron send`, verify its SHA-256, and commit it.",
+        abstract: "Receive one session from `novacron send`, verify each object's SHA-256, and commit it.",
         discussion: """
-            Until the object is complete and verified it is NAME.novacron-partial, with its chunk \
+            A session carries one object, or several (they need --out DIR). \
+            Until an object is complete and verified it is NAME.novacron-partial, with its chunk \
             journal NAME.novacron-journal beside it; a sender that comes back with --resume continues \
             from there. A sender that vanishes does not end the receiver: it keeps listening.
             """
@@ -71,11 +72,18 @@ struct ReceiveCommand: AsyncParsableCommand {
                 Data(
                     """
                     received \(ProgressPrinter.formatBytes(report.bytes)) from \(report.peer) into \
-                    \(report.path ?? "standard output") in \(String(format: "%.2f", report.seconds)) s \
+                    \(report.objects.count == 1 ? report.path ?? "standard output" : "\(report.objects.count) files") \
+                    in \(String(format: "%.2f", report.seconds)) s \
                     (\(ProgressPrinter.formatBytes(report.resumedBytes)) resumed, \(report.corruptChunks) corrupt chunks re-sent); \
-                    sha256 \(report.sha256) verified
+                    \(report.objects.count == 1 ? "sha256 \(report.sha256)" : "every SHA-256") verified
 
                     """.utf8))
+            for object in report.objects where report.objects.count > 1 {
+                FileHandle.standardError.write(
+                    Data(
+                        "  \(object.path ?? object.name): \(ProgressPrinter.formatBytes(object.bytes)), sha256 \(object.sha256)\n"
+                            .utf8))
+            }
         }
     }
 }

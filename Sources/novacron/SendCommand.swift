@@ -2,20 +2,30 @@ import ArgumentParser
 import DWCPTransport
 import Foundation
 
-/// `novacron send FILE|- --to HOST:PORT`: one object to a `novacron receive`, over AMST.
+/// `novacron send FILE|-… --to HOST:PORT`: one or more objects to a `novacron receive`, over one AMST
+/// session.
 struct SendCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "send",
-        abstract: "Send a file (or standard input) to a node running `novacron receive`.",
+        abstract: "Send files (or standard input) to a node running `novacron receive`.",
         discussion: """
-            The object crosses a DWCP session: a control stream plus an adaptive number of TLS 1.3 \
-            data streams. Chunks carry checksums, the whole object a SHA-256 both sides compare; the \
-            receiver commits the file only when they match. Exit status 0 means it is there, verified.
+            The objects cross one DWCP session: a control stream plus an adaptive number of TLS 1.3 \
+            data streams that they share by weight (--weight). Chunks carry checksums, each object a \
+            SHA-256 both sides compare; the receiver commits a file only when they match. Exit status 0 \
+            means every object is there, verified.
             """
     )
 
-    @Argument(help: "The file to send, or - for standard input.")
-    var source: String
+    @Argument(help: "The files to send (- for standard input, at most once).")
+    var sources: [String]
+
+    @Option(
+        help: """
+            Each file's share of the streams while the files are sent together, in order (1…255, one per \
+            file; default 1 each): with --weight 4 --weight 1 the first file gets 4/5 of the bytes until \
+            it is done.
+            """)
+    var weight: [Int] = []
 
     @Option(help: "The receiver, HOST:PORT.")
     var to: Endpoint
@@ -92,8 +102,22 @@ struct SendCommand: AsyncParsableCommand {
         guard reconnect >= 0 else {
             throw ValidationError("--reconnect must be 0 or more, not \(reconnect)")
         }
-        guard source == "-" || FileManager.default.isReadableFile(atPath: source) else {
-            throw ValidationError("cannot read \(source)")
+        guard !sources.isEmpty, sources.count < 65536 else {
+            throw ValidationError("give 1 to 65535 files to send, not \(sources.count)")
+        }
+        guard sources.filter({ $0 == "-" }).count <= 1 else {
+            throw ValidationError("standard input (-) can be sent only once")
+        }
+        for source in sources where source != "-" {
+            guard FileManager.default.isReadableFile(atPath: source) else {
+                throw ValidationError("cannot read \(source)")
+            }
+        }
+        guard weight.isEmpty || weight.count == sources.count else {
+            throw ValidationError("give one --weight per file (\(sources.count)), or none; got \(weight.count)")
+        }
+        if let bad = weight.first(where: { !(1...TransferObject.maximumWeight).contains($0) }) {
+            throw ValidationError("--weight must be 1...\(TransferObject.maximumWeight), not \(bad)")
         }
     }
 
@@ -112,8 +136,12 @@ struct SendCommand: AsyncParsableCommand {
         configuration.resume = resume
         configuration.reconnectAttempts = reconnect
         let printer = ProgressPrinter(json: options.json)
+        let weights = weight.isEmpty ? Array(repeating: 1, count: sources.count) : weight
+        let objects = zip(sources, weights).map { source, weight in
+            TransferObject(source == "-" ? .standardInput : .file(path: source), weight: weight)
+        }
         let report = try await TransferClient.send(
-            source == "-" ? .standardInput : .file(path: source),
+            objects: objects,
             configuration: configuration,
             progress: { printer.show($0) },
             reconnecting: { printer.reconnecting($0) }
@@ -129,9 +157,20 @@ struct SendCommand: AsyncParsableCommand {
                     sent \(ProgressPrinter.formatBytes(report.bytes)) in \(String(format: "%.2f", report.seconds)) s \
                     (\(String(format: "%.1f", Double(report.bytes - report.skippedBytes) * 8 / seconds / 1e6)) Mbit/s), \
                     up to \(report.maximumStreams) streams, \(report.streamFailures) stream failures, \
-                    \(ProgressPrinter.formatBytes(report.skippedBytes)) resumed, \(report.reconnects) reconnects; sha256 \(report.sha256) verified by the receiver
+                    \(ProgressPrinter.formatBytes(report.skippedBytes)) resumed, \(report.reconnects) reconnects; \
+                    \(report.objects.count == 1 ? "sha256 \(report.sha256)" : "\(report.objects.count) objects") \
+                    verified by the receiver
 
                     """.utf8))
+            for object in report.objects where report.objects.count > 1 {
+                FileHandle.standardError.write(
+                    Data(
+                        """
+                          \(object.name): \(ProgressPrinter.formatBytes(object.bytes)), weight \(object.weight), \
+                        committed at \(String(format: "%.2f", object.seconds)) s, sha256 \(object.sha256)
+
+                        """.utf8))
+            }
         }
     }
 }

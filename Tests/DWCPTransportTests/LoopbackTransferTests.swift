@@ -242,6 +242,73 @@ struct LoopbackTransferTests {
         #expect(!FileManager.default.fileExists(atPath: scratch.destination))
     }
 
+    /// A second random file of `size` bytes beside the scratch's source.
+    static func secondFile(_ scratch: Scratch, name: String, size: Int) throws -> (path: String, bytes: Data) {
+        let bytes = FileHandle(forReadingAtPath: "/dev/urandom")!.readData(ofLength: size)
+        let path = scratch.directory + "/" + name
+        try bytes.write(to: URL(fileURLWithPath: path))
+        return (path, bytes)
+    }
+
+    @Test(
+        "Two files share one session by weight: the heavier one, offered second, is committed well before the other",
+        arguments: [(1, 4), (1, 1)])
+    func weightedObjects(weights: (first: Int, second: Int)) async throws {
+        let scratch = try Scratch(size: 8 << 20)
+        defer { scratch.remove() }
+        let second = try Self.secondFile(scratch, name: "second.bin", size: 8 << 20)
+        let (receiver, port) = await Self.startReceiver(scratch)
+        var configuration = Self.sendConfiguration(port: port)
+        configuration.rateLimit = 20e6
+        // Weights decide what enters the window; a window far smaller than the files lets them show.
+        configuration.windowBytes = 2 << 20
+        let sent = try await TransferClient.send(
+            objects: [
+                TransferObject(.file(path: scratch.source), weight: weights.first),
+                TransferObject(.file(path: second.path), weight: weights.second),
+            ],
+            configuration: configuration)
+        let received = try await receiver.value
+        #expect(try Data(contentsOf: URL(fileURLWithPath: scratch.destination)) == scratch.bytes)
+        #expect(try Data(contentsOf: URL(fileURLWithPath: scratch.directory + "/out/second.bin")) == second.bytes)
+        #expect(received.objects.map(\.sha256) == sent.objects.map(\.sha256) && sent.objects.count == 2)
+        #expect(received.bytes == 16 << 20 && sent.bytes == 16 << 20)
+        let (first, heavier) = (sent.objects[0].seconds, sent.objects[1].seconds)
+        if weights.second > weights.first {
+            // At 20 MB/s the 4/5 share sends the second file in ~0.5 s, the first takes the whole ~0.85 s.
+            #expect(heavier < 0.8 * first, "second (weight 4) at \(heavier) s, first at \(first) s")
+        } else {
+            // Equal weights: they progress together and finish close to each other.
+            #expect(abs(heavier - first) < 0.25 * max(heavier, first), "\(heavier) s vs \(first) s")
+        }
+    }
+
+    @Test("A session's objects are refused when two would land on one file, or when the receiver writes to stdout")
+    func multipleObjectsRefused() async throws {
+        let scratch = try Scratch(size: 1 << 20)
+        defer { scratch.remove() }
+        try FileManager.default.createDirectory(atPath: scratch.directory + "/other", withIntermediateDirectories: true)
+        let twin = try Self.secondFile(scratch, name: "other/source.bin", size: 1 << 20)
+        let (receiver, port) = await Self.startReceiver(scratch)
+        defer { receiver.cancel() }
+        let error = await #expect(throws: TransportError.self) {
+            try await TransferClient.send(
+                objects: [TransferObject(.file(path: scratch.source)), TransferObject(.file(path: twin.path))],
+                configuration: Self.sendConfiguration(port: port))
+        }
+        #expect(error?.code == .refused && "\(error!)".contains("distinct names"), "\(error.map { "\($0)" } ?? "")")
+        // The first object's partial files were opened before the second was refused: they are gone.
+        try await Task.sleep(for: .milliseconds(200))
+        let leftovers = try FileManager.default.contentsOfDirectory(atPath: scratch.directory + "/out")
+        #expect(leftovers.isEmpty, "\(leftovers)")
+        let invalid = await #expect(throws: TransportError.self) {
+            try await TransferClient.send(
+                objects: [TransferObject(.standardInput), TransferObject(.standardInput)],
+                configuration: Self.sendConfiguration(port: port))
+        }
+        #expect(invalid?.code == .invalidArgument)
+    }
+
     @Test("A chosen congestion control is set on the data sockets and the transfer verifies")
     func congestionControl() async throws {
         let scratch = try Scratch(size: 3 << 20)

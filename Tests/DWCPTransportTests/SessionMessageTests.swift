@@ -25,10 +25,16 @@ struct SessionMessageTests {
                 resume: false)),
         .accept(.init(sessionID: 42, token: token, chunkSize: 1 << 20, windowChunks: 96, present: bitmap)),
         .accept(.init(sessionID: 1, token: token, chunkSize: 4096, windowChunks: 4, present: ChunkBitmap())),
+        .offer(
+            .init(
+                transferID: Array(repeating: 2, count: 16), name: "disk.qcow2", totalBytes: 5, chunkSize: 4096,
+                resume: false, object: 3, objects: 5, weight: 200)),
+        .accept(
+            .init(object: 3, sessionID: 1, token: token, chunkSize: 4096, windowChunks: 4, present: ChunkBitmap())),
         .refuse(reason: "no space — ünïcödé"),
         .attach(sessionID: 42, token: token, stream: 9),
-        .finish(totalChunks: 3, totalBytes: 2_500_000, sha256: digest),
-        .complete(sha256: digest),
+        .finish(object: 2, totalChunks: 3, totalBytes: 2_500_000, sha256: digest),
+        .complete(object: 2, sha256: digest),
         .failed(reason: "disk full"),
     ]
 
@@ -48,11 +54,12 @@ struct SessionMessageTests {
 
     @Test("Trailing bytes, an unknown kind and an oversized bitmap are refused")
     func malformed() {
-        var trailing = SessionMessage.complete(sha256: Self.digest).encoded
+        var trailing = SessionMessage.complete(object: 0, sha256: Self.digest).encoded
         trailing.writeInteger(UInt8(0))
         #expect(throws: TransportError.self) { try SessionMessage(decoding: trailing) }
         #expect(throws: TransportError.self) { try SessionMessage(decoding: ByteBuffer(bytes: [99])) }
         var accept = ByteBuffer(bytes: [2])
+        accept.writeInteger(UInt16(0))
         accept.writeInteger(UInt64(1))
         accept.writeBytes(Self.token.bytes)
         accept.writeInteger(UInt32(4096))
@@ -60,6 +67,24 @@ struct SessionMessageTests {
         accept.writeInteger(UInt32.max - 63)  // a bitmap length far beyond the limit
         let error = #expect(throws: TransportError.self) { try SessionMessage(decoding: accept) }
         #expect(error?.code == .malformedMessage)
+    }
+
+    @Test("An offer whose object number is not below its object count, or whose weight is 0, is refused")
+    func malformedObjectNumbers() {
+        for (object, objects, weight) in [(UInt16(1), UInt16(1), UInt8(1)), (0, 0, 1), (0, 2, 0)] {
+            let offer = SessionMessage.offer(
+                .init(
+                    transferID: Array(repeating: 2, count: 16), name: "a", totalBytes: 5, chunkSize: 4096,
+                    resume: false, object: 0, objects: 1, weight: 1))
+            var bytes = offer.encoded
+            // The last five bytes are the object number, the object count and the weight.
+            bytes.moveWriterIndex(to: bytes.writerIndex - 5)
+            bytes.writeInteger(object)
+            bytes.writeInteger(objects)
+            bytes.writeInteger(weight)
+            let error = #expect(throws: TransportError.self) { try SessionMessage(decoding: bytes) }
+            #expect(error?.code == .malformedMessage)
+        }
     }
 
     @Test("A bitmap finds the first absent chunk across full words")

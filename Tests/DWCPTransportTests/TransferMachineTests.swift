@@ -15,15 +15,15 @@ struct TransferMachineTests {
         #expect(sent.map(\.chunk.index) == [0, 1, 2, 3])
         // Acknowledging 1..3 does not move the window: chunk 0 still holds it.
         for index in 1..<4 {
-            let first = sender.acknowledged(index, on: 0, now: .zero)
+            let first = sender.acknowledged(ChunkAddress(index: index), on: 0, now: .zero)
             #expect(first)
         }
         #expect(!sender.admits(4))
-        let outcome1 = sender.acknowledged(0, on: 0, now: .zero)
+        let outcome1 = sender.acknowledged(ChunkAddress(index: 0), on: 0, now: .zero)
         #expect(outcome1)
         #expect(sender.admits(7) && !sender.admits(8))
         // A second acknowledgement of the same chunk releases nothing.
-        let outcome2 = !sender.acknowledged(0, on: 0, now: .zero)
+        let outcome2 = !sender.acknowledged(ChunkAddress(index: 0), on: 0, now: .zero)
         #expect(outcome2)
     }
 
@@ -41,7 +41,7 @@ struct TransferMachineTests {
             }
             for assignment in sender.assign(now: now) where assignment.stream != 1 {
                 // Stream 1 is stalled: it takes chunks and never acknowledges them.
-                _ = sender.acknowledged(assignment.chunk.index, on: assignment.stream, now: now)
+                _ = sender.acknowledged(assignment.chunk.address, on: assignment.stream, now: now)
             }
             now += .milliseconds(100)
             for stream in sender.stalledStreams(now: now) {
@@ -70,7 +70,7 @@ struct TransferMachineTests {
         sender.chunkRead(5, size: 10)
         sender.chunkRead(6, size: 10)
         for assignment in sender.assign(now: .zero) {
-            _ = sender.acknowledged(assignment.chunk.index, on: 0, now: .zero)
+            _ = sender.acknowledged(assignment.chunk.address, on: 0, now: .zero)
         }
         #expect(sender.isComplete)
     }
@@ -130,24 +130,26 @@ struct EndGameTests {
         #expect(Set(first.map(\.chunk.index)) == Set(0..<6))
         // Stream 0 delivers everything it carried; stream 1 is slow and acknowledges nothing.
         for assignment in first where assignment.stream == 0 {
-            _ = sender.acknowledged(assignment.chunk.index, on: 0, now: .zero)
+            _ = sender.acknowledged(assignment.chunk.address, on: 0, now: .zero)
         }
         #expect(!sender.isComplete)
         let copies = sender.assign(now: .milliseconds(10))
         #expect(!copies.isEmpty && copies.allSatisfy { $0.stream == 0 })
-        for copy in copies { _ = sender.acknowledged(copy.chunk.index, on: 0, now: .milliseconds(20)) }
+        for copy in copies { _ = sender.acknowledged(copy.chunk.address, on: 0, now: .milliseconds(20)) }
         // Idle again: the next stuck chunk goes; repeat until done.
         var rounds = 0
         while !sender.isComplete && rounds < 10 {
             rounds += 1
             for copy in sender.assign(now: .milliseconds(30)) {
-                _ = sender.acknowledged(copy.chunk.index, on: copy.stream, now: .milliseconds(40))
+                _ = sender.acknowledged(copy.chunk.address, on: copy.stream, now: .milliseconds(40))
             }
         }
         #expect(sender.isComplete)
         #expect(sender.chunksDuplicated == 3)
         // The slow stream's late acknowledgements release nothing twice.
-        let late = first.filter { $0.stream == 1 }.map { sender.acknowledged($0.chunk.index, on: 1, now: .seconds(1)) }
+        let late = first.filter { $0.stream == 1 }.map {
+            sender.acknowledged($0.chunk.address, on: 1, now: .seconds(1))
+        }
         #expect(late.allSatisfy { !$0 })
     }
 
@@ -168,13 +170,13 @@ struct EndGameTests {
         let fast = 1 - slow
         // The fast stream delivers all it carries; the window cannot move past chunk 0 on the slow one.
         for assignment in first where assignment.stream == fast {
-            _ = sender.acknowledged(assignment.chunk.index, on: fast, now: .milliseconds(5))
+            _ = sender.acknowledged(assignment.chunk.address, on: fast, now: .milliseconds(5))
         }
         #expect(!sender.admits(next))
         let copies = sender.assign(now: .milliseconds(10))
         #expect(copies == [TransferSender.Assignment(chunk: .init(index: 0, size: 10), stream: fast)])
         // The copy arrives first: the window moves on, new chunks are read and go out normally.
-        let released = sender.acknowledged(0, on: fast, now: .milliseconds(20))
+        let released = sender.acknowledged(ChunkAddress(index: 0), on: fast, now: .milliseconds(20))
         #expect(released)
         #expect(sender.admits(next))
         sender.chunkRead(next, size: 10)
@@ -182,8 +184,45 @@ struct EndGameTests {
         #expect(resumed.map(\.chunk.index) == [next] && resumed[0].stream == fast)
         #expect(sender.chunksDuplicated == 1)
         // The slow stream's own copy of chunk 0 arrives late and releases nothing.
-        let releasedAgain = sender.acknowledged(0, on: slow, now: .seconds(1))
+        let releasedAgain = sender.acknowledged(ChunkAddress(index: 0), on: slow, now: .seconds(1))
         #expect(!releasedAgain)
+    }
+
+    @Test("Readers of one session take turns by weight, and the session window bounds what they all hold")
+    func weightedAdmission() {
+        var sender = TransferSender(chunkSize: 10, windowChunks: 4)
+        sender.addObject(0, windowChunks: 100, totalChunks: 100, weight: 1)
+        sender.addObject(1, windowChunks: 100, totalChunks: 100, weight: 3)
+        sender.streamOpened(0, window: 40, now: .zero)
+        var next = [0, 0]
+        var order: [Int] = []
+        var inFlight: [ChunkAddress] = []
+        while order.count < 40 {
+            for object in 0..<2 { sender.readerWaiting(object: object, index: next[object]) }
+            let ready = (0..<2).filter { sender.mayRead(object: $0) }
+            #expect(ready.count <= 1, "one reader at a time gets the turn")
+            guard let object = ready.first else {
+                // The session window is full: deliver what is in flight.
+                #expect(sender.heldChunks == 4)
+                for address in inFlight { _ = sender.acknowledged(address, on: 0, now: .zero) }
+                inFlight.removeAll()
+                continue
+            }
+            sender.chunkRead(next[object], size: 10, object: object)
+            next[object] += 1
+            order.append(object)
+            inFlight += sender.assign(now: .zero).map(\.chunk.address)
+        }
+        #expect(order.filter { $0 == 1 }.count == 30)
+        for start in stride(from: 0, to: 40, by: 4) {
+            #expect(order[start..<start + 4].sorted() == [0, 1, 1, 1])
+        }
+        // An object whose reader has nothing ready does not hold the others up.
+        var alone = TransferSender(chunkSize: 10, windowChunks: 4)
+        alone.addObject(0, windowChunks: 100, totalChunks: 100, weight: 255)
+        alone.addObject(1, windowChunks: 100, totalChunks: 100, weight: 1)
+        alone.readerWaiting(object: 1, index: 0)
+        #expect(alone.mayRead(object: 1) && !alone.mayRead(object: 0))
     }
 
     /// An endless source with a 16-chunk window, two streams, four chunks read and assigned.
@@ -200,7 +239,7 @@ struct EndGameTests {
     func noCopiesWhileReadingCanContinue() {
         var (sender, first) = Self.fourChunksOnTwoStreams(streamWindow: 20)
         for assignment in first where assignment.stream == 1 {
-            _ = sender.acknowledged(assignment.chunk.index, on: 1, now: .zero)
+            _ = sender.acknowledged(assignment.chunk.address, on: 1, now: .zero)
         }
         // Stream 1 is idle and chunk 0 waits on stream 0, but the reader may go on: no copy.
         #expect(sender.assign(now: .zero).isEmpty && sender.chunksDuplicated == 0)
@@ -209,7 +248,7 @@ struct EndGameTests {
     @Test("No copies while chunks are still waiting for a stream")
     func noCopiesBeforeTheEnd() {
         var (sender, first) = Self.fourChunksOnTwoStreams(streamWindow: 10)
-        _ = sender.acknowledged(first[0].chunk.index, on: first[0].stream, now: .zero)
+        _ = sender.acknowledged(first[0].chunk.address, on: first[0].stream, now: .zero)
         let next = sender.assign(now: .zero)
         #expect(next.count == 1 && sender.chunksDuplicated == 0)
     }

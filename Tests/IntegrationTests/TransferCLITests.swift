@@ -81,6 +81,43 @@ struct TransferCLITests {
         #expect(receiverLog.contains(report["sha256"] as? String ?? "missing"))
     }
 
+    @Test("Several files in one session land in the receiver's directory; the JSON reports each with its weight")
+    func severalFiles() async throws {
+        let directory = try TemporaryDirectory()
+        let certs = try Self.certificates(in: directory)
+        let outbox = directory.url.appendingPathComponent("outbox")
+        let inbox = directory.url.appendingPathComponent("inbox")
+        for folder in [outbox, inbox] {
+            try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+        }
+        var contents: [String: Data] = [:]
+        for (name, size) in [("ram.img", 3_000_001), ("disk.img", 1_500_000), ("empty", 0)] {
+            contents[name] = FileHandle(forReadingAtPath: "/dev/urandom")!.readData(ofLength: size)
+            try contents[name]!.write(to: outbox.appendingPathComponent(name))
+        }
+        let port = Self.port()
+        let receiver = try Receiver(
+            ["--listen", "127.0.0.1:\(port)", "--out", inbox.path, "--certs", certs, "--node", "b"], in: directory)
+        try await receiver.waitUntilListening()
+        let sent = try await NovaCronCLI.runAsync(
+            ["send"] + ["ram.img", "disk.img", "empty"].map { outbox.appendingPathComponent($0).path } + [
+                "--to", "127.0.0.1:\(port)", "--certs", certs, "--node", "a", "--json", "--weight", "8", "--weight",
+                "1",
+                "--weight", "1",
+            ])
+        #expect(sent.status == 0, "\(sent.standardError)")
+        await NovaCronCLI.waitForExit(receiver.process)
+        #expect(receiver.process.terminationStatus == 0)
+        for (name, bytes) in contents {
+            #expect(try Data(contentsOf: inbox.appendingPathComponent(name)) == bytes, "\(name)")
+        }
+        let done = try #require(sent.standardOutput.split(separator: "\n").last)
+        let report = try #require(try JSONSerialization.jsonObject(with: Data(done.utf8)) as? [String: Any])
+        let objects = try #require(report["objects"] as? [[String: Any]])
+        #expect(objects.map { $0["weight"] as? Int } == [8, 1, 1])
+        #expect(report["bytes"] as? Int == 4_500_001)
+    }
+
     @Test("A stream piped into send - comes out of receive --out - in order and whole")
     func standardStreams() async throws {
         let directory = try TemporaryDirectory()
@@ -134,6 +171,9 @@ struct TransferCLITests {
             ["send", "-", "--to", "no-port-here"],
             ["send", "-", "--to", "127.0.0.1:1", "--min-streams", "5", "--max-streams", "2"],
             ["send", "-", "--to", "127.0.0.1:1", "--cc", "warp-drive"],
+            ["send", "-", "-", "--to", "127.0.0.1:1"],
+            ["send", "/dev/null", "/dev/zero", "--to", "127.0.0.1:1", "--weight", "4"],
+            ["send", "/dev/null", "--to", "127.0.0.1:1", "--weight", "0"],
             ["receive", "--listen", "127.0.0.1:1", "--out", "/nonexistent/dir/file"],
         ])
     func badArguments(_ arguments: [String]) throws {
