@@ -86,7 +86,7 @@ public struct TransferProgress: Sendable, Codable {
 public struct SendReport: Sendable, Codable {
     /// One object of the session.
     public struct Object: Sendable, Codable {
-        /// Its name (the file's path, or `-`).
+        /// Its name (the file's name, or `stdin`).
         public var name: String
         /// Its size.
         public var bytes: UInt64
@@ -101,15 +101,15 @@ public struct SendReport: Sendable, Codable {
     }
 
     /// The objects' sizes together.
-    public var bytes: UInt64
+    public private(set) var bytes: UInt64
     /// Bytes the receiver already held (resume) and that were not sent, over all objects.
-    public var skippedBytes: UInt64
+    public private(set) var skippedBytes: UInt64
     /// Chunk payload bytes written to data streams, re-sends included.
     public var sentBytes: UInt64
     /// Seconds from connecting to the receiver's confirmation.
     public var seconds: Double
     /// The SHA-256 of the (first) object, as both sides computed it.
-    public var sha256: String
+    public private(set) var sha256: String
     /// The most data streams open at once.
     public var maximumStreams: Int
     /// Data streams that failed or stalled and were replaced.
@@ -121,9 +121,39 @@ public struct SendReport: Sendable, Codable {
     /// The round-trip time measured on the control stream before the transfer, milliseconds.
     public var roundTripMilliseconds: Double
     /// Each object, in the order offered.
-    public var objects: [Object]
+    public var objects: [Object] {
+        didSet {
+            bytes = objects.reduce(0) { $0 + $1.bytes }
+            skippedBytes = objects.reduce(0) { $0 + $1.skippedBytes }
+            sha256 = objects.first?.sha256 ?? ""
+        }
+    }
     /// How many times the session broke and was re-established.
     public var reconnects = 0
+
+    /// A report for `objects` (at least one); the totals are theirs.
+    init(
+        objects: [Object],
+        sentBytes: UInt64,
+        seconds: Double,
+        maximumStreams: Int,
+        streamFailures: Int,
+        chunksResent: Int,
+        chunksDuplicated: Int,
+        roundTripMilliseconds: Double
+    ) {
+        bytes = objects.reduce(0) { $0 + $1.bytes }
+        skippedBytes = objects.reduce(0) { $0 + $1.skippedBytes }
+        sha256 = objects.first?.sha256 ?? ""
+        self.objects = objects
+        self.sentBytes = sentBytes
+        self.seconds = seconds
+        self.maximumStreams = maximumStreams
+        self.streamFailures = streamFailures
+        self.chunksResent = chunksResent
+        self.chunksDuplicated = chunksDuplicated
+        self.roundTripMilliseconds = roundTripMilliseconds
+    }
 }
 
 /// A broken session about to be re-established.

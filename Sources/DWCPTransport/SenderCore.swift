@@ -305,30 +305,33 @@ actor SenderCore {
         }
         try outcome.get()
         let transfer = session.transfer
-        let chunkSize = UInt64(transfer?.chunkSize ?? configuration.chunkSize)
-        let objects = readers.indices.map { object in
-            let ending = session.endings[object]
-            return SendReport.Object(
-                name: readers[object].name,
-                bytes: ending?.bytes ?? 0,
-                skippedBytes: UInt64(transfer?.skipped(object: object).count ?? 0) * chunkSize,
-                sha256: ending.map { "\($0.digest)" } ?? "",
-                seconds: committedAt[object]?.seconds ?? now.seconds,
-                weight: weights[object]
-            )
-        }
         return SendReport(
-            bytes: objects.reduce(0) { $0 + $1.bytes },
-            skippedBytes: objects.reduce(0) { $0 + $1.skippedBytes },
+            objects: readers.indices.map(objectReport),
             sentBytes: sentBytes,
             seconds: now.seconds,
-            sha256: objects[0].sha256,
             maximumStreams: session.maximumStreams,
             streamFailures: session.streamFailures,
             chunksResent: transfer?.chunksResent ?? 0,
             chunksDuplicated: transfer?.chunksDuplicated ?? 0,
-            roundTripMilliseconds: session.roundTrip.seconds * 1000,
-            objects: objects
+            roundTripMilliseconds: session.roundTrip.seconds * 1000
+        )
+    }
+
+    /// The objects the receiver committed in this session so far (also after it failed), by number.
+    func committedObjects() -> [Int: SendReport.Object] {
+        Dictionary(uniqueKeysWithValues: session.committed.map { ($0, objectReport($0)) })
+    }
+
+    private func objectReport(_ object: Int) -> SendReport.Object {
+        let ending = session.endings[object]
+        let chunkSize = UInt64(session.transfer?.chunkSize ?? configuration.chunkSize)
+        return SendReport.Object(
+            name: readers[object].name,
+            bytes: ending?.bytes ?? 0,
+            skippedBytes: UInt64(session.transfer?.skipped(object: object).count ?? 0) * chunkSize,
+            sha256: ending.map { "\($0.digest)" } ?? "",
+            seconds: committedAt[object]?.seconds ?? now.seconds,
+            weight: weights[object]
         )
     }
 }

@@ -71,14 +71,25 @@ public enum TransferClient {
         var policy = ReconnectPolicy(
             attempts: configuration.reconnectAttempts, firstDelay: configuration.reconnectDelay,
             resumable: streams == 0)
+        // Objects the receiver committed, by their place in `objects`: a re-established session offers
+        // only the others (a committed file would be refused as existing).
+        var committed: [Int: SendReport.Object] = [:]
         while true {
+            let remaining = objects.indices.filter { committed[$0] == nil }
             var accepted = false
+            var committedNow: [Int: SendReport.Object] = [:]
             do {
                 var report = try await sendOnce(
-                    objects, configuration: attempt, progress: progress, accepted: &accepted)
+                    remaining.map { objects[$0] }, configuration: attempt, progress: progress, accepted: &accepted,
+                    committed: &committedNow)
+                if remaining.count < objects.count {
+                    for (object, report) in committedNow { committed[remaining[object]] = report }
+                    report.objects = objects.indices.map { committed[$0]! }
+                }
                 report.reconnects = policy.reconnects
                 return report
             } catch let error as TransportError {
+                for (object, report) in committedNow { committed[remaining[object]] = report }
                 guard !Task.isCancelled, let delay = policy.attemptFailed(error, accepted: accepted) else {
                     throw error
                 }
@@ -94,13 +105,14 @@ public enum TransferClient {
         }
     }
 
-    /// One session: connect, offer, move the chunks, finish. `accepted` says whether the receiver
-    /// accepted the offer, whatever the outcome.
+    /// One session: connect, offer, move the chunks, finish. Whatever the outcome, `accepted` says
+    /// whether the receiver accepted the offer, and `committed` holds the objects it committed.
     private static func sendOnce(
         _ objects: [TransferObject],
         configuration: SendConfiguration,
         progress: @escaping @Sendable (TransferProgress) -> Void,
-        accepted: inout Bool
+        accepted: inout Bool,
+        committed: inout [Int: SendReport.Object]
     ) async throws -> SendReport {
         let readers = try objects.map { try SourceReader($0.source) }
         if configuration.resume && readers.contains(where: { $0.size == nil }) {
@@ -135,9 +147,11 @@ public enum TransferClient {
                 progress: progress)
         } catch {
             accepted = await core.wasAccepted
+            committed = await core.committedObjects()
             throw error
         }
         accepted = await core.wasAccepted
+        committed = await core.committedObjects()
         return try await core.result()
     }
 

@@ -183,6 +183,30 @@ struct LoopbackTransferTests {
         #expect(try Data(contentsOf: URL(fileURLWithPath: scratch.destination)) == scratch.bytes)
     }
 
+    @Test("A broken session of two objects re-offers only the one not yet committed, and resumes it")
+    func reconnectSkipsCommittedObjects() async throws {
+        let scratch = try Scratch(size: 20 << 20)
+        defer { scratch.remove() }
+        let small = try Self.secondFile(scratch, name: "small.bin", size: 1 << 20)
+        let (receiver, port) = await Self.startReceiver(scratch)
+        var configuration = Self.sendConfiguration(port: port)
+        configuration.rateLimit = 16e6
+        configuration.reconnectDelay = .milliseconds(50)
+        configuration.controlFault = FaultInjection(closeAfter: .milliseconds(500))
+        let sent = try await TransferClient.send(
+            objects: [
+                TransferObject(.file(path: small.path), weight: 16), TransferObject(.file(path: scratch.source)),
+            ],
+            configuration: configuration)
+        let received = try await receiver.value
+        // The small file was committed by the first session; the second carried only the large one.
+        #expect(sent.reconnects == 1 && sent.objects.map(\.name) == ["small.bin", "source.bin"])
+        #expect(received.objects.map(\.name) == ["source.bin"] && sent.objects[1].skippedBytes > 2 << 20)
+        #expect(sent.bytes == 21 << 20 && sent.objects[1].sha256 == received.sha256)
+        #expect(try Data(contentsOf: URL(fileURLWithPath: scratch.directory + "/out/small.bin")) == small.bytes)
+        #expect(try Data(contentsOf: URL(fileURLWithPath: scratch.destination)) == scratch.bytes)
+    }
+
     @Test("A receiver that never answered is not retried: the error comes at once")
     func noReconnectWithoutASession() async throws {
         let scratch = try Scratch(size: 1024)
