@@ -21,6 +21,9 @@ public struct ReceiveConfiguration: Sendable {
     /// How many bytes past the first missing chunk are accepted: the reorder window, which bounds
     /// the memory held for hashing in order.
     public var windowBytes = 64 << 20
+    /// How many times `windowBytes` a file destination's reorder window spans (a file holds no chunk
+    /// in memory for the reordering, so the span costs nothing).
+    public static let fileWindowSpread = 4
     /// Replace an existing file at the destination.
     public var overwrite = false
 

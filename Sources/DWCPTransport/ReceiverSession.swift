@@ -102,9 +102,12 @@ actor ReceiverSession {
                 partial: partialPath!, journal: journalPath!, transferID: offer.transferID,
                 totalBytes: offer.totalBytes, fresh: present.count == 0, chunkSize: chunkSize)
         }
-        // Each object gets the whole reorder window: only standard output (one object) holds chunks in
-        // memory while it waits for the prefix; a file reads them back from the page cache.
-        let windowChunks = max(4, configuration.windowBytes / chunkSize)
+        // Standard output holds the chunks ahead of the prefix in memory: its reorder window is the
+        // configured one. A file reads them back from the page cache, so its window can span more: a
+        // chunk stuck on a slow stream, or an object sharing the sender's window with others, does not
+        // stop the chunks behind it (the sender's own window still bounds what is in flight).
+        let spread = configuration.destination == .standardOutput ? 1 : ReceiveConfiguration.fileWindowSpread
+        let windowChunks = max(4, spread * configuration.windowBytes / chunkSize)
         machine = TransferReceiver(
             chunkSize: chunkSize, windowChunks: windowChunks, declaredBytes: offer.totalBytes, present: present)
         resumedBytes = min(UInt64(present.count) * UInt64(chunkSize), offer.totalBytes ?? .max)

@@ -25,7 +25,7 @@ actor SenderCore {
     private(set) var sessionID: UInt64 = 0
     private var token = SessionMessage.Token(bytes: Array(repeating: 0, count: 16))
     private var acceptWaiters: [Int: [CheckedContinuation<(Int, ChunkBitmap), Never>]] = [:]
-    private var windowWaiters: [CheckedContinuation<Void, Never>] = []
+    private var readerWaiters: [(object: Int, continuation: CheckedContinuation<Void, Never>)] = []
 
     private var chunks: [ChunkAddress: ByteBuffer] = [:]
     private var outlets: [Int: Outlet.Continuation] = [:]
@@ -116,18 +116,24 @@ actor SenderCore {
 
     // MARK: Source
 
-    /// Hands over chunk `index` of `object` once the session lets that object read (window room, and
-    /// its turn by weight among the readers waiting).
-    func admit(_ index: Int, of object: Int, _ chunk: ByteBuffer) async throws {
-        session.readerWaiting(object: object, index: index)
-        while outcome == nil, !session.mayRead(object: object) {
-            await withCheckedContinuation { windowWaiters.append($0) }
+    /// Waits until `object` may read its next chunk: the session granted it room in the window (by
+    /// weight among the session's objects).
+    func reserve(_ object: Int) async throws {
+        while outcome == nil, !session.claimGrant(object: object) {
+            await withCheckedContinuation { readerWaiters.append((object, $0)) }
+        }
+        guard outcome == nil else { throw CancellationError() }
+    }
+
+    /// Hands over chunk `index` of `object`, read on a grant from ``reserve(_:)``.
+    func deliver(_ index: Int, of object: Int, _ chunk: ByteBuffer) async throws {
+        // Within the grant's room; only after a resume's gaps can the object's own window still hold it back.
+        while outcome == nil, !session.admits(index, object: object) {
+            await withCheckedContinuation { readerWaiters.append((object, $0)) }
         }
         guard outcome == nil else { throw CancellationError() }
         chunks[ChunkAddress(object: object, index: index)] = chunk
         perform(session.chunkRead(index, size: chunk.readableBytes, object: object, now: now))
-        // Another waiting reader may be next now (or was passed over while this one was chosen).
-        resumeReaders()
     }
 
     func sourceEnded(object: Int, chunkCount: Int, digest: SessionMessage.Digest) {
@@ -168,10 +174,10 @@ actor SenderCore {
         perform(session.streamEnded(stream, now: now, error: error.map { "\($0)" }))
     }
 
-    /// Lets every reader waiting for window room check again.
+    /// Lets the readers waiting for a grant or for window room check again.
     private func resumeReaders() {
-        for waiter in windowWaiters { waiter.resume() }
-        windowWaiters.removeAll()
+        for waiter in readerWaiters { waiter.continuation.resume() }
+        readerWaiters.removeAll()
     }
 
     /// Carries out the session's decisions.
@@ -186,7 +192,6 @@ actor SenderCore {
                 }
             case .release(let address):
                 chunks.removeValue(forKey: address)
-                resumeReaders()
             case .finishStream(let stream):
                 outlets.removeValue(forKey: stream)?.finish()
             case .closeStream(let stream):
@@ -204,6 +209,8 @@ actor SenderCore {
                 fail(error)
             }
         }
+        // Any event may have moved the window or issued read grants.
+        if !readerWaiters.isEmpty { resumeReaders() }
     }
 
     // MARK: Ticks

@@ -172,7 +172,8 @@ public struct SenderSession: Sendable {
         let chunkSize = transfer!.chunkSize
         transfer!.addObject(
             object,
-            windowChunks: max(1, min(Int(accept.windowChunks), transfer!.windowChunks)),
+            // The receiver's reorder window for the object; the session's window bounds what is held.
+            windowChunks: max(1, Int(accept.windowChunks)),
             totalChunks: objectSize.map { Int(($0 + UInt64(chunkSize) - 1) / UInt64(chunkSize)) },
             present: accept.present,
             weight: weight
@@ -185,14 +186,13 @@ public struct SenderSession: Sendable {
 
     // MARK: Source
 
-    /// The reader of `object` has chunk `index` ready (see ``mayRead(object:)``).
-    public mutating func readerWaiting(object: Int, index: Int) {
-        transfer?.readerWaiting(object: object, index: index)
-    }
+    /// The reader of `object` takes a read grant (room in the window, given by weight) before it
+    /// reads a chunk; `false` when it must wait.
+    public mutating func claimGrant(object: Int) -> Bool { transfer?.claimGrant(object: object) ?? false }
 
-    /// Whether the reader of `object` may hand over its ready chunk now: within the object's and the
-    /// session's windows, and its turn by weight.
-    public func mayRead(object: Int) -> Bool { transfer?.mayRead(object: object) ?? false }
+    /// Whether chunk `index` of `object` lies within the object's own window (a chunk read on a grant
+    /// almost always does; after a resume's gaps it may have to wait).
+    public func admits(_ index: Int, object: Int) -> Bool { transfer?.admits(index, object: object) ?? false }
 
     /// Chunk `index` of `object` was read; it must be admitted.
     public mutating func chunkRead(_ index: Int, size: Int, object: Int = 0, now: Duration) -> [Action] {

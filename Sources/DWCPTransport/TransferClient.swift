@@ -286,10 +286,12 @@ public enum TransferClient {
     private static func readSource(_ reader: SourceReader, object: Int, core: SenderCore) async throws {
         let (chunkSize, skipped) = await core.waitUntilAccepted(object: object)
         var index = 0
-        while let chunk = try await reader.readChunk(chunkSize: chunkSize) {
-            if !skipped.contains(index) {
-                try await core.admit(index, of: object, chunk)
-            }
+        while true {
+            // Chunks the receiver holds are read (for the SHA-256) but not sent, so they need no grant.
+            let wanted = !skipped.contains(index)
+            if wanted { try await core.reserve(object) }
+            guard let chunk = try await reader.readChunk(chunkSize: chunkSize) else { break }
+            if wanted { try await core.deliver(index, of: object, chunk) }
             index += 1
             if chunk.readableBytes < chunkSize { break }
         }

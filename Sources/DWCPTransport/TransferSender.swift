@@ -6,11 +6,16 @@
 /// by weight. The sender keeps every chunk it has read until the receiver acknowledges it, so memory
 /// is bounded by the session's window: at most `windowChunks` chunks are held, over all objects. A
 /// chunk is also read only while it lies within its object's own window past that object's first
-/// unacknowledged chunk, which keeps the receiver's reorder buffer finite. Which object reads next
-/// when several have a chunk ready is the weighted choice (start-time fair queueing on the bytes
-/// admitted ÷ weight, see ``mayRead(object:)``), and the ``ChunkScheduler`` makes the same choice
-/// among chunks waiting for a stream: while two objects of weights 4 and 1 both have data, they get
-/// 4/5 and 1/5 of the bytes. Time is an input (`now`, any monotonic ``Duration`` since the
+/// unacknowledged chunk, which keeps the receiver's reorder buffer finite.
+///
+/// Room in the session's window goes to the objects as *read grants*, by weight: each free slot goes
+/// to the object with the earliest virtual start (bytes granted ÷ weight; start-time fair queueing),
+/// up to ``readAhead`` grants per object, so an object's reader finds its next grant waiting while it
+/// is still reading the previous chunk and a reader that is momentarily away loses nothing. A reader
+/// claims a grant (``claimGrant(object:)``) before it reads a chunk and hands the chunk over with
+/// ``chunkRead(_:size:object:)``. The ``ChunkScheduler`` makes the same weighted choice among chunks
+/// waiting for a stream. While two objects of weights 4 and 1 both have data, they get 4/5 and 1/5
+/// of the bytes. Time is an input (`now`, any monotonic ``Duration`` since the
 /// transfer started); the type never reads a clock.
 public struct TransferSender: Sendable {
     /// A decision to send a chunk on a stream.
@@ -20,10 +25,16 @@ public struct TransferSender: Sendable {
     struct Object: Sendable {
         var windowChunks: Int
         let weight: Int
-        /// Bytes admitted ÷ weight (start-time fair queueing).
+        /// Bytes granted ÷ weight (start-time fair queueing).
         var virtualStart = 0.0
-        /// The chunk its reader has ready, waiting for ``TransferSender/mayRead(object:)``.
-        var waiting: Int?
+        /// Read grants issued and not yet used by a chunk handed over.
+        var granted = 0
+        /// Of those, the ones its reader has claimed (it is reading).
+        var claimed = 0
+        /// The next chunk index its reader hands over (an estimate for grants ahead of the reader).
+        var nextIndex: Int
+        /// Its source has ended: no more grants.
+        var sourceDone = false
         var done: ChunkBitmap
         let skipped: ChunkBitmap
         var lowestUnacknowledged: Int
@@ -53,10 +64,15 @@ public struct TransferSender: Sendable {
     private var objects: [Int: Object] = [:]
     private var lastProgress: [Int: Duration] = [:]
     private var duplicated: Set<ChunkAddress> = []
-    /// The virtual start of the chunk admitted last: an object whose reader was idle rejoins here.
+    /// The virtual start of the grant issued last.
     private var virtualNow = 0.0
     /// Chunks read and not yet acknowledged (first acknowledgement), over all objects.
     private var held = 0
+    /// Read grants not yet used, over all objects.
+    private var granted = 0
+
+    /// Read grants an object may hold at once: the chunk its reader is reading and the next one.
+    public static let readAhead = 2
 
     /// Chunks acknowledged in this attempt.
     public private(set) var chunksAcknowledged = 0
@@ -113,9 +129,11 @@ public struct TransferSender: Sendable {
         precondition(windowChunks > 0, "the window must be positive")
         precondition(objects[object] == nil, "object \(object) was added twice")
         objects[object] = Object(
-            windowChunks: windowChunks, weight: weight, virtualStart: virtualNow, done: present, skipped: present,
+            windowChunks: windowChunks, weight: weight, virtualStart: virtualNow,
+            nextIndex: present.firstAbsent(from: 0), done: present, skipped: present,
             lowestUnacknowledged: present.firstAbsent(from: 0), endChunk: totalChunks)
         scheduler.setWeight(weight, for: object)
+        issueGrants()
     }
 
     /// The objects added so far, in order.
@@ -143,48 +161,41 @@ public struct TransferSender: Sendable {
         objects[object]?.admits(index) ?? false
     }
 
-    /// The reader of `object` has chunk `index` ready; it hands it over (``chunkRead(_:size:object:)``)
-    /// once ``mayRead(object:)`` says so.
-    public mutating func readerWaiting(object: Int, index: Int) {
-        guard objects[object] != nil else { return }
-        if objects[object]!.waiting == nil {
-            // Time spent not wanting to read is not credit: the object rejoins at the current virtual time.
-            objects[object]!.virtualStart = max(objects[object]!.virtualStart, virtualNow)
-        }
-        objects[object]!.waiting = index
+    /// The reader of `object` takes one of the object's read grants before it reads a chunk.
+    /// - Returns: `false` when the object holds no unclaimed grant; ask again after the window moved.
+    public mutating func claimGrant(object: Int) -> Bool {
+        guard let state = objects[object], state.granted > state.claimed else { return false }
+        objects[object]!.claimed += 1
+        return true
     }
 
-    /// Whether the reader of `object` may hand over the chunk it has ready: the chunk lies within the
-    /// object's window, the session's window has room, and no other waiting object that could read
-    /// has an earlier virtual start (ties: the lower object number).
-    public func mayRead(object: Int) -> Bool {
-        guard held < windowChunks, let mine = objects[object], let index = mine.waiting, mine.admits(index) else {
-            return false
-        }
-        return !objects.contains { other, state in
-            guard other != object, let next = state.waiting, state.admits(next) else { return false }
-            return (state.virtualStart, other) < (mine.virtualStart, object)
-        }
-    }
-
-    /// Chunk `index` of `object` was read and is ready to send. It must lie within the object's window
-    /// (readers that share the session ask ``mayRead(object:)`` first).
+    /// Chunk `index` of `object` was read and is ready to send. It must lie within the object's window;
+    /// it uses a grant its reader claimed, if any (tests may hand chunks over without one).
     public mutating func chunkRead(_ index: Int, size: Int, object: Int = 0) {
         precondition(size > 0 && size <= chunkSize, "chunk \(index) has size \(size), chunk size is \(chunkSize)")
         precondition(admits(index, object: object), "chunk \(object)/\(index) is outside the window")
         scheduler.enqueue(CollectionOfOne(ChunkScheduler.Chunk(object: object, index: index, size: size)))
         held += 1
-        virtualNow = objects[object]!.virtualStart
-        objects[object]!.virtualStart += Double(size) / Double(objects[object]!.weight)
-        objects[object]!.waiting = nil
+        if objects[object]!.claimed > 0 {
+            objects[object]!.claimed -= 1
+            objects[object]!.granted -= 1
+            granted -= 1
+        }
+        objects[object]!.nextIndex = objects[object]!.skipped.firstAbsent(from: index + 1)
         objects[object]!.highestRead = max(objects[object]!.highestRead, index)
+        issueGrants()
     }
 
     /// The source of `object` ended: it holds `chunkCount` chunks.
     public mutating func sourceEnded(chunkCount: Int, object: Int = 0) {
         guard objects[object] != nil else { return }
         objects[object]!.endChunk = chunkCount
+        objects[object]!.sourceDone = true
+        granted -= objects[object]!.granted
+        objects[object]!.granted = 0
+        objects[object]!.claimed = 0
         advanceLowest(object)
+        issueGrants()
     }
 
     /// A data stream is ready, allowed `window` bytes unacknowledged.
@@ -236,6 +247,7 @@ public struct TransferSender: Sendable {
         chunksAcknowledged += 1
         held -= 1
         advanceLowest(address.object)
+        issueGrants()
         return true
     }
 
@@ -276,6 +288,29 @@ public struct TransferSender: Sendable {
 
     /// Chunks read and not yet acknowledged.
     public var heldChunks: Int { scheduler.pendingCount + scheduler.inFlightCount }
+
+    /// Hands the free room in the session's window to the objects, one grant at a time, each to the
+    /// eligible object with the earliest virtual start (ties: the lower number). Eligible: its source
+    /// has not ended, it holds fewer than ``readAhead`` grants, and the chunk the grant is for would lie
+    /// within its own window.
+    private mutating func issueGrants() {
+        while held + granted < windowChunks {
+            var best: (object: Int, start: Double)?
+            for (object, state) in objects
+            where !state.sourceDone && state.granted < Self.readAhead && state.admits(state.nextIndex + state.granted) {
+                // A reader away for a long time (a paused stream) keeps at most one window of credit.
+                let credit = Double(windowChunks * chunkSize) / Double(state.weight)
+                let start = max(state.virtualStart, virtualNow - credit)
+                if let current = best, (current.start, current.object) <= (start, object) { continue }
+                best = (object, start)
+            }
+            guard let best else { return }
+            virtualNow = best.start
+            objects[best.object]!.virtualStart = best.start + Double(chunkSize) / Double(objects[best.object]!.weight)
+            objects[best.object]!.granted += 1
+            granted += 1
+        }
+    }
 
     private mutating func advanceLowest(_ object: Int) {
         guard let state = objects[object] else { return }

@@ -131,9 +131,10 @@ struct SenderSessionTests {
         var accept = Self.accept()
         accept.object = 1
         #expect(session.accepted(accept, object: 1, objectSize: 100, weight: 3).isEmpty)
-        // Each object may use the whole session window (400 bytes = 40 chunks of 10), which they share.
+        // The objects share the session's window (400 bytes = 40 chunks of 10); each object's own window
+        // is the receiver's reorder window for it (1000 chunks here).
         #expect(session.transfer?.windowChunks == 40)
-        #expect(session.transfer?.windowChunks(object: 0) == 40 && session.transfer?.windowChunks(object: 1) == 40)
+        #expect(session.transfer?.windowChunks(object: 0) == 1000 && session.transfer?.windowChunks(object: 1) == 1000)
         _ = session.streamReady(0, now: .zero)
         var order: [ChunkAddress] = []
         var pending: [ChunkAddress] = []

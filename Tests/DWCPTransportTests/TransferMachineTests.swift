@@ -188,41 +188,64 @@ struct EndGameTests {
         #expect(!releasedAgain)
     }
 
-    @Test("Readers of one session take turns by weight, and the session window bounds what they all hold")
-    func weightedAdmission() {
-        var sender = TransferSender(chunkSize: 10, windowChunks: 4)
+    /// Two objects of weights 1 and 3 in an 8-chunk session window, one stream.
+    static func weightedPair() -> TransferSender {
+        var sender = TransferSender(chunkSize: 10, windowChunks: 8)
         sender.addObject(0, windowChunks: 100, totalChunks: 100, weight: 1)
         sender.addObject(1, windowChunks: 100, totalChunks: 100, weight: 3)
-        sender.streamOpened(0, window: 40, now: .zero)
+        sender.streamOpened(0, window: 80, now: .zero)
+        return sender
+    }
+
+    @Test("Room in the window goes to the readers by weight, as grants, and the window bounds what they hold")
+    func weightedGrants() {
+        var sender = Self.weightedPair()
         var next = [0, 0]
         var order: [Int] = []
         var inFlight: [ChunkAddress] = []
-        while order.count < 40 {
-            for object in 0..<2 { sender.readerWaiting(object: object, index: next[object]) }
-            let ready = (0..<2).filter { sender.mayRead(object: $0) }
-            #expect(ready.count <= 1, "one reader at a time gets the turn")
-            guard let object = ready.first else {
-                // The session window is full: deliver what is in flight.
-                #expect(sender.heldChunks == 4)
-                for address in inFlight { _ = sender.acknowledged(address, on: 0, now: .zero) }
-                inFlight.removeAll()
-                continue
+        while order.count < 80 {
+            var delivered = false
+            for object in 0..<2 where sender.claimGrant(object: object) {
+                sender.chunkRead(next[object], size: 10, object: object)
+                next[object] += 1
+                order.append(object)
+                delivered = true
             }
-            sender.chunkRead(next[object], size: 10, object: object)
-            next[object] += 1
-            order.append(object)
             inFlight += sender.assign(now: .zero).map(\.chunk.address)
+            if !delivered {
+                // No grant left: the window is full. The oldest chunk is acknowledged, freeing one slot.
+                #expect(sender.heldChunks == 8)
+                _ = sender.acknowledged(inFlight.removeFirst(), on: 0, now: .zero)
+            }
         }
-        #expect(order.filter { $0 == 1 }.count == 30)
-        for start in stride(from: 0, to: 40, by: 4) {
-            #expect(order[start..<start + 4].sorted() == [0, 1, 1, 1])
+        // After the first window, every four slots freed go three to object 1 and one to object 0.
+        let heavy = order.dropFirst(8).filter { $0 == 1 }.count
+        #expect((53...55).contains(heavy), "\(heavy) of 72")
+        // Interleaved: the light object never gets two slots in a row.
+        #expect(!zip(order.dropFirst(8), order.dropFirst(9)).contains { $0 == 0 && $1 == 0 }, "\(order)")
+    }
+
+    @Test("A reader that is away keeps its grants (at most two), and the others get the rest of the window")
+    func absentReaderKeepsGrants() {
+        var sender = Self.weightedPair()
+        var next = 0
+        var inFlight: [ChunkAddress] = []
+        // Object 1's reader never comes (a paused stream); object 0's reads whenever it can.
+        for _ in 0..<50 {
+            while sender.claimGrant(object: 0) {
+                sender.chunkRead(next, size: 10, object: 0)
+                next += 1
+            }
+            inFlight += sender.assign(now: .zero).map(\.chunk.address)
+            _ = sender.acknowledged(inFlight.removeFirst(), on: 0, now: .zero)
         }
-        // An object whose reader has nothing ready does not hold the others up.
-        var alone = TransferSender(chunkSize: 10, windowChunks: 4)
-        alone.addObject(0, windowChunks: 100, totalChunks: 100, weight: 255)
-        alone.addObject(1, windowChunks: 100, totalChunks: 100, weight: 1)
-        alone.readerWaiting(object: 1, index: 0)
-        #expect(alone.mayRead(object: 1) && !alone.mayRead(object: 0))
+        // Object 1 holds two grants for when its reader returns; object 0 moved on with the other six
+        // slots (the last one freed is granted to it and not yet used).
+        #expect(next == 50 + 5 && sender.heldChunks == 5)
+        #expect(sender.claimGrant(object: 1) && sender.claimGrant(object: 1) && !sender.claimGrant(object: 1))
+        // Its source ends: the unused grants go back to the window.
+        sender.sourceEnded(chunkCount: 0, object: 1)
+        #expect(sender.claimGrant(object: 0) && sender.claimGrant(object: 0))
     }
 
     /// An endless source with a 16-chunk window, two streams, four chunks read and assigned.
