@@ -25,7 +25,7 @@ actor SenderCore {
     private(set) var sessionID: UInt64 = 0
     private var token = SessionMessage.Token(bytes: Array(repeating: 0, count: 16))
     private var acceptWaiters: [Int: [CheckedContinuation<(Int, ChunkBitmap), Never>]] = [:]
-    private var readerWaiters: [(object: Int, continuation: CheckedContinuation<Void, Never>)] = []
+    private var readerWaiters: [CheckedContinuation<Void, Never>] = []
 
     private var chunks: [ChunkAddress: ByteBuffer] = [:]
     private var outlets: [Int: Outlet.Continuation] = [:]
@@ -120,7 +120,7 @@ actor SenderCore {
     /// weight among the session's objects).
     func reserve(_ object: Int) async throws {
         while outcome == nil, !session.claimGrant(object: object) {
-            await withCheckedContinuation { readerWaiters.append((object, $0)) }
+            await withCheckedContinuation { readerWaiters.append($0) }
         }
         guard outcome == nil else { throw CancellationError() }
     }
@@ -129,7 +129,7 @@ actor SenderCore {
     func deliver(_ index: Int, of object: Int, _ chunk: ByteBuffer) async throws {
         // Within the grant's room; only after a resume's gaps can the object's own window still hold it back.
         while outcome == nil, !session.admits(index, object: object) {
-            await withCheckedContinuation { readerWaiters.append((object, $0)) }
+            await withCheckedContinuation { readerWaiters.append($0) }
         }
         guard outcome == nil else { throw CancellationError() }
         chunks[ChunkAddress(object: object, index: index)] = chunk
@@ -176,7 +176,7 @@ actor SenderCore {
 
     /// Lets the readers waiting for a grant or for window room check again.
     private func resumeReaders() {
-        for waiter in readerWaiters { waiter.continuation.resume() }
+        for waiter in readerWaiters { waiter.resume() }
         readerWaiters.removeAll()
     }
 

@@ -117,7 +117,8 @@ public enum TransferServer {
         DWCPFrame(type: .control, sessionID: session, sequence: 0, payload: message.encoded)
     }
 
-    /// The control stream: the offers (object 0 opens the session, the others join it) and each
+    /// The control stream: every offer (object 0's opens the session; the sender sends them all at
+    /// once), answered as a whole — an accept per object, or one refusal and nothing kept — then each
     /// object's finish, until every object is committed or the sender goes away.
     private static func serveControl(
         _ first: SessionMessage.Offer,
@@ -126,39 +127,46 @@ public enum TransferServer {
         outbound: NIOAsyncChannelOutboundWriter<DWCPFrame>,
         registry: SessionRegistry
     ) async throws {
-        let sessionID: UInt64
+        var offers = [first]
+        while offers.count < Int(first.objects) {
+            guard let frame = try await iterator.next() else { return }  // gone before offering everything
+            guard frame.type == .control, case .offer(let offer) = try SessionMessage(decoding: frame.payload) else {
+                throw TransportError(
+                    .protocolViolation, expected: "\(first.objects) offers first", found: "a \(frame.type) frame")
+            }
+            offers.append(offer)
+        }
+        var sessionID: UInt64?
+        var accepts: [SessionMessage.Accept] = []
         do {
-            let session = try await registry.open(first, into: nil, peer: peer)
-            sessionID = session.sessionID
-            try await outbound.write(control(.accept(session.accept), session: sessionID))
-        } catch let error as TransportError {
+            for offer in offers {
+                let object = try await registry.open(offer, into: sessionID, peer: peer)
+                sessionID = object.sessionID
+                accepts.append(object.accept)
+            }
+        } catch {
+            // Refused as a whole: the objects opened so far are withdrawn, so no data stream ever attaches.
+            if let sessionID { await registry.withdraw(sessionID) }
             try await outbound.write(control(.refuse(reason: "\(error)"), session: 0))
             return
         }
+        guard let sessionID else { return }
         do {
+            for accept in accepts {
+                try await outbound.write(control(.accept(accept), session: sessionID))
+            }
             while let frame = try await iterator.next() {
-                guard frame.type == .control else { continue }
-                switch try SessionMessage(decoding: frame.payload) {
-                case .offer(let offer):
-                    do {
-                        let session = try await registry.open(offer, into: sessionID, peer: peer)
-                        try await outbound.write(control(.accept(session.accept), session: sessionID))
-                    } catch let error as TransportError {
-                        try await outbound.write(control(.refuse(reason: "\(error)"), session: sessionID))
-                        await registry.withdraw(sessionID)
-                        return
-                    }
-                case .finish(let object, let chunks, let bytes, let digest):
-                    guard let session = await registry.object(Int(object), of: sessionID) else {
-                        throw TransportError(
-                            .protocolViolation, expected: "finish for an accepted object", found: "object \(object)")
-                    }
-                    let (answer, outcome) = await session.finish(totalChunks: chunks, totalBytes: bytes, digest: digest)
-                    try? await outbound.write(control(answer, session: sessionID))
-                    if await registry.committed(Int(object), of: sessionID, outcome) { return }
-                default:
-                    continue
+                guard frame.type == .control,
+                    case .finish(let object, let chunks, let bytes, let digest) = try SessionMessage(
+                        decoding: frame.payload)
+                else { continue }
+                guard let session = await registry.object(Int(object), of: sessionID) else {
+                    throw TransportError(
+                        .protocolViolation, expected: "finish for an accepted object", found: "object \(object)")
                 }
+                let (answer, outcome) = await session.finish(totalChunks: chunks, totalBytes: bytes, digest: digest)
+                try? await outbound.write(control(answer, session: sessionID))
+                if await registry.committed(Int(object), of: sessionID, outcome) { return }
             }
         } catch {}
         // The sender went away: keep what arrived for a resume.
