@@ -39,8 +39,12 @@ fuzz: fuzz-build
 fuzz-smoke: fuzz-build
 	@bash scripts/fuzz.sh $(FUZZ_SMOKE_SECONDS)
 
+FUZZ_TARGETS := WireFrameFuzzer ImageDecoderFuzzer ChunkSummaryFuzzer
+
 fuzz-build: deps
-	FUZZ=1 $(SWIFT) build -c release --sanitize=fuzzer --product WireFrameFuzzer --scratch-path .build-fuzz
+	for target in $(FUZZ_TARGETS); do \
+		FUZZ=1 $(SWIFT) build -c release --sanitize=fuzzer --product $$target --scratch-path .build-fuzz || exit 1; \
+	done
 
 ## bench: every benchmark (long). QUICK=1 for a short version; ARGS passes flags through.
 bench: bench-wire bench-wanem bench-encoding bench-transfer

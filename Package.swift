@@ -214,4 +214,14 @@ if Context.environment["FUZZ"] != nil {
             swiftSettings: strictSettings + [.unsafeFlags(["-parse-as-library"])]
         )
     )
+    for name in ["ImageDecoderFuzzer", "ChunkSummaryFuzzer"] {
+        package.targets.append(
+            .executableTarget(
+                name: name,
+                dependencies: ["DWCPEncoding"],
+                path: "Fuzz/\(name)",
+                swiftSettings: strictSettings + [.unsafeFlags(["-parse-as-library"])]
+            )
+        )
+    }
 }

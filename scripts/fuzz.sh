@@ -4,7 +4,9 @@
 set -euo pipefail
 seconds=${1:?usage: fuzz.sh SECONDS}
 cd "$(dirname "$0")/.."
-targets=(WireFrameFuzzer)
+targets=(WireFrameFuzzer ImageDecoderFuzzer ChunkSummaryFuzzer)
+# Longest input per target: frames are small; seed image streams reach ~25 KB.
+declare -A max_len=([WireFrameFuzzer]=8192 [ImageDecoderFuzzer]=65536 [ChunkSummaryFuzzer]=4096)
 
 corpus=.build-fuzz/corpus
 mkdir -p fuzz-artifacts
@@ -18,12 +20,15 @@ swift build --product novacron >/dev/null
 { printf '\x00'; cat "$corpus/WireFrameFuzzer/sample.dwcp"; } > "$corpus/WireFrameFuzzer/seed-plain"
 { printf '\x01'; cat "$corpus/WireFrameFuzzer/sample.dwcp"; } > "$corpus/WireFrameFuzzer/seed-resealed"
 rm "$corpus/WireFrameFuzzer/sample.dwcp"
+# Seed the encoding corpora with valid streams and summaries (every record kind, stored and compressed).
+swift build --product encoding-bench >/dev/null
+.build/debug/encoding-bench --fuzz-seeds "$corpus/ImageDecoderFuzzer" "$corpus/ChunkSummaryFuzzer" >/dev/null
 
 for target in "${targets[@]}"; do
     log=$(mktemp)
     echo "fuzz: $target for ${seconds}s"
     if ! SWIFT_BACKTRACE=enable=no ".build-fuzz/release/$target" \
-        -max_total_time="$seconds" -max_len=8192 -timeout=10 -rss_limit_mb=2048 \
+        -max_total_time="$seconds" -max_len="${max_len[$target]}" -timeout=10 -rss_limit_mb=2048 \
         -artifact_prefix="fuzz-artifacts/$target-" -print_final_stats=1 \
         "$corpus/$target" >"$log" 2>&1; then
         tail -40 "$log"

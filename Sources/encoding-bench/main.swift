@@ -3,12 +3,13 @@
 //
 //   encoding-bench [--runs N] [--levels 1,3] [--no-cli] [--zstd19] IMAGE [IMAGE2]
 //   encoding-bench --chunk-store DIR [--runs N] [--chunks N]   (see ChunkStoreBench.swift)
+//   encoding-bench --fuzz-seeds IMAGE_DIR SUMMARY_DIR            (seed corpora for `make fuzz`)
 //
 // --zstd19 adds `zstd -19 --long=27` for the first image (it runs at a few MB/s). With two images the second
 // is also encoded against the first as its baseline (the pages the receiver already holds), next to
 // `zstd -3 --patch-from=FIRST`, zstd's own delta mode. Ratios are original bytes ÷ encoded bytes; speeds are
 // MB/s (10^6 bytes) of image on one core, the median of N runs; every HDE decode is checked byte for byte.
-import DWCPEncoding
+@_spi(Fuzzing) import DWCPEncoding
 
 #if canImport(Glibc)
     import Glibc
@@ -38,6 +39,30 @@ func readFile(_ path: String) -> [UInt8] {
         }
         count = size
     }
+}
+
+func writeFile(_ path: String, _ bytes: [UInt8]) {
+    let descriptor = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+    guard descriptor >= 0 else { fail("cannot create \(path)") }
+    defer { close(descriptor) }
+    guard bytes.withUnsafeBytes({ write(descriptor, $0.baseAddress, $0.count) }) == bytes.count else {
+        fail("cannot write \(path)")
+    }
+}
+
+/// Writes the encoding fuzzers' seed corpora (valid image streams and chunk summaries) and exits.
+func writeFuzzSeeds(imageDirectory: String, summaryDirectory: String) -> Never {
+    do {
+        for (index, seed) in try EncodingFuzzing.imageSeeds().enumerated() {
+            writeFile("\(imageDirectory)/seed-\(index)", seed)
+        }
+    } catch {
+        fail("cannot build the image seeds: \(error)")
+    }
+    for (index, seed) in EncodingFuzzing.summarySeeds().enumerated() {
+        writeFile("\(summaryDirectory)/seed-\(index)", seed)
+    }
+    exit(0)
 }
 
 func seconds(_ duration: Duration) -> Double {
@@ -145,6 +170,8 @@ while !arguments.isEmpty {
     case "--chunks": storeChunks = number(arguments.removeFirst())
     case "--chunk-store-writer":
         runChunkStoreWriter(directory: arguments.removeFirst(), seed: UInt64(number(arguments.removeFirst())))
+    case "--fuzz-seeds":
+        writeFuzzSeeds(imageDirectory: arguments.removeFirst(), summaryDirectory: arguments.removeFirst())
     default: paths.append(argument)
     }
 }

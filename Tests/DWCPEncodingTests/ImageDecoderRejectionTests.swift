@@ -1,6 +1,6 @@
 import Testing
 
-@testable import DWCPEncoding
+@_spi(Fuzzing) @testable import DWCPEncoding
 
 @Suite struct ImageDecoderRejectionTests {
     static let page = ImageFormat.pageSize
@@ -161,5 +161,34 @@ import Testing
         }
         #expect(failures.values.reduce(0, +) + decoded == 20_000)
         #expect(failures.count >= 5, "\(failures)")
+    }
+
+    /// The fuzz targets' bodies (`make fuzz`) on their seeds and on seeded mutations of them: the seeds
+    /// decode, and no mutation breaks a promise the harness checks (it traps if one does).
+    @Test func fuzzHarnessesHoldOnSeedsAndMutations() throws {
+        let seeds = try EncodingFuzzing.imageSeeds()
+        for seed in seeds {
+            #expect(
+                (try? ImageDecoder().decode(seed, baseline: EncodingFuzzing.baseline, chunks: EncodingFuzzing.chunks))
+                    != nil)
+        }
+        let summaries = EncodingFuzzing.summarySeeds()
+        #expect(summaries.allSatisfy { (try? ChunkSummary(serialized: $0)) != nil })
+        var generator = SeededGenerator(seed: 0xF077)
+        for round in 0..<2_000 {
+            let pool = round % 2 == 0 ? seeds : summaries
+            var input = pool[Int(generator.next() % UInt64(pool.count))]
+            for _ in 0...(generator.next() % 3) where !input.isEmpty {
+                let position = Int(generator.next() % UInt64(input.count))
+                input[position] ^= UInt8(truncatingIfNeeded: generator.next() | 1)
+            }
+            input.withUnsafeBytes {
+                if round % 2 == 0 {
+                    EncodingFuzzing.exerciseImageDecoder($0)
+                } else {
+                    EncodingFuzzing.exerciseChunkSummary($0)
+                }
+            }
+        }
     }
 }
