@@ -2,8 +2,9 @@ import CXXHash
 
 /// The identity of a chunk or page: its XXH3-128 digest.
 ///
-/// XXH3-128 is fast (see docs/encoding.md) but not cryptographic: identities are only compared between
-/// cooperating peers. A chunk store that must resist crafted collisions keys by SHA-256 instead.
+/// XXH3-128 is fast (see docs/encoding.md) but not cryptographic: it finds duplicate pages within an image
+/// (confirmed with `memcmp`) and names whole images, never what a receiver's store serves; that is named by
+/// SHA-256 (``ChunkKey``).
 public struct ChunkIdentity: Hashable, Sendable, CustomStringConvertible {
     /// The low 64 bits of the digest.
     public let low: UInt64
@@ -42,28 +43,29 @@ public struct ChunkIdentity: Hashable, Sendable, CustomStringConvertible {
     }
 }
 
-/// The chunks a receiver is known to hold, as the sender sees them (HDE stage 2).
+/// The chunks a receiver is known to hold, as the sender sees them (HDE stage 2), by their SHA-256.
 ///
 /// The persistent, content-addressed chunk store implements this; a session announces it to the sender.
 /// `contains` MUST return true only for chunks the receiver can produce through ``ChunkProvider``.
 public protocol KnownChunks {
-    /// Whether the receiver holds the chunk with this identity.
-    /// - Parameter identity: A chunk identity.
+    /// Whether the receiver holds the chunk with this key.
+    /// - Parameter key: A chunk's SHA-256.
     /// - Returns: True if the receiver can produce the chunk.
-    func contains(_ identity: ChunkIdentity) -> Bool
+    func contains(_ key: ChunkKey) -> Bool
 }
 
-/// The receiver's side of ``KnownChunks``: the contents of chunks by identity.
+/// The receiver's side of ``KnownChunks``: the contents of chunks by SHA-256.
 public protocol ChunkProvider {
     /// The contents of a chunk, or nil if it is not held.
-    /// - Parameter identity: A chunk identity.
-    /// - Returns: The chunk's bytes. Implementations SHOULD verify them against the identity.
-    func contents(of identity: ChunkIdentity) -> [UInt8]?
+    /// - Parameter key: A chunk's SHA-256.
+    /// - Returns: The chunk's bytes. Implementations SHOULD verify them (the image decoder also checks
+    ///   the whole image's identity).
+    func contents(of key: ChunkKey) -> [UInt8]?
 }
 
 /// An in-memory chunk set, for tests and for a session's short-lived state.
 public struct InMemoryChunkStore: KnownChunks, ChunkProvider, Sendable {
-    private var chunks: [ChunkIdentity: [UInt8]] = [:]
+    private var chunks: [ChunkKey: [UInt8]] = [:]
 
     /// Creates an empty store.
     public init() {}
@@ -73,25 +75,25 @@ public struct InMemoryChunkStore: KnownChunks, ChunkProvider, Sendable {
 
     /// Adds a chunk.
     /// - Parameter bytes: The chunk's content.
-    /// - Returns: Its identity.
+    /// - Returns: Its key.
     @discardableResult
-    public mutating func insert(_ bytes: [UInt8]) -> ChunkIdentity {
-        let identity = ChunkIdentity(of: bytes)
-        chunks[identity] = bytes
-        return identity
+    public mutating func insert(_ bytes: [UInt8]) -> ChunkKey {
+        let key = ChunkKey(of: bytes)
+        chunks[key] = bytes
+        return key
     }
 
     /// Whether the store holds the chunk.
-    /// - Parameter identity: A chunk identity.
+    /// - Parameter key: A chunk's SHA-256.
     /// - Returns: True if held.
-    public func contains(_ identity: ChunkIdentity) -> Bool {
-        chunks[identity] != nil
+    public func contains(_ key: ChunkKey) -> Bool {
+        chunks[key] != nil
     }
 
     /// The chunk's content, or nil.
-    /// - Parameter identity: A chunk identity.
+    /// - Parameter key: A chunk's SHA-256.
     /// - Returns: The bytes, if held.
-    public func contents(of identity: ChunkIdentity) -> [UInt8]? {
-        chunks[identity]
+    public func contents(of key: ChunkKey) -> [UInt8]? {
+        chunks[key]
     }
 }

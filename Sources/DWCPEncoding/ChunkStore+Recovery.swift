@@ -57,9 +57,6 @@ extension PersistentChunkStore {
             index[header.key] = Location(
                 identity: header.identity, segment: segment.number, offset: offset, length: header.length,
                 lastUse: 0)
-            if identities[header.identity] == nil {
-                identities[header.identity] = header.key
-            }
             segmentKeys[segment.number, default: []].append(header.key)
             offset = end
         }

@@ -26,9 +26,9 @@
 ///   that were used (read, or put again) since they were written are first appended anew — a second-chance (CLOCK)
 ///   approximation of LRU — up to half of that segment's size, most recently used first.
 ///
-/// The store implements ``KnownChunks`` and ``ChunkProvider`` through the XXH3-128 identity kept in each record,
-/// so ``ImageDecoder`` resolves `known` records from it; see docs/encoding.md for what that identity can and cannot
-/// guarantee. It is a non-`Sendable` class that owns file descriptors: confine it to one thread or actor.
+/// The store implements ``KnownChunks`` and ``ChunkProvider`` by its SHA-256 keys, so ``ImageDecoder`` resolves
+/// `known` records (image stream version 2) from it. It is a non-`Sendable` class that owns file descriptors:
+/// confine it to one thread or actor.
 public final class PersistentChunkStore: KnownChunks, ChunkProvider {
     /// Segment size and total size cap.
     public struct Configuration: Sendable, Hashable {
@@ -112,7 +112,6 @@ public final class PersistentChunkStore: KnownChunks, ChunkProvider {
     public internal(set) var recovery = RecoveryReport()
 
     var index: [ChunkKey: Location] = [:]
-    var identities: [ChunkIdentity: ChunkKey] = [:]
     /// Open segments by number; `order` lists their numbers oldest first, the last one takes appends.
     var segments: [UInt64: ChunkSegment] = [:]
     var order: [UInt64] = []
@@ -239,9 +238,6 @@ public final class PersistentChunkStore: KnownChunks, ChunkProvider {
         }
         let identity = ChunkIdentity(of: bytes)
         try append(key: key, identity: identity, data: bytes, lastUse: 0)
-        if identities[identity] == nil {
-            identities[identity] = key
-        }
         try evictIfNeeded()
         return key
     }
@@ -272,9 +268,9 @@ public final class PersistentChunkStore: KnownChunks, ChunkProvider {
         return Array(data)
     }
 
-    /// Whether the store holds a chunk.
+    /// Whether the store holds a chunk (also ``KnownChunks``).
     /// - Parameter key: A chunk key.
-    /// - Returns: True if ``get(_:)`` would find it.
+    /// - Returns: True if ``get(_:)`` would find it (unless it turns out corrupt).
     public func contains(_ key: ChunkKey) -> Bool {
         index[key] != nil
     }
@@ -327,26 +323,16 @@ public final class PersistentChunkStore: KnownChunks, ChunkProvider {
         }
     }
 
-    // MARK: KnownChunks and ChunkProvider
+    // MARK: ChunkProvider
 
-    /// Whether the store holds a chunk with this XXH3-128 identity (``KnownChunks``).
-    /// - Parameter identity: A chunk identity.
-    /// - Returns: True if ``contents(of:)`` can produce it (unless it turns out corrupt).
-    public func contains(_ identity: ChunkIdentity) -> Bool {
-        identities[identity] != nil
-    }
-
-    /// The content of the chunk with this XXH3-128 identity (``ChunkProvider``), checked against the identity.
+    /// The content of the chunk with this SHA-256 (``ChunkProvider``), checked against its record checksums.
     ///
     /// A corrupt record yields nil (and is dropped), which ``ImageDecoder`` reports as an unknown chunk; call
     /// ``get(_:)`` to see the typed error.
-    /// - Parameter identity: A chunk identity.
+    /// - Parameter key: A chunk's SHA-256.
     /// - Returns: The bytes, or nil if not held or corrupt.
-    public func contents(of identity: ChunkIdentity) -> [UInt8]? {
-        guard let key = identities[identity], let bytes = try? get(key), ChunkIdentity(of: bytes) == identity else {
-            return nil
-        }
-        return bytes
+    public func contents(of key: ChunkKey) -> [UInt8]? {
+        try? get(key)
     }
 
     // MARK: Internals shared with recovery and eviction
@@ -365,12 +351,7 @@ public final class PersistentChunkStore: KnownChunks, ChunkProvider {
 
     /// Drops a chunk from the index (its bytes stay in the segment until the segment is evicted).
     func forget(_ key: ChunkKey) {
-        guard let location = index.removeValue(forKey: key) else {
-            return
-        }
-        if identities[location.identity] == key {
-            identities[location.identity] = nil
-        }
+        index.removeValue(forKey: key)
     }
 
     func ensureScratch(_ count: Int) {

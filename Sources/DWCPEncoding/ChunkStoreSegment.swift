@@ -16,7 +16,7 @@ import CXXHash
 /// | 8 | 4 | data length |
 /// | 12 | 4 | reserved, 0 |
 /// | 16 | 32 | key: SHA-256 of the data |
-/// | 48 | 16 | XXH3-128 identity of the data (low half first), for ``ChunkProvider`` look-ups |
+/// | 48 | 16 | XXH3-128 identity of the data (low half first); recorded, not indexed |
 /// | 64 | 8 | data checksum: XXH3-64 of the data |
 /// | 72 | 8 | header checksum: XXH3-64 of bytes 0..<72 (so it covers the data checksum too) |
 /// | 80 | n | data |

@@ -278,10 +278,10 @@ public final class ImageDecoder {
                     (base + start).copyMemory(from: base + earlier * pageSize, byteCount: length)
                 }
             case .known:
-                let identity = ChunkIdentity(low: try reader.read(UInt64.self), high: try reader.read(UInt64.self))
-                guard let contents = chunks?.contents(of: identity), contents.count == length else {
+                let key = ChunkKey(bytes: try reader.readBytes(ChunkKey.byteCount))!
+                guard let contents = chunks?.contents(of: key), contents.count == length else {
                     throw EncodingError(
-                        .unknownChunk, expected: "a \(length)-byte chunk \(identity) in the receiver's store",
+                        .unknownChunk, expected: "a \(length)-byte chunk \(key) in the receiver's store",
                         found: chunks == nil ? "no chunk store" : "no such chunk",
                         advice: "the sender's view of the receiver's chunks is stale; resend without it")
                 }

@@ -200,12 +200,15 @@ public final class ImageEncoder {
             } else {
                 firstIndex[identity] = UInt32(index)
             }
-            if let known, known.contains(identity) {
-                kind = .known
-                body.append(kind.rawValue)
-                body.appendLittleEndian(identity.low)
-                body.appendLittleEndian(identity.high)
-                return
+            if let known {
+                // SHA-256 only when the receiver's chunks are known: ~2.6 µs per page (XXH3-128: ~0.2 µs).
+                let key = ChunkKey(of: page)
+                if known.contains(key) {
+                    kind = .known
+                    body.append(kind.rawValue)
+                    body.append(contentsOf: key.bytes)
+                    return
+                }
             }
         }
         if let old {

@@ -1,7 +1,7 @@
-/// The HDE image record stream, version 1 (specified in docs/encoding.md).
+/// The HDE image record stream, version 2 (specified in docs/encoding.md).
 ///
 /// ```
-/// header   "NCHD" | version u8 = 1 | flags u8 | pageSizeLog2 u8 = 12 | reserved u8 = 0
+/// header   "NCHD" | version u8 = 2 | flags u8 | pageSizeLog2 u8 = 12 | reserved u8 = 0
 ///          | imageLength u64 | baselineLength u64 | baselineIdentity 16 bytes      (40 bytes)
 /// batch    'B' | bodyEncoding u8 | pageCount u16 | storedLength u32 | bodyLength u32 | bodyHash u64
 ///          | storedLength bytes (the body, raw or one zstd frame)                    (20 + n bytes)
@@ -13,7 +13,7 @@ public enum ImageFormat {
     /// The four bytes every stream starts with.
     public static let magic: [UInt8] = Array("NCHD".utf8)
     /// The only version this module writes and reads.
-    public static let version: UInt8 = 1
+    public static let version: UInt8 = 2
     /// The page size (4 KiB, as the x86 and ARM MMUs and QEMU's RAM migration use).
     public static let pageSize = 4096
     static let pageSizeLog2: UInt8 = 12
@@ -49,7 +49,8 @@ public enum ImageFormat {
         case unchanged = 2
         /// Identical to an earlier page of this image: varint page index.
         case duplicate = 3
-        /// Identical to a chunk the receiver holds: 16-byte XXH3-128 identity (low half first).
+        /// Identical to a chunk the receiver holds: its 32-byte SHA-256 (``ChunkKey``). Version 1 named it by
+        /// its XXH3-128 identity, which a hostile sender can collide.
         case known = 4
         /// XOR against the baseline page, zero-run encoded: varint length, then the runs.
         case delta = 5

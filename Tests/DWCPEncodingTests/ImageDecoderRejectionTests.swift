@@ -88,7 +88,9 @@ import Testing
             }?.code
         }
         #expect(code(patching: 0, with: 0) == .badMagic)
-        #expect(code(patching: 4, with: 2) == .unsupportedVersion)
+        // Version 1 named `known` chunks by XXH3-128; its streams are refused, as is any other version.
+        #expect(code(patching: 4, with: 1) == .unsupportedVersion)
+        #expect(code(patching: 4, with: 3) == .unsupportedVersion)
         #expect(code(patching: 5, with: 3) == .malformedHeader)
         #expect(code(patching: 6, with: 13) == .malformedHeader)
         #expect(code(patching: 15, with: 1) == .limitExceeded)  // image length's top byte
