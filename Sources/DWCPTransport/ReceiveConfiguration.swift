@@ -1,9 +1,26 @@
+#if canImport(Glibc)
+    import Glibc
+#endif
+
 /// Where a receiver puts what arrives.
 public enum ReceiveDestination: Sendable, Hashable {
     /// A file path, or an existing directory (the object keeps the sender's file name there).
     case path(String)
     /// Standard output, in order (a transfer to standard output cannot resume).
     case standardOutput
+    /// An open, writable descriptor — a pipe or socket, e.g. the one a QEMU started with `-incoming`
+    /// reads its migration stream from — written in order; like standard output it takes one object
+    /// and cannot resume. The caller keeps it open until the receive returns.
+    case descriptor(Int32)
+
+    /// The descriptor a stream destination writes, `nil` for a path.
+    public var streamDescriptor: Int32? {
+        switch self {
+        case .path: nil
+        case .standardOutput: STDOUT_FILENO
+        case .descriptor(let descriptor): descriptor
+        }
+    }
 }
 
 /// How `TransferServer.receive` behaves.

@@ -12,7 +12,8 @@ import NIOCore
 /// Chunks are written where they belong (`pwrite`) as they arrive, and each stored chunk's index is
 /// appended to a journal next to the partial file; the journal is the chunk bitmap a resumed
 /// transfer starts from. The SHA-256 follows the contiguous prefix: chunks that arrive ahead of it are
-/// read back from the file (page cache) when the prefix reaches them, or, for standard output, wait
+/// read back from the file (page cache) when the prefix reaches them, or, for a stream (standard output, a
+/// descriptor), wait
 /// in memory (at most the window). Writeback to disk starts behind the prefix (``WritebackSchedule``),
 /// so the `fsync` before the commit is short. The object appears
 /// under its final name only after the whole SHA-256 matched the sender's and the data was synced;
@@ -28,6 +29,8 @@ actor ReceiverSession {
     private let partialPath: String?
     private let journalPath: String?
     private var dataDescriptor: Int32
+    /// Where a stream destination writes, in order; `nil` for a file.
+    private let streamDescriptor: Int32?
     private var journalDescriptor: Int32
     private var hasher = SHA256()
     private var hashedUpTo = 0
@@ -58,6 +61,7 @@ actor ReceiverSession {
     ) throws {
         self.sessionID = sessionID
         self.offer = offer
+        self.streamDescriptor = configuration.destination.streamDescriptor
         self.peer = peer
         guard (4096...DWCPFrameLimitsForTransport.maximumChunkSize).contains(Int(offer.chunkSize)) else {
             throw TransportError(
@@ -69,7 +73,7 @@ actor ReceiverSession {
         var chunkSize = sessionChunkSize ?? Int(offer.chunkSize)
         var present = ChunkBitmap()
         switch configuration.destination {
-        case .standardOutput:
+        case .standardOutput, .descriptor:
             dataDescriptor = -1
             journalDescriptor = -1
             finalPath = nil
@@ -77,7 +81,7 @@ actor ReceiverSession {
             journalPath = nil
             if offer.resume {
                 throw TransportError(
-                    .invalidArgument, expected: "a file destination to resume into", found: "standard output")
+                    .invalidArgument, expected: "a file destination to resume into", found: "a stream")
             }
         case .path(let path):
             let target = try Self.resolve(path, name: offer.name)
@@ -106,7 +110,7 @@ actor ReceiverSession {
         // configured one. A file reads them back from the page cache, so its window can span more: a
         // chunk stuck on a slow stream, or an object sharing the sender's window with others, does not
         // stop the chunks behind it (the sender's own window still bounds what is in flight).
-        let spread = configuration.destination == .standardOutput ? 1 : ReceiveConfiguration.fileWindowSpread
+        let spread = configuration.destination.streamDescriptor != nil ? 1 : ReceiveConfiguration.fileWindowSpread
         let windowChunks = max(4, spread * configuration.windowBytes / chunkSize)
         machine = TransferReceiver(
             chunkSize: chunkSize, windowChunks: windowChunks, declaredBytes: offer.totalBytes, present: present)
@@ -314,8 +318,9 @@ actor ReceiverSession {
                 chunk = try readBack(hashedUpTo)
             }
             chunk.withUnsafeReadableBytes { hasher.update(bufferPointer: $0) }
-            if finalPath == nil {
-                try Self.writeAll(STDOUT_FILENO, chunk, what: "standard output")
+            if let stream = streamDescriptor {
+                try Self.writeAll(
+                    stream, chunk, what: stream == STDOUT_FILENO ? "standard output" : "descriptor \(stream)")
             }
             hashedUpTo += 1
         }

@@ -59,14 +59,18 @@ public enum TransferClient {
         progress: @escaping @Sendable (TransferProgress) -> Void = { _ in },
         reconnecting: @escaping @Sendable (ReconnectNotice) -> Void = { _ in }
     ) async throws -> SendReport {
-        let streams = objects.filter { if case .standardInput = $0.source { true } else { false } }.count
-        guard !objects.isEmpty, objects.count < ChunkAddress.maximumObjects, streams <= 1 else {
+        let descriptors = objects.compactMap(\.source.streamDescriptor)
+        guard !objects.isEmpty, objects.count < ChunkAddress.maximumObjects,
+            Set(descriptors).count == descriptors.count
+        else {
             throw TransportError(
                 .invalidArgument,
-                expected: "1 to \(ChunkAddress.maximumObjects - 1) objects, standard input at most once",
-                found: "\(objects.count) objects, standard input \(streams) times"
+                expected:
+                    "1 to \(ChunkAddress.maximumObjects - 1) objects, each stream (standard input, a descriptor) once",
+                found: "\(objects.count) objects, streams on descriptors \(descriptors)"
             )
         }
+        let streams = descriptors.count
         var attempt = configuration
         var policy = ReconnectPolicy(
             attempts: configuration.reconnectAttempts, firstDelay: configuration.reconnectDelay,
@@ -119,7 +123,7 @@ public enum TransferClient {
             throw TransportError(
                 .invalidArgument,
                 expected: "a file to resume",
-                found: "standard input",
+                found: "a stream (standard input or a descriptor)",
                 advice: "a stream cannot be read twice; send it again without --resume"
             )
         }

@@ -252,9 +252,9 @@ actor SessionRegistry {
             throw TransportError(.refused, expected: "a receiver still waiting", found: "a finished receiver")
         }
         let objects = Int(offer.objects)
-        if configuration.destination == .standardOutput, objects > 1 {
+        if configuration.destination.streamDescriptor != nil, objects > 1 {
             throw TransportError(
-                .invalidArgument, expected: "one object for standard output", found: "\(objects) objects",
+                .invalidArgument, expected: "one object for a stream destination", found: "\(objects) objects",
                 advice: "give the receiver --out DIR")
         }
         let id: UInt64

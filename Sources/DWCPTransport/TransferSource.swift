@@ -7,12 +7,30 @@ import NIOPosix
 #endif
 
 /// What a sender reads: a file (its size known, so a transfer can resume) or a stream such as
-/// standard input (read once, in order, length unknown until it ends).
+/// standard input or a pipe from QEMU's migration (read once, in order, length unknown until it ends).
 public enum TransferSource: Sendable {
     /// A regular file.
     case file(path: String)
     /// Standard input.
     case standardInput
+    /// An open, readable descriptor — a pipe or socket, e.g. the one QEMU writes its migration stream
+    /// to — read to its end. The caller keeps it open until the send returns and closes it after.
+    case descriptor(Int32, name: String)
+
+    /// Whether it can be read again from the start (only a file can: a resumed or re-established
+    /// session needs that).
+    public var isRereadable: Bool {
+        if case .file = self { true } else { false }
+    }
+
+    /// The descriptor a stream source reads, `nil` for a file.
+    var streamDescriptor: Int32? {
+        switch self {
+        case .file: nil
+        case .standardInput: STDIN_FILENO
+        case .descriptor(let descriptor, _): descriptor
+        }
+    }
 }
 
 /// Reads a source chunk by chunk, in order, hashing everything it reads (the end-to-end SHA-256).
@@ -28,10 +46,10 @@ final class SourceReader: @unchecked Sendable {
 
     init(_ source: TransferSource) throws {
         switch source {
-        case .standardInput:
-            descriptor = STDIN_FILENO
+        case .standardInput, .descriptor:
+            descriptor = source.streamDescriptor!
             ownsDescriptor = false
-            name = "stdin"
+            if case .descriptor(_, let given) = source { name = given } else { name = "stdin" }
             size = nil
             transferID = (0..<16).map { _ in UInt8.random(in: .min ... .max) }
         case .file(let path):

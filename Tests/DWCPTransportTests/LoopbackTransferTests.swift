@@ -331,6 +331,47 @@ struct LoopbackTransferTests {
                 configuration: Self.sendConfiguration(port: port))
         }
         #expect(invalid?.code == .invalidArgument)
+        let pipe = Pipe()
+        let twice = await #expect(throws: TransportError.self) {
+            let stream = TransferSource.descriptor(pipe.fileHandleForReading.fileDescriptor, name: "s")
+            _ = try await TransferClient.send(
+                objects: [TransferObject(stream), TransferObject(stream)],
+                configuration: Self.sendConfiguration(port: port))
+        }
+        #expect(twice?.code == .invalidArgument)
+    }
+
+    @Test("A stream read from a pipe arrives whole and in order in another pipe (QEMU's migration streams)")
+    func pipeToPipe() async throws {
+        let bytes = [UInt8](FileHandle(forReadingAtPath: "/dev/urandom")!.readData(ofLength: 5_000_003))
+        let input = Pipe()
+        let output = Pipe()
+        let (ports, portSink) = AsyncStream.makeStream(of: Int.self)
+        var receive = ReceiveConfiguration(
+            host: "127.0.0.1", port: 0, security: .mutualTLS(Self.receiverIdentity), nodeName: "receiver",
+            destination: .descriptor(output.fileHandleForWriting.fileDescriptor))
+        receive.windowBytes = 2 << 20
+        let receiver = Task {
+            try await TransferServer.receive(configuration: receive, onListening: { portSink.yield($0) })
+        }
+        var iterator = ports.makeAsyncIterator()
+        let port = await iterator.next()!
+        // The other ends, as QEMU would hold them: one writes the stream, one reads it back.
+        let writer = Thread {
+            input.fileHandleForWriting.write(Data(bytes))
+            try? input.fileHandleForWriting.close()
+        }
+        writer.start()
+        let collected = Task.detached { output.fileHandleForReading.readDataToEndOfFile() }
+        var configuration = Self.sendConfiguration(port: port)
+        configuration.chunkSize = 64 << 10
+        let sent = try await TransferClient.send(
+            .descriptor(input.fileHandleForReading.fileDescriptor, name: "migration"), configuration: configuration)
+        let received = try await receiver.value
+        try output.fileHandleForWriting.close()
+        #expect([UInt8](await collected.value) == bytes)
+        #expect(sent.bytes == UInt64(bytes.count) && sent.sha256 == received.sha256)
+        #expect(sent.objects.map(\.name) == ["migration"] && received.path == nil)
     }
 
     @Test("A chosen congestion control is set on the data sockets and the transfer verifies")
