@@ -39,7 +39,7 @@ fuzz: fuzz-build
 fuzz-smoke: fuzz-build
 	@bash scripts/fuzz.sh $(FUZZ_SMOKE_SECONDS)
 
-FUZZ_TARGETS := WireFrameFuzzer ImageDecoderFuzzer ChunkSummaryFuzzer
+FUZZ_TARGETS := WireFrameFuzzer ImageDecoderFuzzer ChunkSummaryFuzzer SegmentRecoveryFuzzer
 
 fuzz-build: deps
 	for target in $(FUZZ_TARGETS); do \

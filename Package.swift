@@ -214,7 +214,7 @@ if Context.environment["FUZZ"] != nil {
             swiftSettings: strictSettings + [.unsafeFlags(["-parse-as-library"])]
         )
     )
-    for name in ["ImageDecoderFuzzer", "ChunkSummaryFuzzer"] {
+    for name in ["ImageDecoderFuzzer", "ChunkSummaryFuzzer", "SegmentRecoveryFuzzer"] {
         package.targets.append(
             .executableTarget(
                 name: name,

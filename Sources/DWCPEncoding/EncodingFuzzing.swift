@@ -1,3 +1,7 @@
+#if canImport(Glibc)
+    import Glibc
+#endif
+
 /// The bodies of the encoding fuzz targets: the libFuzzer executables (`make fuzz`) and the tests in
 /// `make test` both call these, so the promises they check are the same in both.
 @_spi(Fuzzing)
@@ -92,6 +96,91 @@ public enum EncodingFuzzing {
             var summary = ChunkSummary(expectedCount: max(count, 1))
             for index in 0..<count { summary.insert(ChunkKey(of: pattern(16, seed: UInt64(index) + 11))) }
             return summary.serialized()
+        }
+    }
+
+    /// Writes `input` as the only segment of a fresh chunk store in `directory` (which must exist and
+    /// be empty), opens the store and traps when a promise breaks: opening either throws an
+    /// ``EncodingError`` or recovers a store in which every chunk it indexed reads back with exactly
+    /// its SHA-256 or fails with a typed error (and is then no longer held), and which still takes and
+    /// returns a new chunk. The directory is emptied again before returning.
+    /// - Parameters:
+    ///   - input: Arbitrary bytes, taken as the content of `segment-0000000000000001.log`.
+    ///   - directory: A scratch directory of the caller's.
+    public static func exerciseSegmentRecovery(_ input: UnsafeRawBufferPointer, directory: String) {
+        let path = directory + "/" + ChunkSegment.fileName(1)
+        defer { removeContents(of: directory) }
+        let descriptor = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+        precondition(descriptor >= 0, "cannot create \(path)")
+        let written = input.isEmpty ? 0 : write(descriptor, input.baseAddress, input.count)
+        close(descriptor)
+        precondition(written == input.count, "cannot write \(path)")
+        checkRecovery(directory: directory, seed: UInt64(input.count))
+    }
+
+    /// Opens the store in `directory` and checks what it recovered; the store is closed on return.
+    private static func checkRecovery(directory: String, seed: UInt64) {
+        let store: PersistentChunkStore
+        do {
+            store = try PersistentChunkStore(directory: directory, configuration: .init(segmentCapacity: 1 << 20))
+        } catch {
+            precondition(error.code != .storeInUse, "a store of an earlier input is still open")
+            return  // a typed error: the promise holds
+        }
+        for key in Array(store.index.keys) {
+            do {
+                if let bytes = try store.get(key) {
+                    precondition(ChunkKey(of: bytes) == key, "a recovered chunk read back with another SHA-256")
+                }
+            } catch {
+                precondition(!store.contains(key), "a chunk that failed to read is still held")
+            }
+        }
+        do {
+            let fresh = pattern(100, seed: seed)
+            let key = try store.put(fresh)
+            let back = try store.get(key)
+            precondition(back == fresh, "a recovered store returned a new chunk wrongly")
+        } catch {
+            preconditionFailure("a recovered store failed to take a new chunk: \(error)")
+        }
+    }
+
+    /// Valid segments (one record; three records of 0, 1 and 300 bytes): the recovery fuzzer's seeds.
+    public static func segmentSeeds(scratch directory: String) throws(EncodingError) -> [[UInt8]] {
+        var seeds: [[UInt8]] = []
+        for lengths in [[5], [0, 1, 300]] {
+            try writeSegment(lengths: lengths, directory: directory)
+            let path = directory + "/" + ChunkSegment.fileName(1)
+            let descriptor = open(path, O_RDONLY | O_CLOEXEC)
+            var bytes: [UInt8] = []
+            var buffer = [UInt8](repeating: 0, count: 4096)
+            while descriptor >= 0, case let count = read(descriptor, &buffer, buffer.count), count > 0 {
+                bytes += buffer[0..<count]
+            }
+            if descriptor >= 0 { close(descriptor) }
+            removeContents(of: directory)
+            seeds.append(bytes)
+        }
+        return seeds
+    }
+
+    /// Puts chunks of `lengths` into a fresh store in `directory` and closes it.
+    private static func writeSegment(lengths: [Int], directory: String) throws(EncodingError) {
+        let store = try PersistentChunkStore(directory: directory)
+        for (index, length) in lengths.enumerated() { _ = try store.put(pattern(length, seed: UInt64(index))) }
+        try store.sync()
+    }
+
+    /// Deletes the files in `directory` (a flat scratch directory).
+    private static func removeContents(of directory: String) {
+        guard let stream = opendir(directory) else { return }
+        defer { closedir(stream) }
+        while let entry = readdir(stream) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) {
+                String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self)
+            }
+            if name != "." && name != ".." { unlink(directory + "/" + name) }
         }
     }
 }
