@@ -49,6 +49,10 @@ var package = Package(
             path: "Sources/CNovaCronSystem"
         ),
         .target(
+            name: "NovaCronMigration",
+            swiftSettings: strictSettings
+        ),
+        .target(
             name: "NovaCronHypervisor",
             dependencies: [
                 "CNovaCronSystem",
@@ -184,6 +188,11 @@ var package = Package(
             swiftSettings: strictSettings
         ),
         // BEGIN encoding test targets
+        .testTarget(
+            name: "NovaCronMigrationTests",
+            dependencies: ["NovaCronMigration"],
+            swiftSettings: strictSettings
+        ),
         .testTarget(
             name: "DWCPEncodingTests",
             dependencies: ["DWCPEncoding", "CZstd"],

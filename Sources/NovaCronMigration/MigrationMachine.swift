@@ -1,0 +1,325 @@
+/// The orchestration of one live migration, sans-IO: which step comes next, and how a failure at any
+/// point ends with the VM running in exactly one place.
+///
+/// The source agent is its shell: it feeds events (the destination agent answered, QEMU reported a
+/// migration status, a step failed, time passed) and carries out the actions (start the destination
+/// QEMU with `-incoming`, start the migration with a downtime budget, verify, resume one side, stop or
+/// destroy the other). The machine never reads a clock: `now` is an input.
+///
+/// Phases: negotiate → prepare the destination → transfer (pre-copy, QEMU's own) → cut-over (the source
+/// paused, the last pages sent) → verify (the destination, still paused, holds the source's state) →
+/// commit (resume the destination, then stop the source) — or roll back: cancel the transfer, destroy the
+/// destination, and only once it is gone resume the source. The shell carries out a step's actions in order. The commit point is the destination reporting that it runs; before it
+/// every failure rolls back, after it the VM stays on the destination and the source is stopped, by force
+/// if need be. At no step do both copies run, and at no step does neither hold the VM.
+public struct MigrationMachine: Sendable {
+    /// Budgets and timeouts.
+    public struct Configuration: Sendable, Hashable {
+        /// The longest the VM may be paused at cut-over (QEMU's `downtime-limit`).
+        public var maximumDowntime: Duration
+        /// How long negotiation, preparation, verification and each commit step may take.
+        public var stepTimeout: Duration
+        /// How long the transfer may go without progress before it counts as failed.
+        public var stallTimeout: Duration
+        /// Progress reports in a row in which the remaining bytes do not shrink before auto-converge
+        /// (QEMU throttling the guest's vCPUs) is switched on.
+        public var nonConvergingReports: Int
+
+        /// Creates a configuration.
+        public init(
+            maximumDowntime: Duration = .milliseconds(300),
+            stepTimeout: Duration = .seconds(60),
+            stallTimeout: Duration = .seconds(60),
+            nonConvergingReports: Int = 5
+        ) {
+            self.maximumDowntime = maximumDowntime
+            self.stepTimeout = stepTimeout
+            self.stallTimeout = stallTimeout
+            self.nonConvergingReports = nonConvergingReports
+        }
+    }
+
+    /// Where the migration is.
+    public enum Phase: Sendable, Hashable {
+        case idle, negotiating, preparingDestination, transferring, cuttingOver, verifying
+        /// The destination is being resumed (the commit point is its confirmation).
+        case committing
+        /// The destination runs; the source is being stopped.
+        case stoppingSource
+        case rollingBack
+        /// Finished: see ``outcome``.
+        case finished
+    }
+
+    /// What a QEMU is doing, as far as the machine knows.
+    public enum Copy: Sendable, Hashable {
+        /// No process (destination before preparation, or destroyed).
+        case absent
+        /// Started with `-incoming`, receiving state; it does not run the guest.
+        case incoming
+        case paused
+        case running
+        /// Quit or killed after the VM moved away.
+        case stopped
+    }
+
+    /// A progress report from the source QEMU (`query-migrate`).
+    public struct Progress: Sendable, Hashable {
+        /// Bytes still to send at the current dirty rate's estimate.
+        public var remainingBytes: UInt64
+        /// Bytes transferred so far.
+        public var transferredBytes: UInt64
+        /// The guest's dirty rate, bytes per second.
+        public var dirtyBytesPerSecond: Double
+        /// The measured transfer rate, bytes per second.
+        public var bytesPerSecond: Double
+
+        /// Creates a report.
+        public init(
+            remainingBytes: UInt64, transferredBytes: UInt64, dirtyBytesPerSecond: Double, bytesPerSecond: Double
+        ) {
+            self.remainingBytes = remainingBytes
+            self.transferredBytes = transferredBytes
+            self.dirtyBytesPerSecond = dirtyBytesPerSecond
+            self.bytesPerSecond = bytesPerSecond
+        }
+
+        /// Seconds to send what remains at the measured rate (infinite without a rate).
+        public var secondsToSendRemaining: Double {
+            bytesPerSecond > 0 ? Double(remainingBytes) / bytesPerSecond : .infinity
+        }
+    }
+
+    /// What happened.
+    public enum Event: Sendable, Hashable {
+        /// The operator asked for the migration.
+        case start
+        /// The destination agent accepted (authenticated, has room).
+        case negotiated
+        /// The destination QEMU runs with `-incoming` and waits for the stream.
+        case destinationReady
+        /// A progress report during the transfer.
+        case progress(Progress)
+        /// The source QEMU paused the guest for the final pages (stop-and-copy).
+        case sourcePaused
+        /// The source QEMU reports the migration completed; the destination holds the state, paused.
+        case transferCompleted
+        /// The destination's state matches the source's.
+        case verified
+        /// The destination QEMU resumed the guest.
+        case destinationRunning
+        /// The source QEMU quit.
+        case sourceStopped
+        /// The source QEMU runs the guest again (after a rollback).
+        case sourceResumed
+        /// The destination QEMU is gone (after a rollback).
+        case destinationDestroyed
+        /// A step failed: what, in words for the operator.
+        case failed(String)
+        /// The operator cancelled.
+        case cancel
+        /// Time passed (for the timeouts).
+        case tick
+    }
+
+    /// What the shell must do.
+    public enum Action: Sendable, Hashable {
+        /// Ask the destination agent to take the VM.
+        case negotiate
+        /// Start the destination QEMU with `-incoming`, paused.
+        case prepareDestination
+        /// Start the source QEMU's migration into the transport with this downtime budget.
+        case startTransfer(maximumDowntime: Duration)
+        /// Pre-copy does not converge: let QEMU throttle the guest (`auto-converge`).
+        case enableAutoConverge
+        /// Check the destination's state against the source's.
+        case verify
+        /// Resume the guest on the destination (`cont`).
+        case resumeDestination
+        /// Quit the source QEMU (the VM runs on the destination).
+        case stopSource
+        /// Kill the source QEMU (it did not quit after the commit).
+        case killSource
+        /// Cancel the source QEMU's migration (`migrate_cancel`).
+        case cancelTransfer
+        /// Destroy the destination QEMU and its files.
+        case destroyDestination
+        /// Resume the guest on the source (`cont`).
+        case resumeSource
+        /// The migration is over: see the outcome.
+        case finish(Outcome)
+    }
+
+    /// How a migration ended.
+    public enum Outcome: Sendable, Hashable {
+        /// The VM runs on the destination; the source is stopped.
+        case migrated
+        /// The VM runs on the source; the destination is clean. Why it was rolled back.
+        case rolledBack(String)
+    }
+
+    /// The budgets in force.
+    public let configuration: Configuration
+    /// Where the migration is.
+    public private(set) var phase: Phase = .idle
+    /// The source QEMU's state.
+    public private(set) var source: Copy = .running
+    /// The destination QEMU's state.
+    public private(set) var destination: Copy = .absent
+    /// How it ended, once ``phase`` is ``Phase/finished``.
+    public private(set) var outcome: Outcome?
+    /// Whether auto-converge was switched on.
+    public private(set) var autoConverging = false
+    /// The last progress report.
+    public private(set) var lastProgress: Progress?
+
+    private var deadline: Duration?
+    private var nonConverging = 0
+    private var rollbackReason: String?
+    private var transferStarted = false
+
+    /// Creates the machine for one migration of a running VM.
+    public init(configuration: Configuration = Configuration()) {
+        self.configuration = configuration
+    }
+
+    /// Whether the VM is in a consistent place: never two running copies, and never neither holding it
+    /// (the source is stopped only once the destination runs).
+    public var isConsistent: Bool {
+        !(source == .running && destination == .running) && (source != .stopped || destination == .running)
+    }
+
+    /// Feeds one event at `now` (any monotonic time) and returns what to do.
+    public mutating func handle(_ event: Event, now: Duration) -> [Action] {
+        if case .finished = phase { return [] }
+        if case .failed(let reason) = event { return fail(reason, now: now) }
+        if case .cancel = event { return fail("cancelled by the operator", now: now) }
+        if case .tick = event {
+            guard let deadline, now >= deadline else { return [] }
+            return fail("\(phase) took longer than its timeout", now: now)
+        }
+        switch (phase, event) {
+        case (.idle, .start):
+            return enter(.negotiating, now: now, [.negotiate])
+        case (.negotiating, .negotiated):
+            // From here a destination QEMU may exist, so a rollback destroys it (idempotent in the shell).
+            destination = .incoming
+            return enter(.preparingDestination, now: now, [.prepareDestination])
+        case (.preparingDestination, .destinationReady):
+            transferStarted = true
+            deadline = now + configuration.stallTimeout
+            phase = .transferring
+            return [.startTransfer(maximumDowntime: configuration.maximumDowntime)]
+        case (.transferring, .progress(let progress)):
+            return progressed(progress, now: now)
+        case (.transferring, .sourcePaused):
+            source = .paused
+            return enter(.cuttingOver, now: now, [])
+        case (.cuttingOver, .progress(let progress)):
+            lastProgress = progress
+            return []
+        case (.cuttingOver, .transferCompleted):
+            destination = .paused
+            return enter(.verifying, now: now, [.verify])
+        case (.verifying, .verified):
+            guard source != .running else {
+                return fail("the source runs the guest again before the commit", now: now)
+            }
+            return enter(.committing, now: now, [.resumeDestination])
+        case (.committing, .destinationRunning):
+            destination = .running
+            return enter(.stoppingSource, now: now, [.stopSource])
+        case (.stoppingSource, .sourceStopped):
+            source = .stopped
+            return finish(.migrated)
+        case (.rollingBack, .destinationDestroyed):
+            destination = .absent
+            // Only now may the source run again: the destination can no longer run the guest.
+            return source == .paused ? [.resumeSource] : finishRollbackIfDone()
+        case (.rollingBack, .sourceResumed), (.transferring, .sourceResumed), (.cuttingOver, .sourceResumed):
+            // Also QEMU's own doing after a cancelled or failed migration; before a commit that is harmless.
+            source = .running
+            return phase == .rollingBack ? finishRollbackIfDone() : []
+        default:
+            return []  // out of order or repeated: ignored (the shell may report late)
+        }
+    }
+
+    // MARK: Internals
+
+    private mutating func enter(_ next: Phase, now: Duration, _ actions: [Action]) -> [Action] {
+        phase = next
+        deadline = now + configuration.stepTimeout
+        return actions
+    }
+
+    private mutating func progressed(_ progress: Progress, now: Duration) -> [Action] {
+        let shrinking = lastProgress.map { progress.remainingBytes < $0.remainingBytes } ?? true
+        let fits = progress.secondsToSendRemaining <= configuration.maximumDowntime.seconds
+        if progress.transferredBytes > (lastProgress?.transferredBytes ?? 0) {
+            deadline = now + configuration.stallTimeout
+        }
+        lastProgress = progress
+        nonConverging = shrinking || fits ? 0 : nonConverging + 1
+        guard !autoConverging, nonConverging >= configuration.nonConvergingReports else { return [] }
+        autoConverging = true
+        return [.enableAutoConverge]
+    }
+
+    /// A failure: before the commit point, roll back; after it, make sure the source is stopped.
+    private mutating func fail(_ reason: String, now: Duration) -> [Action] {
+        switch phase {
+        case .idle:
+            return finish(.rolledBack(reason))
+        case .stoppingSource:
+            // The VM runs on the destination; the source must not come back.
+            deadline = now + configuration.stepTimeout
+            return [.killSource]
+        case .rollingBack:
+            // A rollback step itself failed or timed out: retry what is still open.
+            deadline = now + configuration.stepTimeout
+            return rollbackActions(cancel: false)
+        case .finished:
+            return []
+        default:
+            rollbackReason = reason
+            // After the transfer completed there is nothing to cancel (and cancelling could let QEMU
+            // resume the source while the destination might run).
+            let cancel = transferStarted && phase != .verifying && phase != .committing
+            phase = .rollingBack
+            deadline = now + configuration.stepTimeout
+            let actions = rollbackActions(cancel: cancel)
+            return actions.isEmpty ? finishRollbackIfDone() : actions
+        }
+    }
+
+    /// The destination goes first; the source is resumed only once it is gone (``Event/destinationDestroyed``).
+    private func rollbackActions(cancel: Bool) -> [Action] {
+        var actions: [Action] = cancel ? [.cancelTransfer] : []
+        if destination != .absent {
+            actions.append(.destroyDestination)
+        } else if source == .paused {
+            actions.append(.resumeSource)
+        }
+        return actions
+    }
+
+    private mutating func finishRollbackIfDone() -> [Action] {
+        guard destination == .absent, source == .running else { return [] }
+        return finish(.rolledBack(rollbackReason ?? "rolled back"))
+    }
+
+    private mutating func finish(_ result: Outcome) -> [Action] {
+        phase = .finished
+        outcome = result
+        deadline = nil
+        return [.finish(result)]
+    }
+}
+
+extension Duration {
+    /// The duration in seconds.
+    var seconds: Double {
+        Double(components.seconds) + Double(components.attoseconds) * 1e-18
+    }
+}

@@ -1,0 +1,175 @@
+import Testing
+
+@testable import NovaCronMigration
+
+@Suite("Migration orchestration machine")
+struct MigrationMachineTests {
+    typealias Machine = MigrationMachine
+
+    static func progress(remaining: UInt64, sent: UInt64, rate: Double = 100e6) -> Machine.Event {
+        .progress(
+            .init(remainingBytes: remaining, transferredBytes: sent, dirtyBytesPerSecond: 16e6, bytesPerSecond: rate))
+    }
+
+    /// Drives `events` at one second apart, checking consistency after every step; returns all actions.
+    static func drive(_ machine: inout Machine, _ events: [Machine.Event], from start: Int = 0) -> [Machine.Action] {
+        var actions: [Machine.Action] = []
+        for (offset, event) in events.enumerated() {
+            actions += machine.handle(event, now: .seconds(start + offset))
+            #expect(
+                machine.isConsistent, "after \(event): source \(machine.source), destination \(machine.destination)")
+        }
+        return actions
+    }
+
+    /// The events of a migration that succeeds.
+    static let happyPath: [Machine.Event] = [
+        .start, .negotiated, .destinationReady, progress(remaining: 400 << 20, sent: 100 << 20),
+        progress(remaining: 20 << 20, sent: 500 << 20), .sourcePaused, .transferCompleted, .verified,
+        .destinationRunning, .sourceStopped,
+    ]
+
+    @Test("A migration that succeeds: every step in order, the VM ends on the destination, the source stopped")
+    func happyPath() {
+        var machine = Machine(configuration: .init(maximumDowntime: .milliseconds(300)))
+        let actions = Self.drive(&machine, Self.happyPath)
+        #expect(
+            actions == [
+                .negotiate, .prepareDestination, .startTransfer(maximumDowntime: .milliseconds(300)), .verify,
+                .resumeDestination, .stopSource, .finish(.migrated),
+            ])
+        #expect(machine.phase == .finished && machine.outcome == .migrated)
+        #expect(machine.source == .stopped && machine.destination == .running && !machine.autoConverging)
+        #expect(machine.handle(.failed("late"), now: .seconds(99)).isEmpty, "a finished migration ignores events")
+    }
+
+    @Test(
+        "A failure before the commit point rolls back: destination destroyed first, then the source resumed",
+        arguments: 1...8)
+    func failureBeforeCommitRollsBack(after steps: Int) {
+        var machine = Machine()
+        var actions = Self.drive(&machine, Array(Self.happyPath.prefix(steps)))
+        actions = machine.handle(.failed("link cut"), now: .seconds(steps))
+        #expect(machine.phase == .rollingBack || machine.phase == .finished, "\(machine.phase)")
+        let transferRunning = steps >= 3 && steps < 7
+        #expect(actions.contains(.cancelTransfer) == transferRunning, "\(actions)")
+        #expect(!actions.contains(.resumeSource) || !actions.contains(.destroyDestination))
+        if actions.contains(.destroyDestination) {
+            #expect(!actions.contains(.resumeSource), "the source waits until the destination is gone")
+            actions = machine.handle(.destinationDestroyed, now: .seconds(steps + 1))
+            #expect(machine.isConsistent)
+        }
+        if actions.contains(.resumeSource) {
+            actions = machine.handle(.sourceResumed, now: .seconds(steps + 2))
+        }
+        #expect(actions.last == .finish(.rolledBack("link cut")), "\(actions)")
+        #expect(machine.source == .running && machine.destination == .absent)
+    }
+
+    @Test("A failure while the destination is being resumed rolls back without cancelling; the source waits")
+    func failureAtCommitRollsBack() {
+        var machine = Machine()
+        _ = Self.drive(&machine, Array(Self.happyPath.prefix(8)))
+        #expect(machine.phase == .committing && machine.source == .paused)
+        let actions = machine.handle(.failed("cont failed on the destination"), now: .seconds(9))
+        #expect(actions == [.destroyDestination])
+        #expect(machine.handle(.destinationDestroyed, now: .seconds(10)) == [.resumeSource])
+        #expect(
+            machine.handle(.sourceResumed, now: .seconds(11)).last
+                == .finish(.rolledBack("cont failed on the destination")))
+    }
+
+    @Test("After the commit point the VM stays on the destination: a source that does not quit is killed")
+    func failureAfterCommitKillsTheSource() {
+        var machine = Machine()
+        _ = Self.drive(&machine, Array(Self.happyPath.prefix(9)))
+        #expect(machine.phase == .stoppingSource && machine.destination == .running)
+        #expect(machine.handle(.failed("quit timed out"), now: .seconds(20)) == [.killSource])
+        #expect(machine.handle(.sourceStopped, now: .seconds(21)) == [.finish(.migrated)])
+        #expect(machine.isConsistent)
+    }
+
+    @Test("A step that takes longer than its timeout fails it; a transfer fails only when it stalls")
+    func timeouts() {
+        var machine = Machine(configuration: .init(stepTimeout: .seconds(10), stallTimeout: .seconds(30)))
+        _ = machine.handle(.start, now: .zero)
+        _ = machine.handle(.negotiated, now: .seconds(1))
+        #expect(machine.handle(.tick, now: .seconds(5)).isEmpty)
+        let actions = machine.handle(.tick, now: .seconds(11))
+        #expect(actions == [.destroyDestination] && machine.phase == .rollingBack)
+
+        var transferring = Machine(configuration: .init(stepTimeout: .seconds(10), stallTimeout: .seconds(30)))
+        _ = Self.drive(&transferring, Array(Self.happyPath.prefix(3)))
+        // Progress keeps the transfer alive well past the step timeout.
+        for second in stride(from: 10, through: 100, by: 10) {
+            _ = transferring.handle(
+                Self.progress(remaining: 1 << 30, sent: UInt64(second) << 20), now: .seconds(second))
+            #expect(transferring.handle(.tick, now: .seconds(second + 5)).isEmpty)
+        }
+        // Then it stalls: no new bytes for longer than the stall timeout.
+        _ = transferring.handle(Self.progress(remaining: 1 << 30, sent: 100 << 20), now: .seconds(120))
+        #expect(transferring.handle(.tick, now: .seconds(131)).first == .cancelTransfer)
+    }
+
+    @Test("Pre-copy that does not converge switches auto-converge on, once")
+    func autoConverge() {
+        var machine = Machine(configuration: .init(maximumDowntime: .milliseconds(300), nonConvergingReports: 3))
+        _ = Self.drive(&machine, Array(Self.happyPath.prefix(3)))
+        var actions: [Machine.Action] = []
+        // 200 MiB remain at 100 MB/s (2 s, far above the budget) and the amount does not shrink.
+        for round in 0..<6 {
+            actions += machine.handle(
+                Self.progress(remaining: 200 << 20, sent: UInt64(round + 1) << 28), now: .seconds(10 + round))
+        }
+        #expect(actions == [.enableAutoConverge] && machine.autoConverging)
+        // Shrinking remaining bytes never trigger it.
+        var converging = Machine(configuration: .init(nonConvergingReports: 3))
+        _ = Self.drive(&converging, Array(Self.happyPath.prefix(3)))
+        for round in 0..<6 {
+            #expect(
+                converging.handle(
+                    Self.progress(remaining: UInt64(600 - round * 100) << 20, sent: UInt64(round + 1) << 28),
+                    now: .seconds(10 + round)
+                ).isEmpty)
+        }
+    }
+
+    @Test("The source running again before the commit (QEMU's own recovery) blocks the commit")
+    func sourceRunningBlocksCommit() {
+        var machine = Machine()
+        _ = Self.drive(&machine, Array(Self.happyPath.prefix(7)))
+        _ = machine.handle(.sourceResumed, now: .seconds(8))  // ignored in verifying: not a transfer phase
+        #expect(machine.source == .paused)
+        var early = Machine()
+        _ = Self.drive(&early, Array(Self.happyPath.prefix(6)))
+        _ = early.handle(.sourceResumed, now: .seconds(7))
+        #expect(early.source == .running)
+        _ = early.handle(.transferCompleted, now: .seconds(8))
+        let actions = early.handle(.verified, now: .seconds(9))
+        #expect(actions == [.destroyDestination], "never resume the destination while the source runs: \(actions)")
+        #expect(early.isConsistent)
+    }
+
+    @Test("Random event sequences never leave two running copies or none, and finish at most once")
+    func randomSequences() {
+        let events: [Machine.Event] = [
+            .start, .negotiated, .destinationReady, Self.progress(remaining: 1 << 20, sent: 1 << 20), .sourcePaused,
+            .transferCompleted, .verified, .destinationRunning, .sourceStopped, .sourceResumed, .destinationDestroyed,
+            .failed("x"), .cancel, .tick,
+        ]
+        var state: UInt64 = 0x9E37_79B9_7F4A_7C15
+        for _ in 0..<2_000 {
+            var machine = Machine(configuration: .init(stepTimeout: .seconds(3), stallTimeout: .seconds(3)))
+            var finishes = 0
+            for step in 0..<40 {
+                state = state &* 6_364_136_223_846_793_005 &+ 1_442_695_040_888_963_407
+                let event = events[Int(state >> 33) % events.count]
+                for action in machine.handle(event, now: .seconds(step)) {
+                    if case .finish = action { finishes += 1 }
+                }
+                #expect(machine.isConsistent, "after \(event)")
+            }
+            #expect(finishes <= 1)
+        }
+    }
+}
