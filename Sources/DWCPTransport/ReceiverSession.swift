@@ -126,7 +126,7 @@ actor ReceiverSession {
     }
 
     /// Where the object goes: `path` itself, or `path/name` when `path` is a directory.
-    private static func resolve(_ path: String, name: String) throws -> String {
+    static func resolve(_ path: String, name: String) throws -> String {
         var isDirectory: ObjCBool = false
         guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory), isDirectory.boolValue else {
             return path

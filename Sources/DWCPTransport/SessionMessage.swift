@@ -133,6 +133,25 @@ public enum SessionMessage: Hashable, Sendable {
         }
     }
 
+    /// Checks a session's offers as a whole (sans-IO): objects 0…n-1 in order, every offer declaring
+    /// the same count n, and a stream destination (standard output, a descriptor) taking one object only.
+    /// - Throws: ``TransportError/Code/protocolViolation`` for numbering; ``TransportError/Code/invalidArgument``
+    ///   for several objects to a stream.
+    public static func checkSession(_ offers: [Offer], streamDestination: Bool) throws(TransportError) {
+        guard let count = offers.first.map({ Int($0.objects) }), offers.count == count,
+            offers.enumerated().allSatisfy({ Int($1.object) == $0 && Int($1.objects) == count })
+        else {
+            throw TransportError(
+                .protocolViolation, expected: "objects 0…n-1 offered in order, each declaring n",
+                found: "\(offers.map { "\($0.object)/\($0.objects)" })")
+        }
+        if streamDestination, count > 1 {
+            throw TransportError(
+                .invalidArgument, expected: "one object for a stream destination", found: "\(count) objects",
+                advice: "give the receiver --out DIR")
+        }
+    }
+
     private enum Kind: UInt8 {
         case offer = 1, accept, refuse, attach, finish, complete, failed
     }

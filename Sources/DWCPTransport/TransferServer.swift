@@ -136,21 +136,15 @@ public enum TransferServer {
             }
             offers.append(offer)
         }
-        var sessionID: UInt64?
-        var accepts: [SessionMessage.Accept] = []
+        let sessionID: UInt64
+        let accepts: [SessionMessage.Accept]
         do {
-            for offer in offers {
-                let object = try await registry.open(offer, into: sessionID, peer: peer)
-                sessionID = object.sessionID
-                accepts.append(object.accept)
-            }
+            (sessionID, accepts) = try await registry.open(offers, peer: peer)
         } catch {
-            // Refused as a whole: the objects opened so far are withdrawn, so no data stream ever attaches.
-            if let sessionID { await registry.withdraw(sessionID) }
+            // Refused as a whole: nothing was kept, so no data stream ever attaches.
             try await outbound.write(control(.refuse(reason: "\(error)"), session: 0))
             return
         }
-        guard let sessionID else { return }
         do {
             for accept in accepts {
                 try await outbound.write(control(.accept(accept), session: sessionID))
@@ -243,66 +237,53 @@ actor SessionRegistry {
         self.configuration = configuration
     }
 
-    /// Opens an offered object: object 0 opens a new session (`into` is `nil`); the others join the
-    /// session `into`, in order.
-    func open(_ offer: SessionMessage.Offer, into sessionID: UInt64?, peer: String) throws(TransportError)
-        -> ReceiverSession
+    /// Opens a session's objects, all or none: the offers must be numbered and counted right (see
+    /// ``SessionMessage/checkSession(_:streamDestination:)``) and land on distinct files — checked before
+    /// any file is opened, so a refused session never touches an existing partial copy.
+    /// - Returns: The session's id and one accept per object, in order.
+    func open(_ offers: [SessionMessage.Offer], peer: String) throws(TransportError)
+        -> (UInt64, [SessionMessage.Accept])
     {
         guard outcome == nil else {
             throw TransportError(.refused, expected: "a receiver still waiting", found: "a finished receiver")
         }
-        let objects = Int(offer.objects)
-        if configuration.destination.streamDescriptor != nil, objects > 1 {
-            throw TransportError(
-                .invalidArgument, expected: "one object for a stream destination", found: "\(objects) objects",
-                advice: "give the receiver --out DIR")
-        }
-        let id: UInt64
-        if let sessionID {
-            guard let session = sessions[sessionID], Int(offer.object) == session.objects.count,
-                objects == session.expected
-            else {
-                throw TransportError(
-                    .protocolViolation, expected: "the session's objects offered in order",
-                    found: "object \(offer.object) of \(offer.objects)")
+        try SessionMessage.checkSession(offers, streamDestination: configuration.destination.streamDescriptor != nil)
+        if case .path(let path) = configuration.destination {
+            var targets: [String: String] = [:]
+            for offer in offers {
+                guard let target = try? ReceiverSession.resolve(path, name: offer.name) else { continue }
+                if let other = targets.updateValue(offer.name, forKey: target) {
+                    throw TransportError(
+                        .invalidArgument, expected: "a destination per object",
+                        found: "\(other) and \(offer.name) both for \(target)", advice: "give the files distinct names")
+                }
             }
-            id = sessionID
-        } else {
-            guard offer.object == 0 else {
-                throw TransportError(
-                    .protocolViolation, expected: "object 0 to open a session", found: "object \(offer.object)")
-            }
-            var fresh = UInt64.random(in: 1 ... .max)
-            while sessions[fresh] != nil { fresh = UInt64.random(in: 1 ... .max) }
-            id = fresh
-            sessions[id] = Session(token: .random(), expected: objects, peer: peer)
         }
-        // A newer attempt at the same object replaces an older session still lingering.
+        // A newer attempt at the same objects replaces an older session still lingering.
+        let transferIDs = Set(offers.map(\.transferID))
         for (old, lingering) in sessions
-        where old != id && lingering.objects.contains(where: { $0.offer.transferID == offer.transferID }) {
+        where lingering.objects.contains(where: { transferIDs.contains($0.offer.transferID) }) {
             abandonNow(old)
         }
-        let session = sessions[id]!
-        let object: ReceiverSession
-        do {
-            object = try ReceiverSession(
-                sessionID: id, token: session.token, offer: offer,
-                chunkSize: session.objects.first.map { Int($0.accept.chunkSize) },
-                peer: peer, configuration: configuration)
-        } catch {
-            if sessionID == nil { sessions.removeValue(forKey: id) }
-            throw error as? TransportError
-                ?? TransportError(.destinationFailed, expected: "to open the destination", found: "\(error)")
+        var id = UInt64.random(in: 1 ... .max)
+        while sessions[id] != nil { id = UInt64.random(in: 1 ... .max) }
+        var session = Session(token: .random(), expected: offers.count, peer: peer)
+        for offer in offers {
+            do {
+                session.objects.append(
+                    try ReceiverSession(
+                        sessionID: id, token: session.token, offer: offer,
+                        chunkSize: session.objects.first.map { Int($0.accept.chunkSize) },
+                        peer: peer, configuration: configuration))
+            } catch {
+                for object in session.objects { Task { await object.withdraw() } }
+                throw error as? TransportError
+                    ?? TransportError(.destinationFailed, expected: "to open the destination", found: "\(error)")
+            }
         }
-        if let path = object.finalPath, session.objects.contains(where: { $0.finalPath == path }) {
-            Task { await object.abandon() }
-            throw TransportError(
-                .invalidArgument, expected: "a destination per object",
-                found: "two objects named \(offer.name) for \(path)", advice: "give the files distinct names")
-        }
-        sessions[id]!.objects.append(object)
+        sessions[id] = session
         lastSession = id
-        return object
+        return (id, session.objects.map(\.accept))
     }
 
     func isSession(_ id: UInt64, token: SessionMessage.Token) -> Bool {
@@ -341,13 +322,6 @@ actor SessionRegistry {
     /// The control stream of session `id` went away: keep its partial copies for a resume.
     func abandon(_ id: UInt64) {
         abandonNow(id)
-    }
-
-    /// Session `id` was refused after some of its objects were opened: their files go, unless they
-    /// hold data from an earlier attempt.
-    func withdraw(_ id: UInt64) {
-        guard let session = sessions.removeValue(forKey: id) else { return }
-        for object in session.objects { Task { await object.withdraw() } }
     }
 
     private func abandonNow(_ id: UInt64) {

@@ -313,6 +313,9 @@ struct LoopbackTransferTests {
         defer { scratch.remove() }
         try FileManager.default.createDirectory(atPath: scratch.directory + "/other", withIntermediateDirectories: true)
         let twin = try Self.secondFile(scratch, name: "other/source.bin", size: 1 << 20)
+        // A partial copy from an earlier transfer of that name, kept for a resume.
+        let partial = scratch.destination + ".novacron-partial"
+        try Data(repeating: 9, count: 4096).write(to: URL(fileURLWithPath: partial))
         let (receiver, port) = await Self.startReceiver(scratch)
         defer { receiver.cancel() }
         let error = await #expect(throws: TransportError.self) {
@@ -321,10 +324,12 @@ struct LoopbackTransferTests {
                 configuration: Self.sendConfiguration(port: port))
         }
         #expect(error?.code == .refused && "\(error!)".contains("distinct names"), "\(error.map { "\($0)" } ?? "")")
-        // The first object's partial files were opened before the second was refused: they are gone.
+        // The offers were checked before any file was opened: the earlier partial copy is untouched and
+        // nothing else was created.
         try await Task.sleep(for: .milliseconds(200))
         let leftovers = try FileManager.default.contentsOfDirectory(atPath: scratch.directory + "/out")
-        #expect(leftovers.isEmpty, "\(leftovers)")
+        #expect(leftovers == ["source.bin.novacron-partial"], "\(leftovers)")
+        #expect(try Data(contentsOf: URL(fileURLWithPath: partial)) == Data(repeating: 9, count: 4096))
         let invalid = await #expect(throws: TransportError.self) {
             try await TransferClient.send(
                 objects: [TransferObject(.standardInput), TransferObject(.standardInput)],

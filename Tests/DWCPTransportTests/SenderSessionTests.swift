@@ -117,7 +117,7 @@ struct SenderSessionTests {
     }
 
     @Test("Two objects share one session and its window; each gets its finish; it ends after both commit")
-    func twoObjectsByWeight() {
+    func twoObjectsShareTheSession() {
         var session = SenderSession(
             configuration: Self.configuration {
                 $0.initialStreams = 1

@@ -69,6 +69,27 @@ struct SessionMessageTests {
         #expect(error?.code == .malformedMessage)
     }
 
+    @Test("A session's offers are checked as a whole: numbering, count, and one object for a stream")
+    func sessionOffersChecked() throws {
+        func offer(_ object: UInt16, of objects: UInt16) -> SessionMessage.Offer {
+            .init(
+                transferID: Array(repeating: UInt8(object), count: 16), name: "o\(object)", totalBytes: 1,
+                chunkSize: 4096, resume: false, object: object, objects: objects)
+        }
+        try SessionMessage.checkSession([offer(0, of: 1)], streamDestination: true)
+        try SessionMessage.checkSession([offer(0, of: 2), offer(1, of: 2)], streamDestination: false)
+        for bad in [[offer(1, of: 2), offer(0, of: 2)], [offer(0, of: 2)], [offer(0, of: 2), offer(1, of: 3)], []] {
+            let error = #expect(throws: TransportError.self) {
+                try SessionMessage.checkSession(bad, streamDestination: false)
+            }
+            #expect(error?.code == .protocolViolation)
+        }
+        let stream = #expect(throws: TransportError.self) {
+            try SessionMessage.checkSession([offer(0, of: 2), offer(1, of: 2)], streamDestination: true)
+        }
+        #expect(stream?.code == .invalidArgument)
+    }
+
     @Test("An offer whose object number is not below its object count, or whose weight is 0, is refused")
     func malformedObjectNumbers() {
         for (object, objects, weight) in [(UInt16(1), UInt16(1), UInt8(1)), (0, 0, 1), (0, 2, 0)] {
