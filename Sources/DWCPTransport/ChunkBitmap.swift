@@ -1,6 +1,7 @@
 import NIOCore
 
-/// Which chunks of an object are present: one bit per chunk index.
+/// Which blocks of an object are present: one bit per block index (a chunk is a run of blocks,
+/// ``ChunkSizer``).
 ///
 /// The receiver keeps one per transfer; its wire form tells a resuming sender what it may skip.
 public struct ChunkBitmap: Hashable, Sendable {
@@ -47,6 +48,20 @@ public struct ChunkBitmap: Hashable, Sendable {
             }
         }
         return index
+    }
+
+    /// The first index at or after `start` that is present; `Int.max` when none is.
+    public func firstPresent(from start: Int) -> Int {
+        var word = max(start, 0) >> 6
+        guard word < words.count else { return .max }
+        // The first word without the bits below `start`.
+        var bits = words[word] & (UInt64.max << UInt64(max(start, 0) & 63))
+        while bits == 0 {
+            word += 1
+            guard word < words.count else { return .max }
+            bits = words[word]
+        }
+        return word << 6 + bits.trailingZeroBitCount
     }
 
     /// Appends the wire form: `bitCount u32` then ⌈bitCount/8⌉ bytes, least significant bit first.

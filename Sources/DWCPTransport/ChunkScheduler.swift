@@ -128,12 +128,12 @@ public struct ChunkScheduler: Sendable {
     }
 
     /// The receiver acknowledged the chunk at `address`, which `stream` carried.
-    /// - Returns: Whether the acknowledgement matched a chunk in flight (duplicates return `false`).
+    /// - Returns: The chunk in flight it matched; `nil` for an acknowledgement of nothing in flight there.
     @discardableResult
-    public mutating func acknowledged(_ address: ChunkAddress, on stream: Int) -> Bool {
-        guard let chunk = streams[stream]?.inFlight.removeValue(forKey: address) else { return false }
+    public mutating func acknowledged(_ address: ChunkAddress, on stream: Int) -> Chunk? {
+        guard let chunk = streams[stream]?.inFlight.removeValue(forKey: address) else { return nil }
         streams[stream]!.inFlightBytes -= chunk.size
-        return true
+        return chunk
     }
 
     /// A stream failed: its unacknowledged chunks are queued again ahead of new ones.

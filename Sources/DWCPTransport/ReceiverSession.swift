@@ -9,9 +9,9 @@ import NIOCore
 
 /// One object being received: the ``TransferReceiver`` machine plus the files it drives.
 ///
-/// Chunks are written where they belong (`pwrite`) as they arrive, and each stored chunk's index is
-/// appended to a journal next to the partial file; the journal is the chunk bitmap a resumed
-/// transfer starts from. The SHA-256 follows the contiguous prefix: chunks that arrive ahead of it are
+/// Chunks are written where they belong (`pwrite`) as they arrive, and the indexes of each stored
+/// chunk's blocks are appended to a journal next to the partial file; the journal is the block bitmap a
+/// resumed transfer starts from. The SHA-256 follows the contiguous prefix: chunks that arrive ahead of it are
 /// read back from the file (page cache) when the prefix reaches them, or, for a stream (standard output, a
 /// descriptor), wait
 /// in memory (at most the window). Writeback to disk starts behind the prefix (``WritebackSchedule``),
@@ -34,7 +34,10 @@ actor ReceiverSession {
     private var journalDescriptor: Int32
     private var hasher = SHA256()
     private var hashedUpTo = 0
+    /// Chunks held for the SHA-256 (and an in-order sink), by first block.
     private var pending: [Int: ByteBuffer] = [:]
+    /// The most blocks read back from the partial file at once (4 MiB).
+    private var readBackBlocks: Int { max(1, (4 << 20) / machine.blockSize) }
     private var writeback = WritebackSchedule()
     private let resumedBytes: UInt64
     private let started = ContinuousClock.now
@@ -48,14 +51,14 @@ actor ReceiverSession {
     ///   - sessionID: The session the object belongs to.
     ///   - token: The session's token, for the accept.
     ///   - offer: The sender's offer.
-    ///   - chunkSize: The session's chunk size when this is not its first object (all share one).
+    ///   - blockSize: The session's block size when this is not its first object (all share one).
     ///   - peer: The sender, for the report.
     ///   - configuration: Where and how to write.
     init(
         sessionID: UInt64,
         token: SessionMessage.Token,
         offer: SessionMessage.Offer,
-        chunkSize sessionChunkSize: Int?,
+        blockSize sessionBlockSize: Int?,
         peer: String,
         configuration: ReceiveConfiguration
     ) throws {
@@ -63,14 +66,14 @@ actor ReceiverSession {
         self.offer = offer
         self.streamDescriptor = configuration.destination.streamDescriptor
         self.peer = peer
-        guard (4096...DWCPFrameLimitsForTransport.maximumChunkSize).contains(Int(offer.chunkSize)) else {
+        guard (4096...DWCPFrameLimitsForTransport.maximumChunkSize).contains(Int(offer.blockSize)) else {
             throw TransportError(
                 .invalidArgument,
-                expected: "a chunk size of 4 KiB to \(DWCPFrameLimitsForTransport.maximumChunkSize >> 20) MiB",
-                found: "\(offer.chunkSize)"
+                expected: "a block size of 4 KiB to \(DWCPFrameLimitsForTransport.maximumChunkSize >> 20) MiB",
+                found: "\(offer.blockSize)"
             )
         }
-        var chunkSize = sessionChunkSize ?? Int(offer.chunkSize)
+        var blockSize = sessionBlockSize ?? Int(offer.blockSize)
         var present = ChunkBitmap()
         switch configuration.destination {
         case .standardOutput, .descriptor:
@@ -97,30 +100,30 @@ actor ReceiverSession {
                 )
             }
             if offer.resume, let journal = Self.loadJournal(journalPath!, offer: offer),
-                sessionChunkSize == nil || journal.chunkSize == sessionChunkSize
+                sessionBlockSize == nil || journal.blockSize == sessionBlockSize
             {
-                chunkSize = journal.chunkSize
+                blockSize = journal.blockSize
                 present = journal.present
             }
             (dataDescriptor, journalDescriptor) = try Self.openFiles(
                 partial: partialPath!, journal: journalPath!, transferID: offer.transferID,
-                totalBytes: offer.totalBytes, fresh: present.count == 0, chunkSize: chunkSize)
+                totalBytes: offer.totalBytes, fresh: present.count == 0, blockSize: blockSize)
         }
         // Standard output holds the chunks ahead of the prefix in memory: its reorder window is the
         // configured one. A file reads them back from the page cache, so its window can span more: a
         // chunk stuck on a slow stream, or an object sharing the sender's window with others, does not
         // stop the chunks behind it (the sender's own window still bounds what is in flight).
         let spread = configuration.destination.streamDescriptor != nil ? 1 : ReceiveConfiguration.fileWindowSpread
-        let windowChunks = max(4, spread * configuration.windowBytes / chunkSize)
+        let windowBlocks = max(4, spread * configuration.windowBytes / blockSize)
         machine = TransferReceiver(
-            chunkSize: chunkSize, windowChunks: windowChunks, declaredBytes: offer.totalBytes, present: present)
-        resumedBytes = min(UInt64(present.count) * UInt64(chunkSize), offer.totalBytes ?? .max)
+            blockSize: blockSize, windowBlocks: windowBlocks, declaredBytes: offer.totalBytes, present: present)
+        resumedBytes = min(UInt64(present.count) * UInt64(blockSize), offer.totalBytes ?? .max)
         accept = SessionMessage.Accept(
             object: offer.object,
             sessionID: sessionID,
             token: token,
-            chunkSize: UInt32(chunkSize),
-            windowChunks: UInt32(windowChunks),
+            blockSize: UInt32(blockSize),
+            windowBlocks: UInt32(windowBlocks),
             present: present
         )
     }
@@ -146,23 +149,23 @@ actor ReceiverSession {
     private nonisolated static func loadJournal(
         _ path: String,
         offer: SessionMessage.Offer
-    ) -> (chunkSize: Int, present: ChunkBitmap)? {
+    ) -> (blockSize: Int, present: ChunkBitmap)? {
         guard let data = FileManager.default.contents(atPath: path), data.count >= journalHeaderLength else {
             return nil
         }
         var buffer = ByteBuffer(bytes: data)
         guard buffer.readInteger(as: UInt32.self) == journalMagic,
             buffer.readBytes(length: 16) == offer.transferID,
-            let chunkSize = buffer.readInteger(as: UInt32.self), chunkSize > 0,
+            let blockSize = buffer.readInteger(as: UInt32.self), blockSize > 0,
             let totalBytes = buffer.readInteger(as: UInt64.self), totalBytes == offer.totalBytes
         else { return nil }
-        let chunkCount = Int((totalBytes + UInt64(chunkSize) - 1) / UInt64(chunkSize))
+        let blockCount = Int((totalBytes + UInt64(blockSize) - 1) / UInt64(blockSize))
         var present = ChunkBitmap()
         // A record cut short by a crash is ignored, like any index outside the object.
         while let index = buffer.readInteger(endianness: .little, as: UInt64.self) {
-            if index < chunkCount { present.insert(Int(index)) }
+            if index < blockCount { present.insert(Int(index)) }
         }
-        return (Int(chunkSize), present)
+        return (Int(blockSize), present)
     }
 
     private static func openFiles(
@@ -171,7 +174,7 @@ actor ReceiverSession {
         transferID: [UInt8],
         totalBytes: UInt64?,
         fresh: Bool,
-        chunkSize: Int
+        blockSize: Int
     ) throws -> (Int32, Int32) {
         let flags = O_RDWR | O_CREAT | O_CLOEXEC | (fresh ? O_TRUNC : 0)
         let data = open(partial, flags, 0o644)
@@ -185,7 +188,7 @@ actor ReceiverSession {
             var header = ByteBuffer()
             header.writeInteger(journalMagic)
             header.writeBytes(transferID)
-            header.writeInteger(UInt32(chunkSize))
+            header.writeInteger(UInt32(blockSize))
             header.writeInteger(totalBytes ?? .max)
             do {
                 try writeAll(journalDescriptor, header, what: "the journal")
@@ -224,7 +227,9 @@ actor ReceiverSession {
                 }
             }
             var record = ByteBuffer()
-            record.writeInteger(UInt64(index), endianness: .little)
+            for block in index..<index + machine.blocks(in: payload.readableBytes) {
+                record.writeInteger(UInt64(block), endianness: .little)
+            }
             try Self.writeAll(journalDescriptor, record, what: "the journal")
         }
         if index == hashedUpTo {
@@ -243,16 +248,16 @@ actor ReceiverSession {
     /// The sender says it is done.
     /// - Returns: The answer for the control stream and, on success, the report.
     func finish(
-        totalChunks: UInt64,
+        totalBlocks: UInt64,
         totalBytes: UInt64,
         digest: SessionMessage.Digest
     ) -> (SessionMessage, Result<ReceivedObject, TransportError>) {
         do {
-            guard try machine.finish(totalChunks: Int(totalChunks), totalBytes: totalBytes) else {
+            guard try machine.finish(totalBlocks: Int(totalBlocks), totalBytes: totalBytes) else {
                 throw TransportError(
                     .protocolViolation,
                     expected: "every chunk before finish",
-                    found: "chunk \(machine.contiguousChunks) of \(totalChunks) missing"
+                    found: "block \(machine.contiguousBlocks) of \(totalBlocks) missing"
                 )
             }
             try advanceHash()
@@ -310,19 +315,19 @@ actor ReceiverSession {
     // MARK: Files
 
     private func advanceHash() throws(TransportError) {
-        while hashedUpTo < machine.contiguousChunks {
+        while hashedUpTo < machine.contiguousBlocks {
             let chunk: ByteBuffer
             if let held = pending.removeValue(forKey: hashedUpTo) {
                 chunk = held
             } else {
-                chunk = try readBack(hashedUpTo)
+                chunk = try readBack(hashedUpTo, blocks: min(machine.contiguousBlocks - hashedUpTo, readBackBlocks))
             }
             chunk.withUnsafeReadableBytes { hasher.update(bufferPointer: $0) }
             if let stream = streamDescriptor {
                 try Self.writeAll(
                     stream, chunk, what: stream == STDOUT_FILENO ? "standard output" : "descriptor \(stream)")
             }
-            hashedUpTo += 1
+            hashedUpTo += machine.blocks(in: chunk.readableBytes)
         }
         if dataDescriptor >= 0, let range = writeback.prefixReached(machine.offset(of: hashedUpTo)) {
             // Advisory: an I/O error here shows again, and is reported, at the fsync before the commit.
@@ -330,8 +335,10 @@ actor ReceiverSession {
         }
     }
 
-    private func readBack(_ index: Int) throws(TransportError) -> ByteBuffer {
-        let size = Int(min(UInt64(machine.chunkSize), (offer.totalBytes ?? .max) - machine.offset(of: index)))
+    /// Reads `blocks` blocks from block `index` back from the partial file.
+    private func readBack(_ index: Int, blocks: Int) throws(TransportError) -> ByteBuffer {
+        let size = Int(
+            min(UInt64(blocks * machine.blockSize), (offer.totalBytes ?? .max) - machine.offset(of: index)))
         var buffer = ByteBufferAllocator().buffer(capacity: size)
         var failed = false
         buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: size) { pointer in
@@ -339,7 +346,7 @@ actor ReceiverSession {
             failed = count != size
             return max(count, 0)
         }
-        guard !failed else { throw ioError("read back chunk \(index) of \(partialPath ?? "?")") }
+        guard !failed else { throw ioError("read back block \(index) of \(partialPath ?? "?")") }
         return buffer
     }
 

@@ -19,8 +19,9 @@ public struct SendConfiguration: Sendable {
     public var initialStreams: Int?
     /// The path rate assumed for the initial stream count, in bits per second.
     public var linkRateHint: Double = 1e9
-    /// Bytes per chunk.
-    public var chunkSize = 1 << 20
+    /// Bytes per chunk, fixed; `nil` adapts the chunks to the path (``ChunkSizer``: blocks of 256 KiB,
+    /// chunks of 256 KiB to 1 MiB, a quarter of one stream's share of the window).
+    public var chunkSize: Int?
     /// The most bytes read but not yet acknowledged: bounds memory on both sides.
     public var windowBytes = 64 << 20
     /// A cap on the sending rate in bytes per second (`--rate-limit`), or `nil` for none.
@@ -114,6 +115,12 @@ public struct SendReport: Sendable, Codable {
     public var maximumStreams: Int
     /// Data streams that failed or stalled and were replaced.
     public var streamFailures: Int
+    /// The block size the receiver counts in.
+    public var blockSize: Int
+    /// Chunks acknowledged (each a run of blocks), over all objects; with the bytes sent, the mean chunk.
+    public var chunksAcknowledged: Int
+    /// The chunk length in force when the transfer ended, in bytes (``ChunkSizer``).
+    public var chunkSize: Int
     /// Chunks sent again because the stream carrying them failed.
     public var chunksResent: Int
     /// Chunks copied onto idle streams at the end so the last ones do not wait for a slow stream.
@@ -138,6 +145,9 @@ public struct SendReport: Sendable, Codable {
         seconds: Double,
         maximumStreams: Int,
         streamFailures: Int,
+        blockSize: Int,
+        chunksAcknowledged: Int,
+        chunkSize: Int,
         chunksResent: Int,
         chunksDuplicated: Int,
         roundTripMilliseconds: Double
@@ -150,6 +160,9 @@ public struct SendReport: Sendable, Codable {
         self.seconds = seconds
         self.maximumStreams = maximumStreams
         self.streamFailures = streamFailures
+        self.blockSize = blockSize
+        self.chunksAcknowledged = chunksAcknowledged
+        self.chunkSize = chunkSize
         self.chunksResent = chunksResent
         self.chunksDuplicated = chunksDuplicated
         self.roundTripMilliseconds = roundTripMilliseconds

@@ -15,6 +15,8 @@ actor SenderCore {
     typealias Outlet = AsyncStream<(ChunkAddress, ByteBuffer)>
 
     private let configuration: SendConfiguration
+    /// The block size offered: the fixed chunk size, or the adaptive block.
+    private var offeredBlockSize: Int { configuration.chunkSize ?? ChunkSizer.adaptiveBlockSize }
     private let readers: [SourceReader]
     private let weights: [Int]
     private let commands: AsyncStream<Command>.Continuation
@@ -86,17 +88,17 @@ actor SenderCore {
         let actions = session.accepted(
             accept, object: object, objectSize: readers[object].size, weight: weights[object])
         for waiter in acceptWaiters.removeValue(forKey: object) ?? [] {
-            waiter.resume(returning: (Int(accept.chunkSize), accept.present))
+            waiter.resume(returning: (Int(accept.blockSize), accept.present))
         }
         perform(actions)
     }
 
-    /// The chunk size and the chunks the receiver holds, once it has accepted `object`.
-    func waitUntilAccepted(object: Int = 0) async -> (chunkSize: Int, skipped: ChunkBitmap) {
+    /// The block size and the blocks the receiver holds, once it has accepted `object`.
+    func waitUntilAccepted(object: Int = 0) async -> (blockSize: Int, skipped: ChunkBitmap) {
         if let transfer = session.transfer, session.hasAccepted(object: object) {
-            return (transfer.chunkSize, transfer.skipped(object: object))
+            return (transfer.blockSize, transfer.skipped(object: object))
         }
-        if outcome != nil { return (configuration.chunkSize, ChunkBitmap()) }
+        if outcome != nil { return (offeredBlockSize, ChunkBitmap()) }
         return await withCheckedContinuation { acceptWaiters[object, default: []].append($0) }
     }
 
@@ -118,17 +120,20 @@ actor SenderCore {
 
     /// Waits until `object` may read its next chunk: the session granted it room in the window (by
     /// weight among the session's objects).
-    func reserve(_ object: Int) async throws {
-        while outcome == nil, !session.claimGrant(object: object) {
+    /// - Returns: The most blocks the chunk may hold.
+    func reserve(_ object: Int) async throws -> Int {
+        while outcome == nil {
+            if let blocks = session.claimGrant(object: object) { return blocks }
             await withCheckedContinuation { readerWaiters.append($0) }
         }
-        guard outcome == nil else { throw CancellationError() }
+        throw CancellationError()
     }
 
-    /// Hands over chunk `index` of `object`, read on a grant from ``reserve(_:)``.
+    /// Hands over the chunk of `object` from block `index`, read on a grant from ``reserve(_:)``.
     func deliver(_ index: Int, of object: Int, _ chunk: ByteBuffer) async throws {
+        let blocks = session.transfer.map { $0.blocks(in: chunk.readableBytes) } ?? 1
         // Within the grant's room; only after a resume's gaps can the object's own window still hold it back.
-        while outcome == nil, !session.admits(index, object: object) {
+        while outcome == nil, !session.admits(index, blocks: blocks, object: object) {
             await withCheckedContinuation { readerWaiters.append($0) }
         }
         guard outcome == nil else { throw CancellationError() }
@@ -136,10 +141,10 @@ actor SenderCore {
         perform(session.chunkRead(index, size: chunk.readableBytes, object: object, now: now))
     }
 
-    func sourceEnded(object: Int, chunkCount: Int, digest: SessionMessage.Digest) {
+    func sourceEnded(object: Int, blockCount: Int, digest: SessionMessage.Digest) {
         perform(
             session.sourceEnded(
-                chunkCount: chunkCount, totalBytes: readers[object].bytesRead, digest: digest, object: object))
+                blockCount: blockCount, totalBytes: readers[object].bytesRead, digest: digest, object: object))
     }
 
     // MARK: Streams
@@ -196,14 +201,14 @@ actor SenderCore {
                 outlets.removeValue(forKey: stream)?.finish()
             case .closeStream(let stream):
                 channels[stream]?.close(promise: nil)
-            case .sendFinish(let object, let totalChunks, let totalBytes, let digest):
+            case .sendFinish(let object, let totalBlocks, let totalBytes, let digest):
                 if session.isOver {
                     for outlet in outlets.values { outlet.finish() }
                 }
                 commands.yield(
                     .send(
                         .finish(
-                            object: UInt16(object), totalChunks: totalChunks, totalBytes: totalBytes, sha256: digest
+                            object: UInt16(object), totalBlocks: totalBlocks, totalBytes: totalBytes, sha256: digest
                         )))
             case .fail(let error):
                 fail(error)
@@ -245,7 +250,7 @@ actor SenderCore {
         bytesAtLastTick = acknowledged
         lastTick = at
         let skipped = transfer.objectNumbers.reduce(UInt64(0)) {
-            $0 + UInt64(transfer.skipped(object: $1).count) * UInt64(transfer.chunkSize)
+            $0 + UInt64(transfer.skipped(object: $1).count) * UInt64(transfer.blockSize)
         }
         let sizes = readers.map(\.size)
         let total = sizes.contains(nil) ? nil : sizes.reduce(UInt64(0)) { $0 + $1! }
@@ -300,7 +305,7 @@ actor SenderCore {
         for channel in channels.values { channel.close(promise: nil) }
         resumeReaders()
         for waiter in acceptWaiters.values.joined() {
-            waiter.resume(returning: (configuration.chunkSize, ChunkBitmap()))
+            waiter.resume(returning: (offeredBlockSize, ChunkBitmap()))
         }
         acceptWaiters.removeAll()
         commands.finish()
@@ -318,6 +323,9 @@ actor SenderCore {
             seconds: now.seconds,
             maximumStreams: session.maximumStreams,
             streamFailures: session.streamFailures,
+            blockSize: transfer?.blockSize ?? offeredBlockSize,
+            chunksAcknowledged: transfer?.chunksAcknowledged ?? 0,
+            chunkSize: (transfer?.chunkBlocks ?? 1) * (transfer?.blockSize ?? offeredBlockSize),
             chunksResent: transfer?.chunksResent ?? 0,
             chunksDuplicated: transfer?.chunksDuplicated ?? 0,
             roundTripMilliseconds: session.roundTrip.seconds * 1000
@@ -331,11 +339,11 @@ actor SenderCore {
 
     private func objectReport(_ object: Int) -> SendReport.Object {
         let ending = session.endings[object]
-        let chunkSize = UInt64(session.transfer?.chunkSize ?? configuration.chunkSize)
+        let blockSize = UInt64(session.transfer?.blockSize ?? offeredBlockSize)
         return SendReport.Object(
             name: readers[object].name,
             bytes: ending?.bytes ?? 0,
-            skippedBytes: UInt64(session.transfer?.skipped(object: object).count ?? 0) * chunkSize,
+            skippedBytes: UInt64(session.transfer?.skipped(object: object).count ?? 0) * blockSize,
             sha256: ending.map { "\($0.digest)" } ?? "",
             seconds: committedAt[object]?.seconds ?? now.seconds,
             weight: weights[object]

@@ -1,9 +1,9 @@
 /// The sending side of one session (AMST, sans-IO): how many data streams to keep, when to open,
-/// drain, replace or give up on them, which chunk of which object goes on which stream, when a chunk
-/// may be released, and when to send each object's finish.
+/// drain, replace or give up on them, how long a chunk is, which chunk of which object goes on which
+/// stream, when a chunk may be released, and when to send each object's finish.
 ///
 /// It combines ``TransferSender`` (chunks, windows, stalls, end game) with ``StreamCountController``
-/// (the stream count). The caller feeds it events with the time since the transfer started and
+/// (the stream count) and ``ChunkSizer`` (the chunk length, from the stream count and the window). The caller feeds it events with the time since the transfer started and
 /// carries out the ``Action``s it returns; it never reads a clock and does no I/O.
 public struct SenderSession: Sendable {
     /// Bounds and timings.
@@ -20,6 +20,8 @@ public struct SenderSession: Sendable {
         public var linkRateHint: Double
         /// The most bytes read and not yet acknowledged, over all objects.
         public var windowBytes: Int
+        /// The largest chunk; chunks adapt to the path up to it, in blocks of the receiver's block size.
+        public var maximumChunkSize: Int
         /// How many objects the session carries.
         public var objects: Int
         /// How long a stream may hold chunks without an acknowledgement.
@@ -37,6 +39,7 @@ public struct SenderSession: Sendable {
             initialStreams = send.initialStreams
             linkRateHint = send.linkRateHint
             windowBytes = send.windowBytes
+            maximumChunkSize = send.chunkSize ?? ChunkSizer.adaptiveMaximumChunkSize
             objects = 1
             stallTimeout = send.stallTimeout
             sampleInterval = send.interval
@@ -82,7 +85,7 @@ public struct SenderSession: Sendable {
         /// Stream `stream` stalled: close it. Its chunks are re-sent elsewhere when it ends.
         case closeStream(Int)
         /// Every chunk of `object` is acknowledged: send its `finish` with these totals on the control stream.
-        case sendFinish(object: Int, totalChunks: UInt64, totalBytes: UInt64, sha256: SessionMessage.Digest)
+        case sendFinish(object: Int, totalBlocks: UInt64, totalBytes: UInt64, sha256: SessionMessage.Digest)
         /// The transfer cannot go on.
         case fail(TransportError)
     }
@@ -93,6 +96,8 @@ public struct SenderSession: Sendable {
     public private(set) var transfer: TransferSender?
     /// The stream-count controller, from the control connection on.
     public private(set) var controller: StreamCountController?
+    /// The chunk sizer, from the receiver's accept (its block size) on.
+    public private(set) var sizer: ChunkSizer?
     /// The round-trip time the control connection's handshake measured.
     public private(set) var roundTrip: Duration = .zero
     /// Bytes acknowledged in this attempt, over all objects.
@@ -106,8 +111,8 @@ public struct SenderSession: Sendable {
     /// Whether every object's finish was sent or the transfer failed or was stopped: events change
     /// nothing now.
     public private(set) var isOver = false
-    /// What each object's source held, once it ended: chunks, bytes, SHA-256.
-    public private(set) var endings: [Int: (chunks: Int, bytes: UInt64, digest: SessionMessage.Digest)] = [:]
+    /// What each object's source held, once it ended: blocks, bytes, SHA-256.
+    public private(set) var endings: [Int: (blocks: Int, bytes: UInt64, digest: SessionMessage.Digest)] = [:]
     /// The objects whose finish was sent.
     public private(set) var finished: Set<Int> = []
     /// The objects the receiver verified and committed.
@@ -152,7 +157,7 @@ public struct SenderSession: Sendable {
 
     /// The receiver accepted an object's offer.
     /// - Parameters:
-    ///   - accept: Its answer: chunk size, window, the chunks it holds.
+    ///   - accept: Its answer: block size, window, the blocks it holds.
     ///   - object: The object's number in the session.
     ///   - objectSize: The object's size, `nil` for a stream of unknown length.
     ///   - weight: The object's share of the streams relative to the others'.
@@ -164,17 +169,19 @@ public struct SenderSession: Sendable {
     ) -> [Action] {
         guard !isOver else { return [] }
         if transfer == nil {
-            let chunkSize = Int(accept.chunkSize)
+            let blockSize = Int(accept.blockSize)
             transfer = TransferSender(
-                chunkSize: chunkSize, windowChunks: max(1, configuration.windowBytes / chunkSize),
+                blockSize: blockSize, windowBlocks: max(1, configuration.windowBytes / blockSize),
                 stallTimeout: configuration.stallTimeout)
+            sizer = ChunkSizer(blockSize: blockSize, maximumChunkSize: configuration.maximumChunkSize)
+            resizeChunks()
         }
-        let chunkSize = transfer!.chunkSize
+        let blockSize = transfer!.blockSize
         transfer!.addObject(
             object,
             // The receiver's reorder window for the object; the session's window bounds what is held.
-            windowChunks: max(1, Int(accept.windowChunks)),
-            totalChunks: objectSize.map { Int(($0 + UInt64(chunkSize) - 1) / UInt64(chunkSize)) },
+            windowBlocks: max(1, Int(accept.windowBlocks)),
+            totalBlocks: objectSize.map { Int(($0 + UInt64(blockSize) - 1) / UInt64(blockSize)) },
             present: accept.present,
             weight: weight
         )
@@ -187,14 +194,17 @@ public struct SenderSession: Sendable {
     // MARK: Source
 
     /// The reader of `object` takes a read grant (room in the window, given by weight) before it
-    /// reads a chunk; `false` when it must wait.
-    public mutating func claimGrant(object: Int) -> Bool { transfer?.claimGrant(object: object) ?? false }
+    /// reads a chunk.
+    /// - Returns: The most blocks the chunk may hold; `nil` when the reader must wait.
+    public mutating func claimGrant(object: Int) -> Int? { transfer?.claimGrant(object: object) }
 
-    /// Whether chunk `index` of `object` lies within the object's own window (a chunk read on a grant
-    /// almost always does; after a resume's gaps it may have to wait).
-    public func admits(_ index: Int, object: Int) -> Bool { transfer?.admits(index, object: object) ?? false }
+    /// Whether a chunk of `blocks` blocks from block `index` of `object` lies within the object's own
+    /// window (a chunk read on a grant almost always does; after a resume's gaps it may have to wait).
+    public func admits(_ index: Int, blocks: Int, object: Int) -> Bool {
+        transfer?.admits(index, blocks: blocks, object: object) ?? false
+    }
 
-    /// Chunk `index` of `object` was read; it must be admitted.
+    /// The chunk of `object` from block `index` was read; it must be admitted.
     public mutating func chunkRead(_ index: Int, size: Int, object: Int = 0, now: Duration) -> [Action] {
         guard !isOver, transfer != nil else { return [] }
         transfer!.chunkRead(index, size: size, object: object)
@@ -202,16 +212,16 @@ public struct SenderSession: Sendable {
         return assign(now: now)
     }
 
-    /// The source of `object` ended after `chunkCount` chunks and `totalBytes` bytes with this SHA-256.
+    /// The source of `object` ended after `blockCount` blocks and `totalBytes` bytes with this SHA-256.
     public mutating func sourceEnded(
-        chunkCount: Int,
+        blockCount: Int,
         totalBytes: UInt64,
         digest: SessionMessage.Digest,
         object: Int = 0
     ) -> [Action] {
         guard !isOver else { return [] }
-        transfer?.sourceEnded(chunkCount: chunkCount, object: object)
-        endings[object] = (chunkCount, totalBytes, digest)
+        transfer?.sourceEnded(blockCount: blockCount, object: object)
+        endings[object] = (blockCount, totalBytes, digest)
         return finishIfDone(object)
     }
 
@@ -345,6 +355,7 @@ public struct SenderSession: Sendable {
                 }
             }
         }
+        resizeChunks()
         rebalanceWindows()
         return actions
     }
@@ -353,7 +364,15 @@ public struct SenderSession: Sendable {
     private var streamWindow: Int {
         guard let transfer else { return 1 }
         let streams = max(1, controller?.streamCount ?? 1)
-        return max(2 * transfer.chunkSize, transfer.windowChunks * transfer.chunkSize / streams)
+        return max(
+            2 * transfer.chunkBlocks * transfer.blockSize, transfer.windowBlocks * transfer.blockSize / streams)
+    }
+
+    /// Sizes the chunks read from now on for the controller's stream count.
+    private mutating func resizeChunks() {
+        guard let sizer, transfer != nil else { return }
+        let blocks = sizer.blocks(windowBytes: configuration.windowBytes, streams: controller?.streamCount ?? 1)
+        if blocks != transfer!.chunkBlocks { transfer!.setChunkBlocks(blocks) }
     }
 
     private mutating func rebalanceWindows() {
@@ -382,7 +401,7 @@ public struct SenderSession: Sendable {
         isOver = finished.count == configuration.objects
         return [
             .sendFinish(
-                object: object, totalChunks: UInt64(ending.chunks), totalBytes: ending.bytes, sha256: ending.digest)
+                object: object, totalBlocks: UInt64(ending.blocks), totalBytes: ending.bytes, sha256: ending.digest)
         ]
     }
 }

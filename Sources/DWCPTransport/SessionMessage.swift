@@ -19,7 +19,7 @@ public enum SessionMessage: Hashable, Sendable {
     /// The first message on a data stream: which session it belongs to.
     case attach(sessionID: UInt64, token: Token, stream: UInt16)
     /// The sender has sent every chunk of `object`: the totals and the object's SHA-256.
-    case finish(object: UInt16, totalChunks: UInt64, totalBytes: UInt64, sha256: Digest)
+    case finish(object: UInt16, totalBlocks: UInt64, totalBytes: UInt64, sha256: Digest)
     /// The receiver verified `object` (its SHA-256 matched) and committed it.
     case complete(object: UInt16, sha256: Digest)
     /// The receiver could not complete the transfer.
@@ -66,8 +66,8 @@ public enum SessionMessage: Hashable, Sendable {
         public var name: String
         /// The object's size, or `nil` for a stream of unknown length.
         public var totalBytes: UInt64?
-        /// The chunk size the sender proposes.
-        public var chunkSize: UInt32
+        /// The block size the sender proposes (``ChunkSizer``; its chunks are runs of blocks).
+        public var blockSize: UInt32
         /// Whether the sender wants to continue a previous attempt from what the receiver holds.
         public var resume: Bool
         /// The object's number in the session: 0 opens the session, 1… follow on its control stream.
@@ -82,7 +82,7 @@ public enum SessionMessage: Hashable, Sendable {
             transferID: [UInt8],
             name: String,
             totalBytes: UInt64?,
-            chunkSize: UInt32,
+            blockSize: UInt32,
             resume: Bool,
             object: UInt16 = 0,
             objects: UInt16 = 1,
@@ -92,7 +92,7 @@ public enum SessionMessage: Hashable, Sendable {
             self.transferID = transferID
             self.name = name
             self.totalBytes = totalBytes
-            self.chunkSize = chunkSize
+            self.blockSize = blockSize
             self.resume = resume
             self.object = object
             self.objects = objects
@@ -108,11 +108,11 @@ public enum SessionMessage: Hashable, Sendable {
         public var sessionID: UInt64
         /// The secret data streams present in `attach`.
         public var token: Token
-        /// The chunk size in force (the receiver's partial copy decides it when resuming).
-        public var chunkSize: UInt32
-        /// How far past its first missing chunk the receiver accepts chunks (its reorder window).
-        public var windowChunks: UInt32
-        /// The chunks the receiver already holds (empty unless resuming).
+        /// The block size in force (the receiver's partial copy decides it when resuming).
+        public var blockSize: UInt32
+        /// How far past its first missing block the receiver accepts chunks (its reorder window), in blocks.
+        public var windowBlocks: UInt32
+        /// The blocks the receiver already holds (empty unless resuming).
         public var present: ChunkBitmap
 
         /// Creates an accept.
@@ -120,15 +120,15 @@ public enum SessionMessage: Hashable, Sendable {
             object: UInt16 = 0,
             sessionID: UInt64,
             token: Token,
-            chunkSize: UInt32,
-            windowChunks: UInt32,
+            blockSize: UInt32,
+            windowBlocks: UInt32,
             present: ChunkBitmap
         ) {
             self.object = object
             self.sessionID = sessionID
             self.token = token
-            self.chunkSize = chunkSize
-            self.windowChunks = windowChunks
+            self.blockSize = blockSize
+            self.windowBlocks = windowBlocks
             self.present = present
         }
     }
@@ -167,7 +167,7 @@ public enum SessionMessage: Hashable, Sendable {
             buffer.writeBytes(offer.transferID)
             buffer.writeString16(offer.name)
             buffer.writeInteger(offer.totalBytes ?? .max)
-            buffer.writeInteger(offer.chunkSize)
+            buffer.writeInteger(offer.blockSize)
             buffer.writeInteger(UInt8(offer.resume ? 1 : 0))
             buffer.writeInteger(offer.object)
             buffer.writeInteger(offer.objects)
@@ -177,8 +177,8 @@ public enum SessionMessage: Hashable, Sendable {
             buffer.writeInteger(accept.object)
             buffer.writeInteger(accept.sessionID)
             buffer.writeBytes(accept.token.bytes)
-            buffer.writeInteger(accept.chunkSize)
-            buffer.writeInteger(accept.windowChunks)
+            buffer.writeInteger(accept.blockSize)
+            buffer.writeInteger(accept.windowBlocks)
             accept.present.encode(into: &buffer)
         case .refuse(let reason):
             buffer.writeInteger(Kind.refuse.rawValue)
@@ -188,10 +188,10 @@ public enum SessionMessage: Hashable, Sendable {
             buffer.writeInteger(sessionID)
             buffer.writeBytes(token.bytes)
             buffer.writeInteger(stream)
-        case .finish(let object, let totalChunks, let totalBytes, let sha256):
+        case .finish(let object, let totalBlocks, let totalBytes, let sha256):
             buffer.writeInteger(Kind.finish.rawValue)
             buffer.writeInteger(object)
-            buffer.writeInteger(totalChunks)
+            buffer.writeInteger(totalBlocks)
             buffer.writeInteger(totalBytes)
             buffer.writeBytes(sha256.bytes)
         case .complete(let object, let sha256):
@@ -230,7 +230,7 @@ public enum SessionMessage: Hashable, Sendable {
             let transferID = try buffer.readFixedBytes(16, "offer transfer id")
             let name = try buffer.readString16("offer name")
             let totalBytes = try buffer.readField(UInt64.self, "offer size")
-            let chunkSize = try buffer.readField(UInt32.self, "offer chunk size")
+            let blockSize = try buffer.readField(UInt32.self, "offer block size")
             let resume = try buffer.readField(UInt8.self, "offer resume flag")
             let object = try buffer.readField(UInt16.self, "offer object number")
             let objects = try buffer.readField(UInt16.self, "offer object count")
@@ -247,7 +247,7 @@ public enum SessionMessage: Hashable, Sendable {
                     transferID: transferID,
                     name: name,
                     totalBytes: totalBytes == .max ? nil : totalBytes,
-                    chunkSize: chunkSize,
+                    blockSize: blockSize,
                     resume: resume != 0,
                     object: object,
                     objects: objects,
@@ -258,16 +258,16 @@ public enum SessionMessage: Hashable, Sendable {
             let object = try buffer.readField(UInt16.self, "accept object number")
             let sessionID = try buffer.readField(UInt64.self, "accept session id")
             let token = Token(bytes: try buffer.readFixedBytes(16, "accept token"))
-            let chunkSize = try buffer.readField(UInt32.self, "accept chunk size")
-            let windowChunks = try buffer.readField(UInt32.self, "accept window")
+            let blockSize = try buffer.readField(UInt32.self, "accept block size")
+            let windowBlocks = try buffer.readField(UInt32.self, "accept window")
             let present = try ChunkBitmap(decoding: &buffer)
             self = .accept(
                 Accept(
                     object: object,
                     sessionID: sessionID,
                     token: token,
-                    chunkSize: chunkSize,
-                    windowChunks: windowChunks,
+                    blockSize: blockSize,
+                    windowBlocks: windowBlocks,
                     present: present
                 )
             )
@@ -280,10 +280,10 @@ public enum SessionMessage: Hashable, Sendable {
                 sessionID: sessionID, token: token, stream: try buffer.readField(UInt16.self, "attach stream"))
         case .finish:
             let object = try buffer.readField(UInt16.self, "finish object number")
-            let totalChunks = try buffer.readField(UInt64.self, "finish chunk count")
+            let totalBlocks = try buffer.readField(UInt64.self, "finish block count")
             let totalBytes = try buffer.readField(UInt64.self, "finish byte count")
             let digest = Digest(bytes: try buffer.readFixedBytes(32, "finish SHA-256"))
-            self = .finish(object: object, totalChunks: totalChunks, totalBytes: totalBytes, sha256: digest)
+            self = .finish(object: object, totalBlocks: totalBlocks, totalBytes: totalBytes, sha256: digest)
         case .complete:
             let object = try buffer.readField(UInt16.self, "complete object number")
             self = .complete(object: object, sha256: Digest(bytes: try buffer.readFixedBytes(32, "complete SHA-256")))

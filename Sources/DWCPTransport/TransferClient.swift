@@ -225,7 +225,7 @@ public enum TransferClient {
                         transferID: reader.transferID,
                         name: reader.name,
                         totalBytes: reader.size,
-                        chunkSize: UInt32(configuration.chunkSize),
+                        blockSize: UInt32(configuration.chunkSize ?? ChunkSizer.adaptiveBlockSize),
                         resume: configuration.resume,
                         object: UInt16(object),
                         objects: UInt16(readers.count),
@@ -288,18 +288,24 @@ public enum TransferClient {
     }
 
     private static func readSource(_ reader: SourceReader, object: Int, core: SenderCore) async throws {
-        let (chunkSize, skipped) = await core.waitUntilAccepted(object: object)
+        let (blockSize, skipped) = await core.waitUntilAccepted(object: object)
         var index = 0
         while true {
-            // Chunks the receiver holds are read (for the SHA-256) but not sent, so they need no grant.
-            let wanted = !skipped.contains(index)
-            if wanted { try await core.reserve(object) }
-            guard let chunk = try await reader.readChunk(chunkSize: chunkSize) else { break }
-            if wanted { try await core.deliver(index, of: object, chunk) }
-            index += 1
-            if chunk.readableBytes < chunkSize { break }
+            if skipped.contains(index) {
+                // A block the receiver holds is read for the SHA-256 but not sent, so it needs no grant.
+                guard let block = try await reader.readChunk(chunkSize: blockSize) else { break }
+                index += 1
+                if block.readableBytes < blockSize { break }
+                continue
+            }
+            // A chunk of the granted blocks, short of the next block the receiver holds.
+            let blocks = min(try await core.reserve(object), skipped.firstPresent(from: index) - index)
+            guard let chunk = try await reader.readChunk(chunkSize: blocks * blockSize) else { break }
+            try await core.deliver(index, of: object, chunk)
+            index += (chunk.readableBytes + blockSize - 1) / blockSize
+            if chunk.readableBytes < blocks * blockSize { break }
         }
-        await core.sourceEnded(object: object, chunkCount: index, digest: reader.digest())
+        await core.sourceEnded(object: object, blockCount: index, digest: reader.digest())
     }
 
     private static func runDataStream(

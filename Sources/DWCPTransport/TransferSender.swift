@@ -1,64 +1,74 @@
-/// The sending side of one session's transfers (AMST, sans-IO): which chunk of which object to read
-/// next, which stream carries it, when a chunk may be released, when a stream has stalled, and when
+/// The sending side of one session's transfers (AMST, sans-IO): which blocks of which object to read
+/// next, which stream carries them, when a chunk may be released, when a stream has stalled, and when
 /// each object is done.
+///
+/// Objects are counted in blocks of one size (the receiver's bitmap counts them too); a chunk is a run
+/// of consecutive blocks of one object, sent in one frame and acknowledged as a whole, and its length
+/// (``chunkBlocks``) follows the path (``ChunkSizer``). A chunk is addressed by its first block.
 ///
 /// A session carries one or more objects (files, streams), numbered 0, 1, …, that share the session
 /// by weight. The sender keeps every chunk it has read until the receiver acknowledges it, so memory
-/// is bounded by the session's window: at most `windowChunks` chunks are held, over all objects. A
+/// is bounded by the session's window: at most `windowBlocks` blocks are held, over all objects. A
 /// chunk is also read only while it lies within its object's own window past that object's first
-/// unacknowledged chunk, which keeps the receiver's reorder buffer finite.
+/// unacknowledged block, which keeps the receiver's reorder buffer finite.
 ///
-/// Room in the session's window goes to the objects as *read grants*, by weight: each free slot goes
-/// to the object with the earliest virtual start (bytes granted ÷ weight; start-time fair queueing),
-/// up to ``readAhead`` grants per object, so an object's reader finds its next grant waiting while it
-/// is still reading the previous chunk and a reader that is momentarily away loses nothing. A reader
-/// claims a grant (``claimGrant(object:)``) before it reads a chunk and hands the chunk over with
-/// ``chunkRead(_:size:object:)``. The ``ChunkScheduler`` makes the same weighted choice among chunks
-/// waiting for a stream. While two objects of weights 4 and 1 both have data, they get 4/5 and 1/5
-/// of the bytes. Time is an input (`now`, any monotonic ``Duration`` since the
-/// transfer started); the type never reads a clock.
+/// Room in the session's window goes to the objects as *read grants* of up to ``chunkBlocks`` blocks
+/// each, by weight: each grant goes to the object with the earliest virtual start (bytes granted ÷
+/// weight; start-time fair queueing), up to ``readAhead`` grants per object, so an object's reader
+/// finds its next grant waiting while it is still reading the previous chunk and a reader that is
+/// momentarily away loses nothing. A grant waits for room for a whole chunk while acknowledgements are
+/// due to make it. A reader claims a grant (``claimGrant(object:)``) before it reads a chunk of at most
+/// that many blocks and hands the chunk over with ``chunkRead(_:size:object:)``. The
+/// ``ChunkScheduler`` makes the same weighted choice among chunks waiting for a stream. While two
+/// objects of weights 4 and 1 both have data, they get 4/5 and 1/5 of the bytes. Time is an input
+/// (`now`, any monotonic ``Duration`` since the transfer started); the type never reads a clock.
 public struct TransferSender: Sendable {
     /// A decision to send a chunk on a stream.
     public typealias Assignment = ChunkScheduler.Assignment
 
-    /// One object's progress.
+    /// One object's progress, in blocks.
     struct Object: Sendable {
-        var windowChunks: Int
+        var windowBlocks: Int
         let weight: Int
         /// Bytes granted ÷ weight (start-time fair queueing).
         var virtualStart = 0.0
-        /// Read grants issued and not yet used by a chunk handed over.
-        var granted = 0
-        /// Of those, the ones its reader has claimed (it is reading).
+        /// Read grants issued and not yet used by a chunk handed over, oldest first: their blocks.
+        var grants: [Int] = []
+        /// How many of the oldest grants its reader has claimed (it is reading).
         var claimed = 0
-        /// The next chunk index its reader hands over (an estimate for grants ahead of the reader).
+        /// The next block its reader hands over (an estimate for grants ahead of the reader).
         var nextIndex: Int
         /// Its source has ended: no more grants.
         var sourceDone = false
         var done: ChunkBitmap
         let skipped: ChunkBitmap
         var lowestUnacknowledged: Int
-        var endChunk: Int?
+        var endBlock: Int?
         var highestRead = -1
+        /// Blocks read and not yet acknowledged.
+        var held = 0
 
-        var isComplete: Bool { endChunk.map { lowestUnacknowledged >= $0 } ?? false }
+        var isComplete: Bool { endBlock.map { lowestUnacknowledged >= $0 } ?? false }
+        var grantedBlocks: Int { grants.reduce(0, +) }
 
-        func admits(_ index: Int) -> Bool { index < lowestUnacknowledged + windowChunks }
+        func admits(_ index: Int, blocks: Int = 1) -> Bool { index + blocks <= lowestUnacknowledged + windowBlocks }
 
         /// Whether no further chunk can be read now: none is left, or the next lies beyond the window.
         var readingBlocked: Bool {
             let next = done.firstAbsent(from: highestRead + 1)
-            if let endChunk, next >= endChunk { return true }
+            if let endBlock, next >= endBlock { return true }
             return !admits(next)
         }
     }
 
-    /// The chunk size in force.
-    public let chunkSize: Int
-    /// The most chunks held (read and not yet acknowledged) over all objects: the session's window.
-    public let windowChunks: Int
+    /// Bytes per block.
+    public let blockSize: Int
+    /// The most blocks held (read and not yet acknowledged) over all objects: the session's window.
+    public let windowBlocks: Int
     /// How long a stream may hold chunks without any acknowledgement before it counts as stalled.
     public let stallTimeout: Duration
+    /// The blocks of a chunk read from now on (a grant's size); see ``setChunkBlocks(_:)``.
+    public private(set) var chunkBlocks = 1
 
     private var scheduler = ChunkScheduler()
     private var objects: [Int: Object] = [:]
@@ -66,9 +76,9 @@ public struct TransferSender: Sendable {
     private var duplicated: Set<ChunkAddress> = []
     /// The virtual start of the grant issued last.
     private var virtualNow = 0.0
-    /// Chunks read and not yet acknowledged (first acknowledgement), over all objects.
+    /// Blocks read and not yet acknowledged (first acknowledgement), over all objects.
     private var held = 0
-    /// Read grants not yet used, over all objects.
+    /// Blocks of read grants not yet used, over all objects.
     private var granted = 0
 
     /// Read grants an object may hold at once: the chunk its reader is reading and the next one.
@@ -81,58 +91,65 @@ public struct TransferSender: Sendable {
     /// Chunks copied onto an idle stream (end game or a window held up by a slow stream).
     public private(set) var chunksDuplicated = 0
 
-    /// Creates the sending side with no objects yet (see ``addObject(_:windowChunks:totalChunks:present:weight:)``).
+    /// Creates the sending side with no objects yet (see ``addObject(_:windowBlocks:totalBlocks:present:weight:)``).
     /// - Parameters:
-    ///   - chunkSize: Bytes per chunk (the last of an object may be shorter).
-    ///   - windowChunks: The most chunks held over all objects.
+    ///   - blockSize: Bytes per block (the last of an object may be shorter).
+    ///   - windowBlocks: The most blocks held over all objects.
     ///   - stallTimeout: How long a stream may go without acknowledgements while it holds chunks.
-    public init(chunkSize: Int, windowChunks: Int, stallTimeout: Duration = .seconds(20)) {
-        precondition(chunkSize > 0 && windowChunks > 0, "chunk size and window must be positive")
-        self.chunkSize = chunkSize
-        self.windowChunks = windowChunks
+    public init(blockSize: Int, windowBlocks: Int, stallTimeout: Duration = .seconds(20)) {
+        precondition(blockSize > 0 && windowBlocks > 0, "block size and window must be positive")
+        self.blockSize = blockSize
+        self.windowBlocks = windowBlocks
         self.stallTimeout = stallTimeout
     }
 
     /// Creates the sending side of a session that carries one object, object 0.
     /// - Parameters:
-    ///   - chunkSize: Bytes per chunk (the last may be shorter).
-    ///   - windowChunks: The receiver's reorder window, in chunks.
-    ///   - totalChunks: The object's chunk count, or `nil` for a stream of unknown length.
-    ///   - present: Chunks the receiver already holds; they are never read or sent.
+    ///   - blockSize: Bytes per block (the last may be shorter).
+    ///   - windowBlocks: The receiver's reorder window, in blocks.
+    ///   - totalBlocks: The object's block count, or `nil` for a stream of unknown length.
+    ///   - present: Blocks the receiver already holds; they are never read or sent.
     ///   - stallTimeout: How long a stream may go without acknowledgements while it holds chunks.
     public init(
-        chunkSize: Int,
-        windowChunks: Int,
-        totalChunks: Int?,
+        blockSize: Int,
+        windowBlocks: Int,
+        totalBlocks: Int?,
         present: ChunkBitmap = ChunkBitmap(),
         stallTimeout: Duration = .seconds(20)
     ) {
-        self.init(chunkSize: chunkSize, windowChunks: windowChunks, stallTimeout: stallTimeout)
-        addObject(0, windowChunks: windowChunks, totalChunks: totalChunks, present: present)
+        self.init(blockSize: blockSize, windowBlocks: windowBlocks, stallTimeout: stallTimeout)
+        addObject(0, windowBlocks: windowBlocks, totalBlocks: totalBlocks, present: present)
     }
 
     /// Adds an object to the session.
     /// - Parameters:
     ///   - object: Its number in the session.
-    ///   - windowChunks: How many chunks past its first unacknowledged one may be read (the receiver's
+    ///   - windowBlocks: How many blocks past its first unacknowledged one may be read (the receiver's
     ///     reorder window for it).
-    ///   - totalChunks: Its chunk count, or `nil` for a stream of unknown length.
-    ///   - present: Chunks the receiver already holds; they are never read or sent.
+    ///   - totalBlocks: Its block count, or `nil` for a stream of unknown length.
+    ///   - present: Blocks the receiver already holds; they are never read or sent.
     ///   - weight: Its share of the streams relative to the other objects' (at least 1).
     public mutating func addObject(
         _ object: Int,
-        windowChunks: Int,
-        totalChunks: Int?,
+        windowBlocks: Int,
+        totalBlocks: Int?,
         present: ChunkBitmap = ChunkBitmap(),
         weight: Int = 1
     ) {
-        precondition(windowChunks > 0, "the window must be positive")
+        precondition(windowBlocks > 0, "the window must be positive")
         precondition(objects[object] == nil, "object \(object) was added twice")
         objects[object] = Object(
-            windowChunks: windowChunks, weight: weight, virtualStart: virtualNow,
+            windowBlocks: windowBlocks, weight: weight, virtualStart: virtualNow,
             nextIndex: present.firstAbsent(from: 0), done: present, skipped: present,
-            lowestUnacknowledged: present.firstAbsent(from: 0), endChunk: totalChunks)
+            lowestUnacknowledged: present.firstAbsent(from: 0), endBlock: totalBlocks)
         scheduler.setWeight(weight, for: object)
+        issueGrants()
+    }
+
+    /// Sets the blocks of the chunks read from now on (grants already issued keep their size); at
+    /// most a quarter of the session's window.
+    public mutating func setChunkBlocks(_ blocks: Int) {
+        chunkBlocks = min(max(1, blocks), max(1, windowBlocks / 4))
         issueGrants()
     }
 
@@ -142,57 +159,66 @@ public struct TransferSender: Sendable {
     /// Whether every object added so far is complete (and there is at least one).
     public var isComplete: Bool { !objects.isEmpty && objects.values.allSatisfy(\.isComplete) }
 
-    /// Whether every chunk of `object` has been acknowledged (or was already present) and its source
+    /// Whether every block of `object` has been acknowledged (or was already present) and its source
     /// has ended.
     public func isComplete(object: Int) -> Bool { objects[object]?.isComplete ?? false }
 
-    /// The object's chunk count, once known.
-    public func totalChunks(object: Int = 0) -> Int? { objects[object]?.endChunk }
+    /// The object's block count, once known.
+    public func totalBlocks(object: Int = 0) -> Int? { objects[object]?.endBlock }
 
-    /// The chunks of `object` the receiver held when the transfer started (resume).
+    /// The blocks of `object` the receiver held when the transfer started (resume).
     public func skipped(object: Int = 0) -> ChunkBitmap { objects[object]?.skipped ?? ChunkBitmap() }
 
-    /// The window of `object`, in chunks.
-    public func windowChunks(object: Int) -> Int { objects[object]?.windowChunks ?? 0 }
+    /// The window of `object`, in blocks.
+    public func windowBlocks(object: Int) -> Int { objects[object]?.windowBlocks ?? 0 }
 
-    /// Whether chunk `index` of `object` lies within the object's own window past its first
-    /// unacknowledged chunk (the session's window and the other objects are not considered).
-    public func admits(_ index: Int, object: Int = 0) -> Bool {
-        objects[object]?.admits(index) ?? false
+    /// Whether a chunk of `blocks` blocks from block `index` of `object` lies within the object's own
+    /// window past its first unacknowledged block (the session's window and the other objects are not
+    /// considered).
+    public func admits(_ index: Int, blocks: Int = 1, object: Int = 0) -> Bool {
+        objects[object]?.admits(index, blocks: blocks) ?? false
     }
 
-    /// The reader of `object` takes one of the object's read grants before it reads a chunk.
-    /// - Returns: `false` when the object holds no unclaimed grant; ask again after the window moved.
-    public mutating func claimGrant(object: Int) -> Bool {
-        guard let state = objects[object], state.granted > state.claimed else { return false }
+    /// The reader of `object` takes the oldest of the object's read grants before it reads a chunk.
+    /// - Returns: The most blocks the chunk may hold, or `nil` when the object holds no unclaimed
+    ///   grant; ask again after the window moved.
+    public mutating func claimGrant(object: Int) -> Int? {
+        guard let state = objects[object], state.grants.count > state.claimed else { return nil }
         objects[object]!.claimed += 1
-        return true
+        return state.grants[state.claimed]
     }
 
-    /// Chunk `index` of `object` was read and is ready to send. It must lie within the object's window;
-    /// it uses a grant its reader claimed, if any (tests may hand chunks over without one).
+    /// A chunk of `object` starting at block `index` was read and is ready to send. It must lie within
+    /// the object's window; it uses the oldest grant its reader claimed, if any (tests may hand chunks
+    /// over without one).
+    /// - Parameters:
+    ///   - index: Its first block.
+    ///   - size: Its bytes: whole blocks, except at the object's end.
+    ///   - object: Its object.
     public mutating func chunkRead(_ index: Int, size: Int, object: Int = 0) {
-        precondition(size > 0 && size <= chunkSize, "chunk \(index) has size \(size), chunk size is \(chunkSize)")
-        precondition(admits(index, object: object), "chunk \(object)/\(index) is outside the window")
+        precondition(size > 0, "chunk \(index) is empty")
+        let blocks = blocks(in: size)
+        precondition(admits(index, blocks: blocks, object: object), "chunk \(object)/\(index) is outside the window")
         scheduler.enqueue(CollectionOfOne(ChunkScheduler.Chunk(object: object, index: index, size: size)))
-        held += 1
+        held += blocks
+        objects[object]!.held += blocks
         if objects[object]!.claimed > 0 {
+            let grant = objects[object]!.grants.removeFirst()
             objects[object]!.claimed -= 1
-            objects[object]!.granted -= 1
-            granted -= 1
+            granted -= grant
         }
-        objects[object]!.nextIndex = objects[object]!.skipped.firstAbsent(from: index + 1)
-        objects[object]!.highestRead = max(objects[object]!.highestRead, index)
+        objects[object]!.nextIndex = objects[object]!.skipped.firstAbsent(from: index + blocks)
+        objects[object]!.highestRead = max(objects[object]!.highestRead, index + blocks - 1)
         issueGrants()
     }
 
-    /// The source of `object` ended: it holds `chunkCount` chunks.
-    public mutating func sourceEnded(chunkCount: Int, object: Int = 0) {
+    /// The source of `object` ended: it holds `blockCount` blocks.
+    public mutating func sourceEnded(blockCount: Int, object: Int = 0) {
         guard objects[object] != nil else { return }
-        objects[object]!.endChunk = chunkCount
+        objects[object]!.endBlock = blockCount
         objects[object]!.sourceDone = true
-        granted -= objects[object]!.granted
-        objects[object]!.granted = 0
+        granted -= objects[object]!.grantedBlocks
+        objects[object]!.grants = []
         objects[object]!.claimed = 0
         advanceLowest(object)
         issueGrants()
@@ -217,7 +243,9 @@ public struct TransferSender: Sendable {
     /// the last chunks nor a whole window wait for one slow stream; a copy is made at most once per chunk.
     public mutating func assign(now: Duration) -> [Assignment] {
         var assignments = scheduler.assign()
-        if scheduler.pendingCount == 0, held >= windowChunks || objects.values.allSatisfy(\.readingBlocked) {
+        if scheduler.pendingCount == 0,
+            held + chunkBlocks > windowBlocks || objects.values.allSatisfy(\.readingBlocked)
+        {
             var candidates = scheduler.inFlightChunks.filter {
                 !(objects[$0.chunk.object]?.done.contains($0.chunk.index) ?? true)
                     && !duplicated.contains($0.chunk.address)
@@ -241,11 +269,16 @@ public struct TransferSender: Sendable {
     /// The receiver acknowledged the chunk at `address` on `stream`.
     /// - Returns: Whether this is the first acknowledgement, i.e. the caller may now release the chunk.
     public mutating func acknowledged(_ address: ChunkAddress, on stream: Int, now: Duration) -> Bool {
-        guard scheduler.acknowledged(address, on: stream) else { return false }
+        guard let chunk = scheduler.acknowledged(address, on: stream) else { return false }
         lastProgress[stream] = now
-        guard objects[address.object]?.done.insert(address.index) == true else { return false }
+        guard objects[address.object]?.done.contains(address.index) == false else { return false }
+        let blocks = blocks(in: chunk.size)
+        for index in address.index..<address.index + blocks {
+            objects[address.object]!.done.insert(index)
+        }
         chunksAcknowledged += 1
-        held -= 1
+        held -= blocks
+        objects[address.object]!.held -= blocks
         advanceLowest(address.object)
         issueGrants()
         return true
@@ -289,26 +322,41 @@ public struct TransferSender: Sendable {
     /// Chunks read and not yet acknowledged.
     public var heldChunks: Int { scheduler.pendingCount + scheduler.inFlightCount }
 
+    /// The blocks a chunk of `size` bytes spans.
+    public func blocks(in size: Int) -> Int { (size + blockSize - 1) / blockSize }
+
     /// Hands the free room in the session's window to the objects, one grant at a time, each to the
     /// eligible object with the earliest virtual start (ties: the lower number). Eligible: its source
-    /// has not ended, it holds fewer than ``readAhead`` grants, and the chunk the grant is for would lie
-    /// within its own window.
+    /// has not ended, it holds fewer than ``readAhead`` grants, and there is room for a whole chunk
+    /// in the session's window and in its own. Where there is less room and acknowledgements are due
+    /// to make more, the grant waits for them (small grants would cut the object into small chunks);
+    /// where none are due, it is issued for the room there is.
     private mutating func issueGrants() {
-        while held + granted < windowChunks {
-            var best: (object: Int, start: Double)?
-            for (object, state) in objects
-            where !state.sourceDone && state.granted < Self.readAhead && state.admits(state.nextIndex + state.granted) {
+        while true {
+            var best: (object: Int, start: Double, blocks: Int)?
+            for (object, state) in objects where !state.sourceDone && state.grants.count < Self.readAhead {
+                let sessionRoom = windowBlocks - held - granted
+                let objectRoom = state.lowestUnacknowledged + state.windowBlocks - state.nextIndex - state.grantedBlocks
+                let blocks = min(chunkBlocks, sessionRoom, objectRoom)
+                guard blocks >= 1 else { continue }
+                if blocks < chunkBlocks {
+                    let roomIsDue =
+                        objectRoom < min(chunkBlocks, sessionRoom)
+                        ? state.held > 0 || !state.grants.isEmpty : held + granted > 0
+                    if roomIsDue { continue }
+                }
                 // A reader away for a long time (a paused stream) keeps at most one window of credit.
-                let credit = Double(windowChunks * chunkSize) / Double(state.weight)
+                let credit = Double(windowBlocks * blockSize) / Double(state.weight)
                 let start = max(state.virtualStart, virtualNow - credit)
                 if let current = best, (current.start, current.object) <= (start, object) { continue }
-                best = (object, start)
+                best = (object, start, blocks)
             }
             guard let best else { return }
             virtualNow = best.start
-            objects[best.object]!.virtualStart = best.start + Double(chunkSize) / Double(objects[best.object]!.weight)
-            objects[best.object]!.granted += 1
-            granted += 1
+            objects[best.object]!.virtualStart =
+                best.start + Double(best.blocks * blockSize) / Double(objects[best.object]!.weight)
+            objects[best.object]!.grants.append(best.blocks)
+            granted += best.blocks
         }
     }
 

@@ -151,14 +151,14 @@ public enum TransferServer {
             }
             while let frame = try await iterator.next() {
                 guard frame.type == .control,
-                    case .finish(let object, let chunks, let bytes, let digest) = try SessionMessage(
+                    case .finish(let object, let blocks, let bytes, let digest) = try SessionMessage(
                         decoding: frame.payload)
                 else { continue }
                 guard let session = await registry.object(Int(object), of: sessionID) else {
                     throw TransportError(
                         .protocolViolation, expected: "finish for an accepted object", found: "object \(object)")
                 }
-                let (answer, outcome) = await session.finish(totalChunks: chunks, totalBytes: bytes, digest: digest)
+                let (answer, outcome) = await session.finish(totalBlocks: blocks, totalBytes: bytes, digest: digest)
                 try? await outbound.write(control(answer, session: sessionID))
                 if await registry.committed(Int(object), of: sessionID, outcome) { return }
             }
@@ -273,7 +273,7 @@ actor SessionRegistry {
                 session.objects.append(
                     try ReceiverSession(
                         sessionID: id, token: session.token, offer: offer,
-                        chunkSize: session.objects.first.map { Int($0.accept.chunkSize) },
+                        blockSize: session.objects.first.map { Int($0.accept.blockSize) },
                         peer: peer, configuration: configuration))
             } catch {
                 for object in session.objects { Task { await object.withdraw() } }

@@ -54,8 +54,12 @@ struct SendCommand: AsyncParsableCommand {
     @Option(help: "Cap the sending rate, in Mbit/s.")
     var rateLimit: Double?
 
-    @Option(help: "Chunk size (e.g. 1M, 256K).")
-    var chunkSize = ByteCount(bytes: 1 << 20)
+    @Option(
+        help: """
+            A fixed chunk size (4K...16M, e.g. 1M). Without it chunks follow the path: a quarter of one \
+            stream's share of --window, 256K to 1M.
+            """)
+    var chunkSize: ByteCount?
 
     @Option(help: "Bytes read but unacknowledged at most: bounds memory on both sides (e.g. 64M).")
     var window = ByteCount(bytes: 64 << 20)
@@ -84,11 +88,12 @@ struct SendCommand: AsyncParsableCommand {
         if let rateLimit, rateLimit <= 0 {
             throw ValidationError("--rate-limit must be positive (Mbit/s), not \(rateLimit)")
         }
-        guard (4096...(16 << 20)).contains(chunkSize.bytes) else {
+        if let chunkSize, !(4096...(16 << 20)).contains(chunkSize.bytes) {
             throw ValidationError("--chunk-size must be 4K...16M, not \(chunkSize.bytes) bytes")
         }
-        guard window.bytes >= 2 * chunkSize.bytes else {
-            throw ValidationError("--window must hold at least two chunks")
+        let smallestChunk = chunkSize?.bytes ?? ChunkSizer.adaptiveBlockSize
+        guard window.bytes >= 2 * smallestChunk else {
+            throw ValidationError("--window must hold at least two chunks of \(smallestChunk) bytes")
         }
         if let cc {
             let available =
@@ -130,7 +135,7 @@ struct SendCommand: AsyncParsableCommand {
         configuration.initialStreams = streams
         configuration.congestionControl = cc
         configuration.rateLimit = rateLimit.map { $0 * 1e6 / 8 }
-        configuration.chunkSize = chunkSize.bytes
+        configuration.chunkSize = chunkSize?.bytes
         configuration.windowBytes = window.bytes
         configuration.linkRateHint = linkRate * 1e6
         configuration.resume = resume

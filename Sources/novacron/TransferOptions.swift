@@ -80,6 +80,14 @@ struct ByteCount: ExpressibleByArgument {
         guard let value = Int(text), value >= 0 else { return nil }
         bytes = value * multiplier
     }
+
+    /// The largest unit that divides it, as `--help` shows defaults: `64M`, `256K`, `1000`.
+    var defaultValueDescription: String {
+        for (suffix, shift) in [("G", 30), ("M", 20), ("K", 10)] where bytes > 0 && bytes % (1 << shift) == 0 {
+            return "\(bytes >> shift)\(suffix)"
+        }
+        return "\(bytes)"
+    }
 }
 
 /// Renders progress: a single rewritten line on a terminal, JSON lines with --json, nothing otherwise.

@@ -74,7 +74,8 @@ struct ChunkSchedulerTests {
         let duplicate = scheduler.acknowledged(ChunkAddress(index: 0), on: 0)
         let unknown = scheduler.acknowledged(ChunkAddress(index: 7), on: 0)
         let wrongStream = scheduler.acknowledged(ChunkAddress(index: 1), on: 5)
-        #expect(first && !duplicate && !unknown && !wrongStream)
+        #expect(first?.address == ChunkAddress(index: 0))
+        #expect(duplicate == nil && unknown == nil && wrongStream == nil)
         #expect(scheduler.inFlightCount == 1)
     }
 

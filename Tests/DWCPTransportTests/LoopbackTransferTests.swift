@@ -49,24 +49,37 @@ struct LoopbackTransferTests {
         return (task, await iterator.next()!)
     }
 
-    static func sendConfiguration(port: Int, identity: NodeIdentity = senderIdentity) -> SendConfiguration {
+    /// Four streams and an 8 MiB window; with `adaptive`, chunks follow the path (and a 64 MiB window
+    /// leaves room for chunks of several blocks), else fixed chunks of 256 KiB.
+    static func sendConfiguration(
+        port: Int,
+        identity: NodeIdentity = senderIdentity,
+        adaptive: Bool = false
+    ) -> SendConfiguration {
         var configuration = SendConfiguration(
             host: "127.0.0.1", port: port, security: .mutualTLS(identity), nodeName: "sender")
-        configuration.chunkSize = 256 << 10
-        configuration.windowBytes = 8 << 20
+        configuration.chunkSize = adaptive ? nil : 256 << 10
+        configuration.windowBytes = adaptive ? 64 << 20 : 8 << 20
         configuration.initialStreams = 4
         configuration.minimumStreams = 4
         configuration.maximumStreams = 4
         return configuration
     }
 
-    @Test("A file arrives whole, byte for byte, with matching SHA-256 on both sides", arguments: [0, 1, 20_000_037])
-    func sendReceive(size: Int) async throws {
+    @Test(
+        "A file arrives whole, byte for byte, with matching SHA-256 on both sides, in fixed or adaptive chunks",
+        arguments: [0, 1, 20_000_037], [false, true])
+    func sendReceive(size: Int, adaptive: Bool) async throws {
         let scratch = try Scratch(size: size)
         defer { scratch.remove() }
         let (receiver, port) = await Self.startReceiver(scratch)
         let sent = try await TransferClient.send(
-            .file(path: scratch.source), configuration: Self.sendConfiguration(port: port))
+            .file(path: scratch.source), configuration: Self.sendConfiguration(port: port, adaptive: adaptive))
+        if adaptive && size > 1 << 20 {
+            // 64 MiB over 4 streams: chunks of several 256 KiB blocks.
+            #expect(sent.blockSize == ChunkSizer.adaptiveBlockSize && sent.chunkSize > sent.blockSize)
+            #expect(sent.sentBytes / UInt64(sent.chunksAcknowledged) > UInt64(sent.blockSize))
+        }
         let received = try await receiver.value
         #expect(try Data(contentsOf: URL(fileURLWithPath: scratch.destination)) == scratch.bytes)
         #expect(sent.sha256 == received.sha256)
@@ -121,20 +134,22 @@ struct LoopbackTransferTests {
         #expect(try Data(contentsOf: URL(fileURLWithPath: scratch.destination)) == scratch.bytes)
     }
 
-    @Test("After the receiver dies, --resume sends less than 10 % of what had already arrived")
-    func resumeAfterReceiverDies() async throws {
+    @Test(
+        "After the receiver dies, --resume sends less than 10 % of what had already arrived, in fixed or adaptive chunks",
+        arguments: [false, true])
+    func resumeAfterReceiverDies(adaptive: Bool) async throws {
         let chunkSize = 256 << 10
         let scratch = try Scratch(size: 40 << 20)
         defer { scratch.remove() }
         let (firstReceiver, port) = await Self.startReceiver(scratch)
-        var configuration = Self.sendConfiguration(port: port)
+        var configuration = Self.sendConfiguration(port: port, adaptive: adaptive)
         configuration.rateLimit = 16e6
         configuration.maximumConsecutiveFailures = 0
         configuration.reconnectAttempts = 0
         let firstAttempt = Task {
             try await TransferClient.send(.file(path: scratch.source), configuration: configuration)
         }
-        // Let about a third arrive (the journal has a 32-byte header and 8 bytes per chunk), then kill the receiver.
+        // Let about a third arrive (the journal has a 32-byte header and 8 bytes per block), then kill the receiver.
         let journal = scratch.destination + ".novacron-journal"
         while ((try? FileManager.default.attributesOfItem(atPath: journal)[.size] as? Int) ?? 0) < 32 + 8 * 50 {
             try await Task.sleep(for: .milliseconds(20))
@@ -153,7 +168,7 @@ struct LoopbackTransferTests {
         #expect(arrived > 8 << 20)
 
         let (secondReceiver, secondPort) = await Self.startReceiver(scratch)
-        var resumed = Self.sendConfiguration(port: secondPort)
+        var resumed = Self.sendConfiguration(port: secondPort, adaptive: adaptive)
         resumed.resume = true
         let sent = try await TransferClient.send(.file(path: scratch.source), configuration: resumed)
         let received = try await secondReceiver.value

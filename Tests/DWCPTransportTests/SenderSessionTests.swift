@@ -13,10 +13,10 @@ struct SenderSessionTests {
         return configuration
     }
 
-    static func accept(chunkSize: UInt32 = 10, windowChunks: UInt32 = 1000) -> SessionMessage.Accept {
+    static func accept(blockSize: UInt32 = 10, windowBlocks: UInt32 = 1000) -> SessionMessage.Accept {
         .init(
-            sessionID: 1, token: .init(bytes: Array(repeating: 7, count: 16)), chunkSize: chunkSize,
-            windowChunks: windowChunks, present: ChunkBitmap())
+            sessionID: 1, token: .init(bytes: Array(repeating: 7, count: 16)), blockSize: blockSize,
+            windowBlocks: windowBlocks, present: ChunkBitmap())
     }
 
     static let digest = SessionMessage.Digest(bytes: Array(0..<32))
@@ -96,7 +96,7 @@ struct SenderSessionTests {
         var released: [Int] = []
         for (index, send) in sends.enumerated() {
             if index == 2 {
-                #expect(session.sourceEnded(chunkCount: 4, totalBytes: 35, digest: Self.digest).isEmpty)
+                #expect(session.sourceEnded(blockCount: 4, totalBytes: 35, digest: Self.digest).isEmpty)
             }
             for action in session.acknowledged(send.chunk, on: send.stream, now: .milliseconds(30)) {
                 switch action {
@@ -133,8 +133,8 @@ struct SenderSessionTests {
         #expect(session.accepted(accept, object: 1, objectSize: 100, weight: 3).isEmpty)
         // The objects share the session's window (400 bytes = 40 chunks of 10); each object's own window
         // is the receiver's reorder window for it (1000 chunks here).
-        #expect(session.transfer?.windowChunks == 40)
-        #expect(session.transfer?.windowChunks(object: 0) == 1000 && session.transfer?.windowChunks(object: 1) == 1000)
+        #expect(session.transfer?.windowBlocks == 40)
+        #expect(session.transfer?.windowBlocks(object: 0) == 1000 && session.transfer?.windowBlocks(object: 1) == 1000)
         _ = session.streamReady(0, now: .zero)
         var order: [ChunkAddress] = []
         var pending: [ChunkAddress] = []
@@ -153,8 +153,8 @@ struct SenderSessionTests {
             record(session.chunkRead(index, size: 10, object: 0, now: .zero))
             record(session.chunkRead(index, size: 10, object: 1, now: .zero))
         }
-        record(session.sourceEnded(chunkCount: 10, totalBytes: 100, digest: Self.digest, object: 0))
-        record(session.sourceEnded(chunkCount: 10, totalBytes: 100, digest: Self.digest, object: 1))
+        record(session.sourceEnded(blockCount: 10, totalBytes: 100, digest: Self.digest, object: 0))
+        record(session.sourceEnded(blockCount: 10, totalBytes: 100, digest: Self.digest, object: 1))
         while !pending.isEmpty {
             let chunk = pending.removeFirst()
             order.append(chunk)

@@ -17,23 +17,23 @@ struct SessionMessageTests {
     static let messages: [SessionMessage] = [
         .offer(
             .init(
-                transferID: Array(repeating: 7, count: 16), name: "ram.img", totalBytes: 1 << 33, chunkSize: 1 << 20,
+                transferID: Array(repeating: 7, count: 16), name: "ram.img", totalBytes: 1 << 33, blockSize: 1 << 20,
                 resume: true)),
         .offer(
             .init(
-                transferID: Array(repeating: 1, count: 16), name: "stdin", totalBytes: nil, chunkSize: 4096,
+                transferID: Array(repeating: 1, count: 16), name: "stdin", totalBytes: nil, blockSize: 4096,
                 resume: false)),
-        .accept(.init(sessionID: 42, token: token, chunkSize: 1 << 20, windowChunks: 96, present: bitmap)),
-        .accept(.init(sessionID: 1, token: token, chunkSize: 4096, windowChunks: 4, present: ChunkBitmap())),
+        .accept(.init(sessionID: 42, token: token, blockSize: 1 << 20, windowBlocks: 96, present: bitmap)),
+        .accept(.init(sessionID: 1, token: token, blockSize: 4096, windowBlocks: 4, present: ChunkBitmap())),
         .offer(
             .init(
-                transferID: Array(repeating: 2, count: 16), name: "disk.qcow2", totalBytes: 5, chunkSize: 4096,
+                transferID: Array(repeating: 2, count: 16), name: "disk.qcow2", totalBytes: 5, blockSize: 4096,
                 resume: false, object: 3, objects: 5, weight: 200)),
         .accept(
-            .init(object: 3, sessionID: 1, token: token, chunkSize: 4096, windowChunks: 4, present: ChunkBitmap())),
+            .init(object: 3, sessionID: 1, token: token, blockSize: 4096, windowBlocks: 4, present: ChunkBitmap())),
         .refuse(reason: "no space — ünïcödé"),
         .attach(sessionID: 42, token: token, stream: 9),
-        .finish(object: 2, totalChunks: 3, totalBytes: 2_500_000, sha256: digest),
+        .finish(object: 2, totalBlocks: 3, totalBytes: 2_500_000, sha256: digest),
         .complete(object: 2, sha256: digest),
         .failed(reason: "disk full"),
     ]
@@ -74,7 +74,7 @@ struct SessionMessageTests {
         func offer(_ object: UInt16, of objects: UInt16) -> SessionMessage.Offer {
             .init(
                 transferID: Array(repeating: UInt8(object), count: 16), name: "o\(object)", totalBytes: 1,
-                chunkSize: 4096, resume: false, object: object, objects: objects)
+                blockSize: 4096, resume: false, object: object, objects: objects)
         }
         try SessionMessage.checkSession([offer(0, of: 1)], streamDestination: true)
         try SessionMessage.checkSession([offer(0, of: 2), offer(1, of: 2)], streamDestination: false)
@@ -95,7 +95,7 @@ struct SessionMessageTests {
         for (object, objects, weight) in [(UInt16(1), UInt16(1), UInt8(1)), (0, 0, 1), (0, 2, 0)] {
             let offer = SessionMessage.offer(
                 .init(
-                    transferID: Array(repeating: 2, count: 16), name: "a", totalBytes: 5, chunkSize: 4096,
+                    transferID: Array(repeating: 2, count: 16), name: "a", totalBytes: 5, blockSize: 4096,
                     resume: false, object: 0, objects: 1, weight: 1))
             var bytes = offer.encoded
             // The last five bytes are the object number, the object count and the weight.

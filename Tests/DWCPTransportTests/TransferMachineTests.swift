@@ -6,7 +6,7 @@ import Testing
 struct TransferMachineTests {
     @Test("The sender reads only within the window past the first unacknowledged chunk")
     func windowBoundsReading() {
-        var sender = TransferSender(chunkSize: 100, windowChunks: 4, totalChunks: 10)
+        var sender = TransferSender(blockSize: 100, windowBlocks: 4, totalBlocks: 10)
         sender.streamOpened(0, window: 10_000, now: .zero)
         #expect((0..<4).allSatisfy { sender.admits($0) })
         #expect(!sender.admits(4))
@@ -30,7 +30,7 @@ struct TransferMachineTests {
     @Test("A stream that stops acknowledging does not hold up the transfer, and is reported stalled")
     func stalledStreamIsReplaced() {
         let total = 200
-        var sender = TransferSender(chunkSize: 10, windowChunks: 32, totalChunks: total, stallTimeout: .seconds(5))
+        var sender = TransferSender(blockSize: 10, windowBlocks: 32, totalBlocks: total, stallTimeout: .seconds(5))
         for stream in 0..<3 { sender.streamOpened(stream, window: 40, now: .zero) }
         var now = Duration.zero
         var next = 0
@@ -64,7 +64,7 @@ struct TransferMachineTests {
         var present = ChunkBitmap()
         for index in 0..<5 { present.insert(index) }
         present.insert(7)
-        var sender = TransferSender(chunkSize: 10, windowChunks: 4, totalChunks: 8, present: present)
+        var sender = TransferSender(blockSize: 10, windowBlocks: 4, totalBlocks: 8, present: present)
         #expect(sender.admits(5) && sender.admits(8) && !sender.admits(9))
         sender.streamOpened(0, window: 100, now: .zero)
         sender.chunkRead(5, size: 10)
@@ -77,8 +77,8 @@ struct TransferMachineTests {
 
     @Test("The receiver refuses chunks outside the object or the window, and wrong sizes")
     func receiverBounds() throws {
-        var receiver = TransferReceiver(chunkSize: 100, windowChunks: 4, declaredBytes: 950)
-        #expect(receiver.totalChunks == 10)
+        var receiver = TransferReceiver(blockSize: 100, windowBlocks: 4, declaredBytes: 950)
+        #expect(receiver.totalBlocks == 10)
         let outcome4 = try receiver.chunkArrived(index: 0, size: 100) == .store
         #expect(outcome4)
         let outcome5 = try receiver.chunkArrived(index: 0, size: 100) == .duplicate
@@ -93,26 +93,26 @@ struct TransferMachineTests {
         #expect(throws: TransportError.self) { try receiver.chunkArrived(index: 9, size: 100) }  // last is 50
         let outcome6 = try receiver.chunkArrived(index: 9, size: 50) == .store
         #expect(outcome6)
-        #expect(throws: TransportError.self) { try receiver.finish(totalChunks: 10, totalBytes: 951) }
-        let outcome7 = try receiver.finish(totalChunks: 10, totalBytes: 950)
+        #expect(throws: TransportError.self) { try receiver.finish(totalBlocks: 10, totalBytes: 951) }
+        let outcome7 = try receiver.finish(totalBlocks: 10, totalBytes: 950)
         #expect(outcome7)
         #expect(receiver.bytesStored == 950)
     }
 
     @Test("A stream of unknown length: one short chunk, only at the end, and finish fixes the count")
     func receiverUnknownLength() throws {
-        var receiver = TransferReceiver(chunkSize: 100, windowChunks: 8, declaredBytes: nil)
+        var receiver = TransferReceiver(blockSize: 100, windowBlocks: 8, declaredBytes: nil)
         let outcome8 = try receiver.chunkArrived(index: 1, size: 100) == .store
         #expect(outcome8)
         let outcome9 = try receiver.chunkArrived(index: 2, size: 30) == .store
         #expect(outcome9)
         #expect(throws: TransportError.self) { try receiver.chunkArrived(index: 3, size: 100) }
-        let outcome10 = try !receiver.finish(totalChunks: 3, totalBytes: 230)
+        let outcome10 = try !receiver.finish(totalBlocks: 3, totalBytes: 230)
         #expect(outcome10)  // chunk 0 still missing
         let outcome11 = try receiver.chunkArrived(index: 0, size: 100) == .store
         #expect(outcome11)
         #expect(receiver.isComplete)
-        var early = TransferReceiver(chunkSize: 100, windowChunks: 8, declaredBytes: nil)
+        var early = TransferReceiver(blockSize: 100, windowBlocks: 8, declaredBytes: nil)
         _ = try early.chunkArrived(index: 3, size: 100)
         #expect(throws: TransportError.self) { try early.chunkArrived(index: 1, size: 10) }
     }
@@ -122,7 +122,7 @@ struct TransferMachineTests {
 struct EndGameTests {
     @Test("At the end an idle stream takes a copy of a chunk stuck on a slow stream, and the transfer completes")
     func idleStreamCopiesStuckChunk() {
-        var sender = TransferSender(chunkSize: 10, windowChunks: 16, totalChunks: 6)
+        var sender = TransferSender(blockSize: 10, windowBlocks: 16, totalBlocks: 6)
         sender.streamOpened(0, window: 30, now: .zero)
         sender.streamOpened(1, window: 30, now: .zero)
         for index in 0..<6 { sender.chunkRead(index, size: 10) }
@@ -156,7 +156,7 @@ struct EndGameTests {
     @Test("A window held up by a slow stream: idle streams copy its oldest chunks, and reading resumes")
     func windowHeldUpBySlowStream() {
         // An endless source, a window of 8 chunks, two streams of 4 chunks each.
-        var sender = TransferSender(chunkSize: 10, windowChunks: 8, totalChunks: nil)
+        var sender = TransferSender(blockSize: 10, windowBlocks: 8, totalBlocks: nil)
         sender.streamOpened(0, window: 40, now: .zero)
         sender.streamOpened(1, window: 40, now: .zero)
         var next = 0
@@ -190,9 +190,9 @@ struct EndGameTests {
 
     /// Two objects of weights 1 and 3 in an 8-chunk session window, one stream.
     static func weightedPair() -> TransferSender {
-        var sender = TransferSender(chunkSize: 10, windowChunks: 8)
-        sender.addObject(0, windowChunks: 100, totalChunks: 100, weight: 1)
-        sender.addObject(1, windowChunks: 100, totalChunks: 100, weight: 3)
+        var sender = TransferSender(blockSize: 10, windowBlocks: 8)
+        sender.addObject(0, windowBlocks: 100, totalBlocks: 100, weight: 1)
+        sender.addObject(1, windowBlocks: 100, totalBlocks: 100, weight: 3)
         sender.streamOpened(0, window: 80, now: .zero)
         return sender
     }
@@ -205,7 +205,7 @@ struct EndGameTests {
         var inFlight: [ChunkAddress] = []
         while order.count < 80 {
             var delivered = false
-            for object in 0..<2 where sender.claimGrant(object: object) {
+            for object in 0..<2 where sender.claimGrant(object: object) != nil {
                 sender.chunkRead(next[object], size: 10, object: object)
                 next[object] += 1
                 order.append(object)
@@ -232,7 +232,7 @@ struct EndGameTests {
         var inFlight: [ChunkAddress] = []
         // Object 1's reader never comes (a paused stream); object 0's reads whenever it can.
         for _ in 0..<50 {
-            while sender.claimGrant(object: 0) {
+            while sender.claimGrant(object: 0) != nil {
                 sender.chunkRead(next, size: 10, object: 0)
                 next += 1
             }
@@ -242,15 +242,17 @@ struct EndGameTests {
         // Object 1 holds two grants for when its reader returns; object 0 moved on with the other six
         // slots (the last one freed is granted to it and not yet used).
         #expect(next == 50 + 5 && sender.heldChunks == 5)
-        #expect(sender.claimGrant(object: 1) && sender.claimGrant(object: 1) && !sender.claimGrant(object: 1))
+        #expect(
+            (sender.claimGrant(object: 1) != nil) && (sender.claimGrant(object: 1) != nil)
+                && (sender.claimGrant(object: 1) == nil))
         // Its source ends: the unused grants go back to the window.
-        sender.sourceEnded(chunkCount: 0, object: 1)
-        #expect(sender.claimGrant(object: 0) && sender.claimGrant(object: 0))
+        sender.sourceEnded(blockCount: 0, object: 1)
+        #expect((sender.claimGrant(object: 0) != nil) && (sender.claimGrant(object: 0) != nil))
     }
 
     /// An endless source with a 16-chunk window, two streams, four chunks read and assigned.
     static func fourChunksOnTwoStreams(streamWindow: Int) -> (TransferSender, [TransferSender.Assignment]) {
-        var sender = TransferSender(chunkSize: 10, windowChunks: 16, totalChunks: nil)
+        var sender = TransferSender(blockSize: 10, windowBlocks: 16, totalBlocks: nil)
         sender.streamOpened(0, window: streamWindow, now: .zero)
         sender.streamOpened(1, window: streamWindow, now: .zero)
         for index in 0..<4 { sender.chunkRead(index, size: 10) }
