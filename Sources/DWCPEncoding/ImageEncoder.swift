@@ -64,6 +64,8 @@ public final class ImageEncoder {
     private let compressor: ZstdCodec.Compressor?
     private var body: [UInt8] = []
     private var frame: [UInt8] = []
+    /// The piece of the stream being built (header, one batch, or the end), handed out and reused.
+    private var piece: [UInt8] = []
     private var firstIndex: [ChunkIdentity: UInt32] = [:]
 
     /// Creates an encoder.
@@ -117,12 +119,37 @@ public final class ImageEncoder {
     public func encode(
         _ image: UnsafeRawBufferPointer, baseline: UnsafeRawBufferPointer?, known: (any KnownChunks)? = nil
     ) throws(EncodingError) -> [UInt8] {
+        var output: [UInt8] = []
+        output.reserveCapacity(ImageFormat.headerLength + image.count / 8)
+        try encode(image, baseline: baseline, known: known) { (piece) throws(EncodingError) in
+            output.append(contentsOf: piece)
+        }
+        return output
+    }
+
+    /// Encodes `image` piece by piece: the header, each batch and the end record go to `emit` as soon as
+    /// they are made, so the stream is never held whole (the image may be a mapped file; a pipe or a
+    /// socket may take the pieces). The pieces, concatenated, are the stream ``encode(_:baseline:known:)``
+    /// returns; each is valid only during its call.
+    /// - Parameters:
+    ///   - image: The RAM image.
+    ///   - baseline: The previous image at the receiver, or nil.
+    ///   - known: The chunks the receiver holds, or nil.
+    ///   - emit: Takes each piece in order; what it throws ends the encoding (map I/O failures to
+    ///     ``EncodingError/Code/ioFailed``).
+    /// - Throws: ``EncodingError/Code/compressionFailed`` if libzstd fails, or what `emit` throws.
+    public func encode(
+        _ image: UnsafeRawBufferPointer,
+        baseline: UnsafeRawBufferPointer?,
+        known: (any KnownChunks)? = nil,
+        emit: (UnsafeRawBufferPointer) throws(EncodingError) -> Void
+    ) throws(EncodingError) {
         statistics = Statistics()
         statistics.imageLength = image.count
         firstIndex.removeAll(keepingCapacity: true)
-        var output: [UInt8] = []
-        output.reserveCapacity(ImageFormat.headerLength + image.count / 8)
-        writeHeader(image: image, baseline: baseline, into: &output)
+        piece.removeAll(keepingCapacity: true)
+        writeHeader(image: image, baseline: baseline, into: &piece)
+        try emitPiece(emit)
 
         let pageSize = ImageFormat.pageSize
         let pageCount = (image.count + pageSize - 1) / pageSize
@@ -133,15 +160,22 @@ public final class ImageEncoder {
             for index in page..<(page + batchPages) {
                 encodePage(index, image: image, baseline: baseline, known: known)
             }
-            try writeBatch(pageCount: batchPages, into: &output)
+            try writeBatch(pageCount: batchPages, into: &piece)
+            try emitPiece(emit)
             page += batchPages
         }
-        output.append(ImageFormat.endTag)
+        piece.append(ImageFormat.endTag)
         let identity = ChunkIdentity(of: image)
-        output.appendLittleEndian(identity.low)
-        output.appendLittleEndian(identity.high)
-        statistics.encodedLength = output.count
-        return output
+        piece.appendLittleEndian(identity.low)
+        piece.appendLittleEndian(identity.high)
+        try emitPiece(emit)
+    }
+
+    /// Hands the piece built so far to `emit`, counts it, and empties it.
+    private func emitPiece(_ emit: (UnsafeRawBufferPointer) throws(EncodingError) -> Void) throws(EncodingError) {
+        statistics.encodedLength += piece.count
+        try withBytes(of: piece, emit)
+        piece.removeAll(keepingCapacity: true)
     }
 
     private func writeHeader(

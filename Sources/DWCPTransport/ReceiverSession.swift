@@ -337,16 +337,21 @@ actor ReceiverSession {
 
     /// Reads `blocks` blocks from block `index` back from the partial file.
     private func readBack(_ index: Int, blocks: Int) throws(TransportError) -> ByteBuffer {
+        // A stream's last block may be short: it is known once its chunk arrived.
         let size = Int(
-            min(UInt64(blocks * machine.blockSize), (offer.totalBytes ?? .max) - machine.offset(of: index)))
+            min(UInt64(blocks * machine.blockSize), (machine.knownLength ?? .max) - machine.offset(of: index)))
         var buffer = ByteBufferAllocator().buffer(capacity: size)
-        var failed = false
+        var count = 0
         buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: size) { pointer in
-            let count = pread(dataDescriptor, pointer.baseAddress, size, off_t(machine.offset(of: index)))
-            failed = count != size
+            count = pread(dataDescriptor, pointer.baseAddress, size, off_t(machine.offset(of: index)))
             return max(count, 0)
         }
-        guard !failed else { throw ioError("read back block \(index) of \(partialPath ?? "?")") }
+        guard count >= 0 else { throw ioError("read back block \(index) of \(partialPath ?? "?")") }
+        guard count == size else {
+            throw TransportError(
+                .destinationFailed, expected: "to read back \(size) bytes from block \(index) of \(partialPath ?? "?")",
+                found: "\(count) bytes", advice: "something else truncated the partial file; send again")
+        }
         return buffer
     }
 

@@ -31,6 +31,8 @@ public struct TransferReceiver: Sendable {
     private var finalBlocks: Int?
     /// The last block of the chunk that ended with a partial block (the end of a stream).
     private var shortBlock: Int?
+    /// Where that chunk ended.
+    private var shortEnd: UInt64?
     private var highestIndex = -1
 
     /// Creates the receiving side.
@@ -53,6 +55,10 @@ public struct TransferReceiver: Sendable {
 
     /// The object's block count, once known (from the offer, or from `finish` for a stream).
     public var totalBlocks: Int? { finalBlocks }
+
+    /// The object's length, once known: from the offer, or for a stream from the chunk that ended in a
+    /// partial block (a stream whose length is a whole number of blocks tells it only in `finish`).
+    public var knownLength: UInt64? { declaredBytes ?? shortEnd }
 
     /// Whether every block is held and the sender has said how many there are.
     public var isComplete: Bool { finalBlocks.map { contiguousBlocks >= $0 } ?? false }
@@ -105,6 +111,7 @@ public struct TransferReceiver: Sendable {
                 throw violation("a short block only at the end", "short block \(end - 1) before later blocks")
             }
             shortBlock = end - 1
+            shortEnd = offset(of: index) + UInt64(size)
         }
         let held = (index..<end).reduce(0) { $0 + (present.contains($1) ? 1 : 0) }
         guard held == 0 else {

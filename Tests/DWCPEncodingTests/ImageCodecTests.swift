@@ -144,3 +144,47 @@ import Testing
         }
     }
 }
+
+@Suite("Streamed encoding")
+struct StreamedEncodingTests {
+    @Test(
+        "Pieces handed out one batch at a time concatenate to the whole stream",
+        arguments: [0, 1, 4096, 300 * 4096 + 1])
+    func piecesMakeTheStream(size: Int) throws {
+        let image = TestData.mixed(size, seed: 9)
+        let baseline = TestData.mutated(image, everyNthPage: 3, seed: 10)
+        let configuration = ImageEncoder.Configuration(pagesPerBatch: 64)
+        let whole = try ImageEncoder(configuration: configuration).encode(image, baseline: baseline)
+        let encoder = try ImageEncoder(configuration: configuration)
+        var pieces: [[UInt8]] = []
+        try image.withUnsafeBytes { imageBytes in
+            try baseline.withUnsafeBytes { baselineBytes in
+                try encoder.encode(imageBytes, baseline: baselineBytes) { (piece) throws(EncodingError) in
+                    pieces.append(Array(piece))
+                }
+            }
+        }
+        #expect(pieces.joined().elementsEqual(whole))
+        // The header, one piece per batch, the end.
+        let batches = (size + 64 * 4096 - 1) / (64 * 4096)
+        #expect(pieces.count == batches + 2)
+        #expect(pieces.first?.count == ImageFormat.headerLength && pieces.last?.count == 17)
+        #expect(encoder.statistics.encodedLength == whole.count)
+    }
+
+    @Test("What the taker of the pieces throws ends the encoding")
+    func emitFailureStops() throws {
+        let image = TestData.text(10 * 4096, seed: 11)
+        let encoder = try ImageEncoder(configuration: .init(pagesPerBatch: 2))
+        var taken = 0
+        #expect(throws: EncodingError.self) {
+            try image.withUnsafeBytes { bytes in
+                try encoder.encode(bytes, baseline: nil) { (_) throws(EncodingError) in
+                    taken += 1
+                    if taken == 3 { throw EncodingError(.ioFailed, expected: "a reader", found: "a closed pipe") }
+                }
+            }
+        }
+        #expect(taken == 3)
+    }
+}

@@ -123,11 +123,14 @@ struct ChunkSizingTests {
         #expect(receiver.bytesStored == 950)
     }
 
-    @Test("A stream of unknown length ends with a short chunk of several blocks")
+    @Test("A stream of unknown length ends with a short chunk of several blocks, which tells its length")
     func receiverUnknownLengthMultiBlock() throws {
         var receiver = TransferReceiver(blockSize: 100, windowBlocks: 8, declaredBytes: nil)
+        #expect(receiver.knownLength == nil)
         let outcome12 = try receiver.chunkArrived(index: 2, size: 230) == .store  // blocks 2, 3, 4 (30 bytes)
         #expect(outcome12)
+        // What a file destination reads back of the last block before the prefix reaches it.
+        #expect(receiver.knownLength == 430)
         #expect(throws: TransportError.self) { try receiver.chunkArrived(index: 5, size: 100) }
         let outcome13 = try receiver.chunkArrived(index: 0, size: 200) == .store
         #expect(outcome13)
