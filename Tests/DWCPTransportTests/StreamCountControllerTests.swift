@@ -1,3 +1,4 @@
+import Foundation
 import Testing
 
 @testable import DWCPTransport
@@ -57,6 +58,15 @@ struct StreamCountControllerTests {
         let counts = Self.run(&controller, intervals: 200) { min(Double($0) * 100, 400) }
         let settled = counts.suffix(30)
         #expect(settled.allSatisfy { (3...6).contains($0) }, "\(counts)")
+    }
+
+    @Test("Coming down does not ratchet: where each stream less costs 4 %, it stays within one stream of the top")
+    func noDownwardRatchet() {
+        var controller = StreamCountController(initialStreams: 10, configuration: .init(maximumStreams: 16))
+        // Flat from 10 streams up; each stream below 10 costs 4 % (under the 5 % threshold). Before, every
+        // step down was measured against the last, so the count slid to the minimum.
+        let counts = Self.run(&controller, intervals: 200) { 1000 * pow(0.96, Double(max(0, 10 - $0))) }
+        #expect(counts.allSatisfy { $0 >= 9 }, "\(counts)")
     }
 
     @Test("Streams held back by their send buffers make it add streams though goodput samples are flat")
