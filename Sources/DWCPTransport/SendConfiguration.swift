@@ -22,6 +22,10 @@ public struct SendConfiguration: Sendable {
     /// Bytes per chunk, fixed; `nil` adapts the chunks to the path (``ChunkSizer``: blocks of 256 KiB,
     /// chunks of 256 KiB to 1 MiB, a quarter of one stream's share of the window).
     public var chunkSize: Int?
+    /// The block size offered to the receiver: the fixed chunk size, or ``ChunkSizer/adaptiveBlockSize``.
+    public var blockSize: Int { chunkSize ?? ChunkSizer.adaptiveBlockSize }
+    /// The largest chunk: the fixed chunk size, or ``ChunkSizer/adaptiveMaximumChunkSize``.
+    public var maximumChunkSize: Int { chunkSize ?? ChunkSizer.adaptiveMaximumChunkSize }
     /// The most bytes read but not yet acknowledged: bounds memory on both sides.
     public var windowBytes = 64 << 20
     /// A cap on the sending rate in bytes per second (`--rate-limit`), or `nil` for none.

@@ -15,8 +15,6 @@ actor SenderCore {
     typealias Outlet = AsyncStream<(ChunkAddress, ByteBuffer)>
 
     private let configuration: SendConfiguration
-    /// The block size offered: the fixed chunk size, or the adaptive block.
-    private var offeredBlockSize: Int { configuration.chunkSize ?? ChunkSizer.adaptiveBlockSize }
     private let readers: [SourceReader]
     private let weights: [Int]
     private let commands: AsyncStream<Command>.Continuation
@@ -98,7 +96,7 @@ actor SenderCore {
         if let transfer = session.transfer, session.hasAccepted(object: object) {
             return (transfer.blockSize, transfer.skipped(object: object))
         }
-        if outcome != nil { return (offeredBlockSize, ChunkBitmap()) }
+        if outcome != nil { return (configuration.blockSize, ChunkBitmap()) }
         return await withCheckedContinuation { acceptWaiters[object, default: []].append($0) }
     }
 
@@ -118,12 +116,12 @@ actor SenderCore {
 
     // MARK: Source
 
-    /// Waits until `object` may read its next chunk: the session granted it room in the window (by
-    /// weight among the session's objects).
-    /// - Returns: The most blocks the chunk may hold.
-    func reserve(_ object: Int) async throws -> Int {
+    /// Waits until `object` may read its next chunk, from block `index`: the session granted it room in
+    /// the window (by weight among the session's objects).
+    /// - Returns: The most blocks the chunk may hold (short of the next block the receiver holds).
+    func reserve(_ object: Int, at index: Int) async throws -> Int {
         while outcome == nil {
-            if let blocks = session.claimGrant(object: object) { return blocks }
+            if let blocks = session.claimGrant(object: object, at: index) { return blocks }
             await withCheckedContinuation { readerWaiters.append($0) }
         }
         throw CancellationError()
@@ -305,7 +303,7 @@ actor SenderCore {
         for channel in channels.values { channel.close(promise: nil) }
         resumeReaders()
         for waiter in acceptWaiters.values.joined() {
-            waiter.resume(returning: (offeredBlockSize, ChunkBitmap()))
+            waiter.resume(returning: (configuration.blockSize, ChunkBitmap()))
         }
         acceptWaiters.removeAll()
         commands.finish()
@@ -323,9 +321,9 @@ actor SenderCore {
             seconds: now.seconds,
             maximumStreams: session.maximumStreams,
             streamFailures: session.streamFailures,
-            blockSize: transfer?.blockSize ?? offeredBlockSize,
+            blockSize: transfer?.blockSize ?? configuration.blockSize,
             chunksAcknowledged: transfer?.chunksAcknowledged ?? 0,
-            chunkSize: (transfer?.chunkBlocks ?? 1) * (transfer?.blockSize ?? offeredBlockSize),
+            chunkSize: (transfer?.chunkBlocks ?? 1) * (transfer?.blockSize ?? configuration.blockSize),
             chunksResent: transfer?.chunksResent ?? 0,
             chunksDuplicated: transfer?.chunksDuplicated ?? 0,
             roundTripMilliseconds: session.roundTrip.seconds * 1000
@@ -339,7 +337,7 @@ actor SenderCore {
 
     private func objectReport(_ object: Int) -> SendReport.Object {
         let ending = session.endings[object]
-        let blockSize = UInt64(session.transfer?.blockSize ?? offeredBlockSize)
+        let blockSize = UInt64(session.transfer?.blockSize ?? configuration.blockSize)
         return SendReport.Object(
             name: readers[object].name,
             bytes: ending?.bytes ?? 0,

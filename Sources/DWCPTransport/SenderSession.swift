@@ -39,7 +39,7 @@ public struct SenderSession: Sendable {
             initialStreams = send.initialStreams
             linkRateHint = send.linkRateHint
             windowBytes = send.windowBytes
-            maximumChunkSize = send.chunkSize ?? ChunkSizer.adaptiveMaximumChunkSize
+            maximumChunkSize = send.maximumChunkSize
             objects = 1
             stallTimeout = send.stallTimeout
             sampleInterval = send.interval
@@ -195,8 +195,13 @@ public struct SenderSession: Sendable {
 
     /// The reader of `object` takes a read grant (room in the window, given by weight) before it
     /// reads a chunk.
+    /// - Parameters:
+    ///   - object: The reader's object.
+    ///   - index: The block the reader is at; the chunk stops short of the next block the receiver holds.
     /// - Returns: The most blocks the chunk may hold; `nil` when the reader must wait.
-    public mutating func claimGrant(object: Int) -> Int? { transfer?.claimGrant(object: object) }
+    public mutating func claimGrant(object: Int, at index: Int? = nil) -> Int? {
+        transfer?.claimGrant(object: object, at: index)
+    }
 
     /// Whether a chunk of `blocks` blocks from block `index` of `object` lies within the object's own
     /// window (a chunk read on a grant almost always does; after a resume's gaps it may have to wait).

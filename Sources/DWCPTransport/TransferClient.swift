@@ -70,11 +70,10 @@ public enum TransferClient {
                 found: "\(objects.count) objects, streams on descriptors \(descriptors)"
             )
         }
-        let streams = descriptors.count
         var attempt = configuration
         var policy = ReconnectPolicy(
             attempts: configuration.reconnectAttempts, firstDelay: configuration.reconnectDelay,
-            resumable: streams == 0)
+            resumable: objects.allSatisfy(\.source.isRereadable))
         // Objects the receiver committed, by their place in `objects`: a re-established session offers
         // only the others (a committed file would be refused as existing).
         var committed: [Int: SendReport.Object] = [:]
@@ -225,7 +224,7 @@ public enum TransferClient {
                         transferID: reader.transferID,
                         name: reader.name,
                         totalBytes: reader.size,
-                        blockSize: UInt32(configuration.chunkSize ?? ChunkSizer.adaptiveBlockSize),
+                        blockSize: UInt32(configuration.blockSize),
                         resume: configuration.resume,
                         object: UInt16(object),
                         objects: UInt16(readers.count),
@@ -298,8 +297,7 @@ public enum TransferClient {
                 if block.readableBytes < blockSize { break }
                 continue
             }
-            // A chunk of the granted blocks, short of the next block the receiver holds.
-            let blocks = min(try await core.reserve(object), skipped.firstPresent(from: index) - index)
+            let blocks = try await core.reserve(object, at: index)
             guard let chunk = try await reader.readChunk(chunkSize: blocks * blockSize) else { break }
             try await core.deliver(index, of: object, chunk)
             index += (chunk.readableBytes + blockSize - 1) / blockSize

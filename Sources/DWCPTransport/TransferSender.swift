@@ -17,7 +17,7 @@
 /// weight; start-time fair queueing), up to ``readAhead`` grants per object, so an object's reader
 /// finds its next grant waiting while it is still reading the previous chunk and a reader that is
 /// momentarily away loses nothing. A grant waits for room for a whole chunk while acknowledgements are
-/// due to make it. A reader claims a grant (``claimGrant(object:)``) before it reads a chunk of at most
+/// due to make it. A reader claims a grant (``claimGrant(object:at:)``) before it reads a chunk of at most
 /// that many blocks and hands the chunk over with ``chunkRead(_:size:object:)``. The
 /// ``ChunkScheduler`` makes the same weighted choice among chunks waiting for a stream. While two
 /// objects of weights 4 and 1 both have data, they get 4/5 and 1/5 of the bytes. Time is an input
@@ -180,12 +180,18 @@ public struct TransferSender: Sendable {
     }
 
     /// The reader of `object` takes the oldest of the object's read grants before it reads a chunk.
+    /// - Parameters:
+    ///   - object: The reader's object.
+    ///   - index: The block the reader is at, when known: the chunk then stops short of the next block the
+    ///     receiver already holds (a resume's gaps), so it never overlaps held blocks.
     /// - Returns: The most blocks the chunk may hold, or `nil` when the object holds no unclaimed
     ///   grant; ask again after the window moved.
-    public mutating func claimGrant(object: Int) -> Int? {
+    public mutating func claimGrant(object: Int, at index: Int? = nil) -> Int? {
         guard let state = objects[object], state.grants.count > state.claimed else { return nil }
         objects[object]!.claimed += 1
-        return state.grants[state.claimed]
+        let grant = state.grants[state.claimed]
+        guard let index else { return grant }
+        return max(1, min(grant, state.skipped.firstPresent(from: index) - index))
     }
 
     /// A chunk of `object` starting at block `index` was read and is ready to send. It must lie within

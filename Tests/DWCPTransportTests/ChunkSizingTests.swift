@@ -69,6 +69,21 @@ struct ChunkSizingTests {
         #expect(sender.isComplete && sender.chunksAcknowledged == 5)
     }
 
+    @Test("After a resume a chunk stops short of the next block the receiver holds")
+    func chunksStopAtHeldBlocks() {
+        var present = ChunkBitmap()
+        for block in [2, 3, 7] { present.insert(block) }
+        var sender = TransferSender(blockSize: 10, windowBlocks: 64)
+        sender.setChunkBlocks(4)
+        sender.addObject(0, windowBlocks: 64, totalBlocks: 20, present: present)
+        // From block 0 the grant of 4 stops at held block 2; from 4 at held block 7; from 8 it is whole.
+        #expect(sender.claimGrant(object: 0, at: 0) == 2)
+        sender.chunkRead(0, size: 20)
+        #expect(sender.claimGrant(object: 0, at: 4) == 3)
+        sender.chunkRead(4, size: 30)
+        #expect(sender.claimGrant(object: 0, at: 8) == 4)
+    }
+
     @Test(
         "A grant waits for room for a whole chunk while acknowledgements are due, and takes what there is when none are"
     )
