@@ -64,51 +64,14 @@ public final class ImageDecoder {
     public func decode(
         _ stream: UnsafeRawBufferPointer, baseline: UnsafeRawBufferPointer?, chunks: (any ChunkProvider)? = nil
     ) throws(EncodingError) -> [UInt8] {
-        var reader = ByteReader(stream, what: "an HDE stream")
-        let imageLength = try readHeader(&reader, baseline: baseline)
-        let pageSize = ImageFormat.pageSize
-        let pageCount = (imageLength + pageSize - 1) / pageSize
-        var image: [UInt8] = []
-        // The whole image is reserved once a batch follows a valid header (not for a header alone); from then on
-        // a stream can make the decoder allocate no more than the header's length, which the limit bounds.
-        var page = 0
-        while true {
-            let tag = try reader.readByte()
-            if tag == ImageFormat.endTag {
-                break
-            }
-            guard tag == ImageFormat.batchTag else {
-                throw EncodingError(
-                    .malformedRecord, expected: "a batch ('B') or end ('E') tag at offset \(reader.offset - 1)",
-                    found: "byte \(tag)")
-            }
-            if image.capacity < imageLength {
-                image.reserveCapacity(imageLength)
-            }
-            page = try decodeBatch(
-                &reader, firstPage: page, pageCount: pageCount, imageLength: imageLength, into: &image,
-                baseline: baseline, chunks: chunks)
-        }
-        guard page == pageCount else {
-            throw EncodingError(
-                .malformedRecord, expected: "\(pageCount) pages before the end record", found: "\(page)")
-        }
-        let identity = ChunkIdentity(low: try reader.read(UInt64.self), high: try reader.read(UInt64.self))
-        guard reader.remaining == 0 else {
-            throw EncodingError(
-                .trailingBytes, expected: "the stream to end after its end record",
-                found: "\(reader.remaining) more bytes")
-        }
-        let actual = ChunkIdentity(of: image)
-        guard actual == identity else {
-            throw EncodingError(
-                .checksumMismatch, expected: "image identity \(identity)", found: "\(actual)",
-                advice: "the stream, the baseline or a referenced chunk was corrupted")
-        }
-        return image
+        let image = MemoryImageSink()
+        let decoding = Stream(decoder: self, baseline: baseline, chunks: chunks, sink: image)
+        try decoding.feed(stream)
+        _ = try decoding.finish()
+        return image.bytes
     }
 
-    private func readHeader(_ reader: inout ByteReader, baseline: UnsafeRawBufferPointer?) throws(EncodingError)
+    func readHeader(_ reader: inout ByteReader, baseline: UnsafeRawBufferPointer?) throws(EncodingError)
         -> Int
     {
         let magic = try reader.readBytes(4)
@@ -158,45 +121,33 @@ public final class ImageDecoder {
         return Int(imageLength)
     }
 
-    private func decodeBatch(
-        _ reader: inout ByteReader, firstPage: Int, pageCount: Int, imageLength: Int, into image: inout [UInt8],
-        baseline: UnsafeRawBufferPointer?, chunks: (any ChunkProvider)?
-    ) throws(EncodingError) -> Int {
-        let encodingByte = try reader.readByte()
-        let batchPages = Int(try reader.read(UInt16.self))
-        let storedLength = Int(try reader.read(UInt32.self))
-        let bodyLength = Int(try reader.read(UInt32.self))
-        let bodyHash = try reader.read(UInt64.self)
-        guard let encoding = ImageFormat.BodyEncoding(rawValue: encodingByte) else {
-            throw EncodingError(.malformedRecord, expected: "body encoding 0 or 1", found: "\(encodingByte)")
+    /// Decodes one batch whose 20-byte header and stored body `reader` holds, writing its pages into `pages`
+    /// (earlier pages of the image come from `sink`).
+    /// - Returns: The number of image bytes the batch holds.
+    func decodeBatch(
+        _ reader: inout ByteReader, firstPage: Int, pageCount: Int, imageLength: Int, into pages: inout [UInt8],
+        sink: any DecodedImageSink, baseline: UnsafeRawBufferPointer?, chunks: (any ChunkProvider)?
+    ) throws(EncodingError) -> (pages: Int, bytes: Int) {
+        let header = try BatchHeader(&reader, firstPage: firstPage, pageCount: pageCount)
+        let stored = try reader.readBytes(header.storedLength)
+        let pageSize = ImageFormat.pageSize
+        let bytes = min(header.pages * pageSize, imageLength - firstPage * pageSize)
+        if pages.count < bytes {  // grows to the largest batch seen, then is reused
+            pages = [UInt8](repeating: 0, count: max(bytes, 256 * pageSize))
         }
-        guard batchPages >= 1, batchPages <= ImageFormat.maximumPagesPerBatch,
-            batchPages <= pageCount - firstPage
-        else {
-            throw EncodingError(
-                .limitExceeded,
-                expected: "1...\(min(ImageFormat.maximumPagesPerBatch, pageCount - firstPage)) pages in the batch",
-                found: "\(batchPages)")
-        }
-        let maximumBody = ImageFormat.maximumBodyLength(pageCount: batchPages)
-        guard bodyLength <= maximumBody else {
-            throw EncodingError(
-                .limitExceeded, expected: "a body of at most \(maximumBody) bytes", found: "\(bodyLength)")
-        }
-        let stored = try reader.readBytes(storedLength)
-        let bodyBytes: UnsafeRawBufferPointer
-        switch encoding {
+        switch header.encoding {
         case .stored:
-            guard storedLength == bodyLength else {
-                throw EncodingError(
-                    .malformedRecord, expected: "a stored body of \(bodyLength) bytes", found: "\(storedLength)")
+            try withMutableBytes(of: &pages) { (out) throws(EncodingError) in
+                try decodeRecords(
+                    stored, header: header, firstPage: firstPage, imageLength: imageLength,
+                    into: UnsafeMutableRawBufferPointer(rebasing: out[0..<bytes]), sink: sink, baseline: baseline,
+                    chunks: chunks)
             }
-            bodyBytes = stored
         case .zstd:
-            let size = try decompressor.declaredContentSize(of: stored, limit: bodyLength)
-            guard size == bodyLength else {
+            let size = try decompressor.declaredContentSize(of: stored, limit: header.bodyLength)
+            guard size == header.bodyLength else {
                 throw EncodingError(
-                    .malformedRecord, expected: "a frame of \(bodyLength) bytes", found: "one declaring \(size)")
+                    .malformedRecord, expected: "a frame of \(header.bodyLength) bytes", found: "one declaring \(size)")
             }
             if body.count < size {  // grows to the largest body seen, then is reused
                 body = [UInt8](repeating: 0, count: max(size, ImageFormat.maximumBodyLength(pageCount: 256)))
@@ -204,66 +155,60 @@ public final class ImageDecoder {
             _ = try withMutableBytes(of: &body) { (out) throws(EncodingError) in
                 try decompressor.decompress(stored, limit: size, into: out)
             }
-            bodyBytes = UnsafeRawBufferPointer(start: nil, count: 0)
-        }
-        if encoding == .zstd {
             try withBytes(of: body) { (raw) throws(EncodingError) in
-                try decodeRecords(
-                    UnsafeRawBufferPointer(rebasing: raw[0..<bodyLength]), hash: bodyHash, firstPage: firstPage,
-                    pages: batchPages, imageLength: imageLength,
-                    into: &image, baseline: baseline, chunks: chunks)
+                try withMutableBytes(of: &pages) { (out) throws(EncodingError) in
+                    try decodeRecords(
+                        UnsafeRawBufferPointer(rebasing: raw[0..<header.bodyLength]), header: header,
+                        firstPage: firstPage, imageLength: imageLength,
+                        into: UnsafeMutableRawBufferPointer(rebasing: out[0..<bytes]), sink: sink,
+                        baseline: baseline, chunks: chunks)
+                }
             }
-        } else {
-            try decodeRecords(
-                bodyBytes, hash: bodyHash, firstPage: firstPage, pages: batchPages, imageLength: imageLength,
-                into: &image, baseline: baseline, chunks: chunks)
         }
-        return firstPage + batchPages
+        return (header.pages, bytes)
     }
 
     private func decodeRecords(
-        _ records: UnsafeRawBufferPointer, hash: UInt64, firstPage: Int, pages: Int, imageLength: Int,
-        into image: inout [UInt8], baseline: UnsafeRawBufferPointer?, chunks: (any ChunkProvider)?
+        _ records: UnsafeRawBufferPointer, header: BatchHeader, firstPage: Int, imageLength: Int,
+        into out: UnsafeMutableRawBufferPointer, sink: any DecodedImageSink, baseline: UnsafeRawBufferPointer?,
+        chunks: (any ChunkProvider)?
     ) throws(EncodingError) {
         let actualHash = XXH3_64bits(records.baseAddress, records.count)
-        guard actualHash == hash else {
+        guard actualHash == header.bodyHash else {
             throw EncodingError(
-                .checksumMismatch, expected: "batch body hash \(hash)", found: "\(actualHash)",
+                .checksumMismatch, expected: "batch body hash \(header.bodyHash)", found: "\(actualHash)",
                 advice: "the stream was corrupted in transit")
         }
         let pageSize = ImageFormat.pageSize
         var reader = ByteReader(records, what: "a batch body")
-        for index in firstPage..<(firstPage + pages) {
+        for index in firstPage..<(firstPage + header.pages) {
             let start = index * pageSize
             let length = min(pageSize, imageLength - start)
+            let page = UnsafeMutableRawBufferPointer(
+                rebasing: out[(start - firstPage * pageSize)..<(start - firstPage * pageSize + length)])
             let kindByte = try reader.readByte()
             guard let kind = ImageFormat.RecordKind(rawValue: kindByte) else {
                 throw EncodingError(.malformedRecord, expected: "a record kind 0...5", found: "\(kindByte)")
             }
             switch kind {
             case .zero:
-                PageCompare.zeroPage.withUnsafeBytes {
-                    image.append(contentsOf: UnsafeRawBufferPointer(rebasing: $0[0..<length]))
-                }
+                page.initializeMemory(as: UInt8.self, repeating: 0)
             case .literal:
-                image.append(contentsOf: try reader.readBytes(length))
+                page.copyMemory(from: try reader.readBytes(length))
             case .unchanged, .delta:
                 guard let baseline, start + length <= baseline.count else {
                     throw EncodingError(
                         .malformedRecord, expected: "a baseline covering page \(index) for a \(kind) record",
                         found: "baseline of \(baseline?.count ?? 0) bytes")
                 }
-                image.append(contentsOf: UnsafeRawBufferPointer(rebasing: baseline[start..<(start + length)]))
+                page.copyMemory(from: UnsafeRawBufferPointer(rebasing: baseline[start..<(start + length)]))
                 if kind == .delta {
                     let deltaLength = try reader.readVarint()
                     guard deltaLength > 0, deltaLength < length else {
                         throw EncodingError(
                             .malformedRecord, expected: "a delta of 1..<\(length) bytes", found: "\(deltaLength)")
                     }
-                    let delta = try reader.readBytes(deltaLength)
-                    try withMutableBytes(of: &image) { (raw) throws(EncodingError) in
-                        try PageDelta.apply(delta, to: UnsafeMutableRawBufferPointer(rebasing: raw[start...]))
-                    }
+                    try PageDelta.apply(try reader.readBytes(deltaLength), to: page)
                 }
             case .duplicate:
                 let earlier = try reader.readVarint()
@@ -272,10 +217,11 @@ public final class ImageDecoder {
                         .malformedRecord, expected: "a full page duplicating a page before \(index)",
                         found: "page \(earlier), length \(length)")
                 }
-                PageCompare.zeroPage.withUnsafeBytes { image.append(contentsOf: $0) }
-                image.withUnsafeMutableBytes { raw in
-                    let base = raw.baseAddress!
-                    (base + start).copyMemory(from: base + earlier * pageSize, byteCount: length)
+                if earlier >= firstPage {
+                    let from = (earlier - firstPage) * pageSize
+                    page.copyMemory(from: UnsafeRawBufferPointer(rebasing: out[from..<(from + pageSize)]))
+                } else {
+                    try sink.read(at: earlier * pageSize, into: page)
                 }
             case .known:
                 let key = ChunkKey(bytes: try reader.readBytes(ChunkKey.byteCount))!
@@ -285,13 +231,55 @@ public final class ImageDecoder {
                         found: chunks == nil ? "no chunk store" : "no such chunk",
                         advice: "the sender's view of the receiver's chunks is stale; resend without it")
                 }
-                image.append(contentsOf: contents)
+                contents.withUnsafeBytes { page.copyMemory(from: $0) }
             }
         }
         guard reader.remaining == 0 else {
             throw EncodingError(
-                .trailingBytes, expected: "the batch body to end after \(pages) records",
+                .trailingBytes, expected: "the batch body to end after \(header.pages) records",
                 found: "\(reader.remaining) more bytes")
+        }
+    }
+}
+
+/// A batch's 20-byte header, checked against the format's limits and the pages left in the image.
+struct BatchHeader {
+    let encoding: ImageFormat.BodyEncoding
+    let pages: Int
+    let storedLength: Int
+    let bodyLength: Int
+    let bodyHash: UInt64
+
+    /// Reads and checks the header after the batch tag.
+    init(_ reader: inout ByteReader, firstPage: Int, pageCount: Int) throws(EncodingError) {
+        let encodingByte = try reader.readByte()
+        pages = Int(try reader.read(UInt16.self))
+        storedLength = Int(try reader.read(UInt32.self))
+        bodyLength = Int(try reader.read(UInt32.self))
+        bodyHash = try reader.read(UInt64.self)
+        guard let encoding = ImageFormat.BodyEncoding(rawValue: encodingByte) else {
+            throw EncodingError(.malformedRecord, expected: "body encoding 0 or 1", found: "\(encodingByte)")
+        }
+        self.encoding = encoding
+        guard pages >= 1, pages <= ImageFormat.maximumPagesPerBatch, pages <= pageCount - firstPage else {
+            throw EncodingError(
+                .limitExceeded,
+                expected: "1...\(min(ImageFormat.maximumPagesPerBatch, pageCount - firstPage)) pages in the batch",
+                found: "\(pages)")
+        }
+        let maximumBody = ImageFormat.maximumBodyLength(pageCount: pages)
+        guard bodyLength <= maximumBody else {
+            throw EncodingError(
+                .limitExceeded, expected: "a body of at most \(maximumBody) bytes", found: "\(bodyLength)")
+        }
+        // An encoder compresses a body only when that makes it smaller, so nothing stored exceeds the body:
+        // this bounds what a streaming decoder buffers for one batch.
+        guard encoding == .stored ? storedLength == bodyLength : storedLength <= bodyLength else {
+            throw EncodingError(
+                .malformedRecord,
+                expected: encoding == .stored
+                    ? "a stored body of \(bodyLength) bytes" : "a zstd frame of at most \(bodyLength) bytes",
+                found: "\(storedLength)")
         }
     }
 }

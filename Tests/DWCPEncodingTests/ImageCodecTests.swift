@@ -24,6 +24,10 @@ import Testing
         let stream = try encoder.encode(image, baseline: baseline, known: store)
         let decoded = try ImageDecoder().decode(stream, baseline: baseline, chunks: store)
         #expect(decoded == image)
+        // The same stream fed in pieces of every size from 1 byte to past a batch decodes the same.
+        let streamed = try ImageDecoderStreamTests.decodeInPieces(
+            stream, baseline: baseline, chunks: store, seed: UInt64(stream.count))
+        #expect(streamed == image)
         #expect(encoder.statistics.encodedLength == stream.count)
         #expect(encoder.statistics.pages.values.reduce(0, +) == (image.count + page - 1) / page)
         return (stream, encoder.statistics)
