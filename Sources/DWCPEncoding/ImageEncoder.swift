@@ -61,7 +61,9 @@ public final class ImageEncoder {
     public let configuration: Configuration
     /// What the last ``encode(_:baseline:known:)`` produced.
     public private(set) var statistics = Statistics()
-    private let compressor: ZstdCodec.Compressor?
+    private let dictionary: ZstdCodec.Dictionary?
+    /// One zstd context per level used, made when first needed.
+    private var compressors: [Int: ZstdCodec.Compressor] = [:]
     private var body: [UInt8] = []
     private var frame: [UInt8] = []
     /// The piece of the stream being built (header, one batch, or the end), handed out and reused.
@@ -82,10 +84,9 @@ public final class ImageEncoder {
                 found: "\(configuration.pagesPerBatch)")
         }
         self.configuration = configuration
+        self.dictionary = dictionary
         if let level = configuration.compressionLevel {
-            compressor = try ZstdCodec.Compressor(level: level, dictionary: dictionary)
-        } else {
-            compressor = nil
+            compressors[level] = try ZstdCodec.Compressor(level: level, dictionary: dictionary)
         }
     }
 
@@ -144,31 +145,80 @@ public final class ImageEncoder {
         known: (any KnownChunks)? = nil,
         emit: (UnsafeRawBufferPointer) throws(EncodingError) -> Void
     ) throws(EncodingError) {
-        statistics = Statistics()
-        statistics.imageLength = image.count
-        firstIndex.removeAll(keepingCapacity: true)
-        piece.removeAll(keepingCapacity: true)
-        writeHeader(image: image, baseline: baseline, into: &piece)
-        try emitPiece(emit)
+        let stream = Stream(encoder: self, image: image, baseline: baseline, known: known)
+        while try stream.next(compressionLevel: configuration.compressionLevel, emit) != nil {}
+    }
 
-        let pageSize = ImageFormat.pageSize
-        let pageCount = (image.count + pageSize - 1) / pageSize
-        var page = 0
-        while page < pageCount {
-            let batchPages = min(configuration.pagesPerBatch, pageCount - page)
-            body.removeAll(keepingCapacity: true)
-            for index in page..<(page + batchPages) {
-                encodePage(index, image: image, baseline: baseline, known: known)
-            }
-            try writeBatch(pageCount: batchPages, into: &piece)
-            try emitPiece(emit)
-            page += batchPages
+    /// One image encoded piece by piece on demand (what a transport pulls from), with the zstd level
+    /// chosen per batch (``CompressionLevelController``). One stream at a time per encoder; it resets the
+    /// encoder's ``statistics``.
+    public final class Stream {
+        private let encoder: ImageEncoder
+        private let image: UnsafeRawBufferPointer
+        private let baseline: UnsafeRawBufferPointer?
+        private let known: (any KnownChunks)?
+        private let pageCount: Int
+        private var nextPage = -1
+        /// Whether the end record has been handed out.
+        public private(set) var isFinished = false
+
+        /// Starts encoding `image`.
+        /// - Parameters:
+        ///   - encoder: Supplies the configuration (stages, batch size), buffers and zstd contexts.
+        ///   - image: The image; it must stay valid until the end record is handed out.
+        ///   - baseline: The previous image at the receiver, or nil (same lifetime).
+        ///   - known: The chunks the receiver holds, or nil.
+        public init(
+            encoder: ImageEncoder, image: UnsafeRawBufferPointer, baseline: UnsafeRawBufferPointer?,
+            known: (any KnownChunks)?
+        ) {
+            self.encoder = encoder
+            self.image = image
+            self.baseline = baseline
+            self.known = known
+            pageCount = (image.count + ImageFormat.pageSize - 1) / ImageFormat.pageSize
+            encoder.statistics = Statistics()
+            encoder.statistics.imageLength = image.count
+            encoder.firstIndex.removeAll(keepingCapacity: true)
         }
-        piece.append(ImageFormat.endTag)
-        let identity = ChunkIdentity(of: image)
-        piece.appendLittleEndian(identity.low)
-        piece.appendLittleEndian(identity.high)
-        try emitPiece(emit)
+
+        /// Makes the next piece — the header first, then one batch per call, then the end record — and
+        /// hands it to `emit` (valid only during the call).
+        /// - Parameters:
+        ///   - compressionLevel: The zstd level for this batch's body, or nil to store it raw.
+        ///   - emit: Takes the piece.
+        /// - Returns: The image bytes the piece covers (0 for the header and the end), or nil once the end
+        ///   record has been handed out.
+        @discardableResult
+        public func next(
+            compressionLevel: Int?, _ emit: (UnsafeRawBufferPointer) throws(EncodingError) -> Void
+        ) throws(EncodingError) -> Int? {
+            guard !isFinished else { return nil }
+            encoder.piece.removeAll(keepingCapacity: true)
+            var covered = 0
+            if nextPage < 0 {
+                encoder.writeHeader(image: image, baseline: baseline, into: &encoder.piece)
+                nextPage = 0
+            } else if nextPage < pageCount {
+                let batchPages = min(encoder.configuration.pagesPerBatch, pageCount - nextPage)
+                encoder.body.removeAll(keepingCapacity: true)
+                for index in nextPage..<(nextPage + batchPages) {
+                    encoder.encodePage(index, image: image, baseline: baseline, known: known)
+                }
+                try encoder.writeBatch(pageCount: batchPages, level: compressionLevel, into: &encoder.piece)
+                covered =
+                    min(image.count, (nextPage + batchPages) * ImageFormat.pageSize) - nextPage * ImageFormat.pageSize
+                nextPage += batchPages
+            } else {
+                encoder.piece.append(ImageFormat.endTag)
+                let identity = ChunkIdentity(of: image)
+                encoder.piece.appendLittleEndian(identity.low)
+                encoder.piece.appendLittleEndian(identity.high)
+                isFinished = true
+            }
+            try encoder.emitPiece(emit)
+            return covered
+        }
     }
 
     /// Hands the piece built so far to `emit`, counts it, and empties it.
@@ -262,7 +312,21 @@ public final class ImageEncoder {
         body.append(contentsOf: page)
     }
 
-    private func writeBatch(pageCount: Int, into output: inout [UInt8]) throws(EncodingError) {
+    private func writeBatch(pageCount: Int, level: Int?, into output: inout [UInt8]) throws(EncodingError) {
+        var compressor: ZstdCodec.Compressor?
+        if let level {
+            guard ZstdCodec.levels.contains(level) else {
+                throw EncodingError(
+                    .invalidConfiguration, expected: "a zstd level in \(ZstdCodec.levels)", found: "\(level)")
+            }
+            if let made = compressors[level] {
+                compressor = made
+            } else {
+                let made = try ZstdCodec.Compressor(level: level, dictionary: dictionary)
+                compressors[level] = made
+                compressor = made
+            }
+        }
         output.append(ImageFormat.batchTag)
         let encodingOffset = output.count
         output.append(ImageFormat.BodyEncoding.stored.rawValue)

@@ -43,6 +43,9 @@ public struct ReceiveConfiguration: Sendable {
     public static let fileWindowSpread = 4
     /// Replace an existing file at the destination.
     public var overwrite = false
+    /// Opens the consumers of objects whose offer carries content (an encoding); without one such
+    /// offers are refused.
+    public var consumers: (any TransferConsumerFactory)?
 
     /// Creates a configuration.
     public init(host: String, port: Int, security: TransportSecurity, nodeName: String, destination: ReceiveDestination)

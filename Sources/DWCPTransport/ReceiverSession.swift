@@ -31,6 +31,8 @@ actor ReceiverSession {
     private var dataDescriptor: Int32
     /// Where a stream destination writes, in order; `nil` for a file.
     private let streamDescriptor: Int32?
+    /// Takes the bytes in order when the offer carries content (an encoding).
+    private let consumer: (any TransferConsumer)?
     private var journalDescriptor: Int32
     private var hasher = SHA256()
     private var hashedUpTo = 0
@@ -64,7 +66,7 @@ actor ReceiverSession {
     ) throws {
         self.sessionID = sessionID
         self.offer = offer
-        self.streamDescriptor = configuration.destination.streamDescriptor
+        self.streamDescriptor = offer.content.isEmpty ? configuration.destination.streamDescriptor : nil
         self.peer = peer
         guard (4096...DWCPFrameLimitsForTransport.maximumChunkSize).contains(Int(offer.blockSize)) else {
             throw TransportError(
@@ -75,11 +77,27 @@ actor ReceiverSession {
         }
         var blockSize = sessionBlockSize ?? Int(offer.blockSize)
         var present = ChunkBitmap()
-        switch configuration.destination {
+        if offer.content.isEmpty {
+            consumer = nil
+        } else {
+            guard let factory = configuration.consumers else {
+                throw TransportError(
+                    .refused, expected: "plain bytes", found: "an object with content (an encoding) it cannot read",
+                    advice: "send with --encode none, or upgrade the receiver")
+            }
+            guard !offer.resume else {
+                throw TransportError(
+                    .invalidArgument, expected: "plain bytes to resume", found: "an encoded object",
+                    advice: "send it again without --resume")
+            }
+            consumer = try factory.consumer(
+                for: offer, destination: configuration.destination, overwrite: configuration.overwrite)
+        }
+        switch consumer == nil ? configuration.destination : .standardOutput {
         case .standardOutput, .descriptor:
             dataDescriptor = -1
             journalDescriptor = -1
-            finalPath = nil
+            finalPath = consumer?.path
             partialPath = nil
             journalPath = nil
             if offer.resume {
@@ -113,7 +131,7 @@ actor ReceiverSession {
         // configured one. A file reads them back from the page cache, so its window can span more: a
         // chunk stuck on a slow stream, or an object sharing the sender's window with others, does not
         // stop the chunks behind it (the sender's own window still bounds what is in flight).
-        let spread = configuration.destination.streamDescriptor != nil ? 1 : ReceiveConfiguration.fileWindowSpread
+        let spread = dataDescriptor < 0 ? 1 : ReceiveConfiguration.fileWindowSpread
         let windowBlocks = max(4, spread * configuration.windowBytes / blockSize)
         machine = TransferReceiver(
             blockSize: blockSize, windowBlocks: windowBlocks, declaredBytes: offer.totalBytes, present: present)
@@ -124,7 +142,8 @@ actor ReceiverSession {
             token: token,
             blockSize: UInt32(blockSize),
             windowBlocks: UInt32(windowBlocks),
-            present: present
+            present: present,
+            reply: consumer?.reply ?? []
         )
     }
 
@@ -234,8 +253,8 @@ actor ReceiverSession {
         }
         if index == hashedUpTo {
             pending[index] = payload
-        } else if finalPath == nil {
-            // Standard output needs order: hold the chunk until the prefix reaches it, as a compact copy
+        } else if dataDescriptor < 0 {
+            // Standard output (or a consumer) needs order: hold the chunk until the prefix reaches it, as a compact copy
             // (the received buffer may be a slice pinning a larger read buffer).
             var copy = ByteBufferAllocator().buffer(capacity: payload.readableBytes)
             copy.writeImmutableBuffer(payload)
@@ -271,19 +290,31 @@ actor ReceiverSession {
                     advice: "the partial copy was deleted; send again"
                 )
             }
-            try commit()
+            var made = (bytes: totalBytes, sha256: "\(ours)")
+            if let consumer {
+                do {
+                    made = try consumer.commit()
+                    close()
+                } catch {
+                    discard()
+                    throw error as? TransportError
+                        ?? TransportError(.destinationFailed, expected: "to commit the object", found: "\(error)")
+                }
+            } else {
+                try commit()
+            }
             let report = ReceivedObject(
                 name: offer.name,
                 path: finalPath,
-                bytes: totalBytes,
+                bytes: made.bytes,
                 receivedBytes: machine.bytesStored,
                 resumedBytes: resumedBytes,
                 seconds: (ContinuousClock.now - started).seconds,
-                sha256: "\(ours)"
+                sha256: made.sha256
             )
             return (.complete(object: offer.object, sha256: ours), .success(report))
         } catch {
-            close()
+            if consumer != nil { discard() } else { close() }
             let failure =
                 error as? TransportError
                 ?? TransportError(.destinationFailed, expected: "to commit the object", found: "\(error)")
@@ -292,9 +323,10 @@ actor ReceiverSession {
         }
     }
 
-    /// The control stream went away: keep the partial copy and its journal for a resume.
+    /// The control stream went away: keep the partial copy and its journal for a resume (a consumer's
+    /// output cannot resume and goes).
     func abandon() {
-        close()
+        if consumer != nil { discard() } else { close() }
     }
 
     /// The session was refused after this object was opened: its files go unless they hold data from
@@ -326,6 +358,13 @@ actor ReceiverSession {
             if let stream = streamDescriptor {
                 try Self.writeAll(
                     stream, chunk, what: stream == STDOUT_FILENO ? "standard output" : "descriptor \(stream)")
+            } else if let consumer {
+                do {
+                    try consumer.consume(chunk)
+                } catch {
+                    throw error as? TransportError
+                        ?? TransportError(.destinationFailed, expected: "to take the object's bytes", found: "\(error)")
+                }
             }
             hashedUpTo += machine.blocks(in: chunk.readableBytes)
         }
@@ -381,6 +420,7 @@ actor ReceiverSession {
     }
 
     private func discard() {
+        if !isClosed { consumer?.discard() }
         close()
         if let partialPath { unlink(partialPath) }
         if let journalPath { unlink(journalPath) }

@@ -76,6 +76,10 @@ public enum SessionMessage: Hashable, Sendable {
         public var objects: UInt16
         /// The object's share of the data streams relative to the session's other objects (1…255).
         public var weight: UInt8
+        /// What the bytes are, for the receiver's ``TransferConsumerFactory`` (an encoding and its
+        /// parameters); empty for plain bytes, which the transport writes itself. At most
+        /// ``SessionMessage/maximumContentLength`` bytes.
+        public var content: [UInt8]
 
         /// Creates an offer.
         public init(
@@ -86,9 +90,11 @@ public enum SessionMessage: Hashable, Sendable {
             resume: Bool,
             object: UInt16 = 0,
             objects: UInt16 = 1,
-            weight: UInt8 = 1
+            weight: UInt8 = 1,
+            content: [UInt8] = []
         ) {
             precondition(transferID.count == 16, "a transfer id is 16 bytes, not \(transferID.count)")
+            precondition(content.count <= SessionMessage.maximumContentLength, "offer content over the limit")
             self.transferID = transferID
             self.name = name
             self.totalBytes = totalBytes
@@ -97,6 +103,7 @@ public enum SessionMessage: Hashable, Sendable {
             self.object = object
             self.objects = objects
             self.weight = weight
+            self.content = content
         }
     }
 
@@ -114,6 +121,8 @@ public enum SessionMessage: Hashable, Sendable {
         public var windowBlocks: UInt32
         /// The blocks the receiver already holds (empty unless resuming).
         public var present: ChunkBitmap
+        /// The receiver's consumer's answer to the offer's ``Offer/content`` (empty for plain bytes).
+        public var reply: [UInt8]
 
         /// Creates an accept.
         public init(
@@ -122,14 +131,17 @@ public enum SessionMessage: Hashable, Sendable {
             token: Token,
             blockSize: UInt32,
             windowBlocks: UInt32,
-            present: ChunkBitmap
+            present: ChunkBitmap,
+            reply: [UInt8] = []
         ) {
+            precondition(reply.count <= SessionMessage.maximumContentLength, "accept reply over the limit")
             self.object = object
             self.sessionID = sessionID
             self.token = token
             self.blockSize = blockSize
             self.windowBlocks = windowBlocks
             self.present = present
+            self.reply = reply
         }
     }
 
@@ -158,6 +170,8 @@ public enum SessionMessage: Hashable, Sendable {
 
     /// The longest string a message carries, in UTF-8 bytes.
     public static let maximumStringLength = 4096
+    /// The most bytes an offer's content or an accept's reply carries (8 MiB; a control frame holds 16).
+    public static let maximumContentLength = 8 << 20
 
     /// Appends the message's wire form to `buffer`.
     public func encode(into buffer: inout ByteBuffer) {
@@ -172,6 +186,8 @@ public enum SessionMessage: Hashable, Sendable {
             buffer.writeInteger(offer.object)
             buffer.writeInteger(offer.objects)
             buffer.writeInteger(offer.weight)
+            buffer.writeInteger(UInt32(offer.content.count))
+            buffer.writeBytes(offer.content)
         case .accept(let accept):
             buffer.writeInteger(Kind.accept.rawValue)
             buffer.writeInteger(accept.object)
@@ -180,6 +196,8 @@ public enum SessionMessage: Hashable, Sendable {
             buffer.writeInteger(accept.blockSize)
             buffer.writeInteger(accept.windowBlocks)
             accept.present.encode(into: &buffer)
+            buffer.writeInteger(UInt32(accept.reply.count))
+            buffer.writeBytes(accept.reply)
         case .refuse(let reason):
             buffer.writeInteger(Kind.refuse.rawValue)
             buffer.writeString16(reason)
@@ -235,6 +253,7 @@ public enum SessionMessage: Hashable, Sendable {
             let object = try buffer.readField(UInt16.self, "offer object number")
             let objects = try buffer.readField(UInt16.self, "offer object count")
             let weight = try buffer.readField(UInt8.self, "offer weight")
+            let content = try buffer.readContent("offer content")
             guard objects >= 1, object < objects, weight >= 1 else {
                 throw TransportError(
                     .malformedMessage,
@@ -251,7 +270,8 @@ public enum SessionMessage: Hashable, Sendable {
                     resume: resume != 0,
                     object: object,
                     objects: objects,
-                    weight: weight
+                    weight: weight,
+                    content: content
                 )
             )
         case .accept:
@@ -261,6 +281,7 @@ public enum SessionMessage: Hashable, Sendable {
             let blockSize = try buffer.readField(UInt32.self, "accept block size")
             let windowBlocks = try buffer.readField(UInt32.self, "accept window")
             let present = try ChunkBitmap(decoding: &buffer)
+            let reply = try buffer.readContent("accept reply")
             self = .accept(
                 Accept(
                     object: object,
@@ -268,7 +289,8 @@ public enum SessionMessage: Hashable, Sendable {
                     token: token,
                     blockSize: blockSize,
                     windowBlocks: windowBlocks,
-                    present: present
+                    present: present,
+                    reply: reply
                 )
             )
         case .refuse:
@@ -333,6 +355,18 @@ extension ByteBuffer {
             )
         }
         return bytes
+    }
+
+    fileprivate mutating func readContent(_ name: String) throws(TransportError) -> [UInt8] {
+        let length = Int(try readField(UInt32.self, "\(name) length"))
+        guard length <= SessionMessage.maximumContentLength else {
+            throw TransportError(
+                .malformedMessage,
+                expected: "at most \(SessionMessage.maximumContentLength) bytes for the \(name)",
+                found: "\(length)"
+            )
+        }
+        return try readFixedBytes(length, name)
     }
 
     fileprivate mutating func readString16(_ name: String) throws(TransportError) -> String {

@@ -228,7 +228,8 @@ public enum TransferClient {
                         resume: configuration.resume,
                         object: UInt16(object),
                         objects: UInt16(readers.count),
-                        weight: UInt8(core.weight(of: object))
+                        weight: UInt8(core.weight(of: object)),
+                        content: reader.offerContent
                     )),
                 session: 0)
         }
@@ -239,6 +240,12 @@ public enum TransferClient {
         while true {
             switch try await nextMessage(&iterator, peer: peer) {
             case .accept(let accept):
+                guard readers.indices.contains(Int(accept.object)) else {
+                    throw TransportError(
+                        .protocolViolation, expected: "an accept for an offered object",
+                        found: "object \(accept.object)")
+                }
+                try await readers[Int(accept.object)].accepted(reply: accept.reply)
                 try await core.accepted(accept)
             case .refuse(let reason):
                 throw TransportError(.refused, expected: "the receiver to accept the transfer", found: reason)

@@ -16,6 +16,8 @@ public enum TransferSource: Sendable {
     /// An open, readable descriptor — a pipe or socket, e.g. the one QEMU writes its migration stream
     /// to — read to its end. The caller keeps it open until the send returns and closes it after.
     case descriptor(Int32, name: String)
+    /// Bytes a ``TransferProducer`` makes (an encoder): offered with its content, read once, in order.
+    case producer(any TransferProducer)
 
     /// Whether it can be read again from the start (only a file can: a resumed or re-established
     /// session needs that).
@@ -29,6 +31,7 @@ public enum TransferSource: Sendable {
         case .file: nil
         case .standardInput: STDIN_FILENO
         case .descriptor(let descriptor, _): descriptor
+        case .producer: nil
         }
     }
 }
@@ -39,6 +42,8 @@ final class SourceReader: @unchecked Sendable {
     let name: String
     let size: UInt64?
     let transferID: [UInt8]
+    /// Makes the bytes instead of `descriptor` (which is then -1).
+    let producer: (any TransferProducer)?
     private let ownsDescriptor: Bool
     private var hasher = SHA256()
     /// Bytes read so far.
@@ -46,13 +51,22 @@ final class SourceReader: @unchecked Sendable {
 
     init(_ source: TransferSource) throws {
         switch source {
+        case .producer(let made):
+            descriptor = -1
+            ownsDescriptor = false
+            name = made.name
+            size = nil
+            transferID = (0..<16).map { _ in UInt8.random(in: .min ... .max) }
+            producer = made
         case .standardInput, .descriptor:
+            producer = nil
             descriptor = source.streamDescriptor!
             ownsDescriptor = false
             if case .descriptor(_, let given) = source { name = given } else { name = "stdin" }
             size = nil
             transferID = (0..<16).map { _ in UInt8.random(in: .min ... .max) }
         case .file(let path):
+            producer = nil
             let fd = open(path, O_RDONLY | O_CLOEXEC)
             guard fd >= 0 else {
                 throw TransportError(
@@ -88,10 +102,27 @@ final class SourceReader: @unchecked Sendable {
         if ownsDescriptor { close(descriptor) }
     }
 
+    /// What the offer carries for the receiver's consumer (empty unless a producer makes the bytes).
+    var offerContent: [UInt8] { producer?.offerContent ?? [] }
+
+    /// The receiver accepted the object: its reply goes to the producer, if any.
+    func accepted(reply: [UInt8]) async throws {
+        guard let producer else { return }
+        try await NIOThreadPool.singleton.runIfActive { try producer.accepted(reply: reply) }
+    }
+
     /// Reads the next chunk of at most `chunkSize` bytes (fewer only at the end); `nil` at the end.
     func readChunk(chunkSize: Int) async throws -> ByteBuffer? {
         let buffer = try await NIOThreadPool.singleton.runIfActive { [self] () throws -> ByteBuffer in
             var buffer = ByteBufferAllocator().buffer(capacity: chunkSize)
+            if let producer {
+                while buffer.readableBytes < chunkSize,
+                    var more = try producer.read(maximum: chunkSize - buffer.readableBytes)
+                {
+                    buffer.writeBuffer(&more)
+                }
+                return buffer
+            }
             var total = 0
             while total < chunkSize {
                 var count = 0

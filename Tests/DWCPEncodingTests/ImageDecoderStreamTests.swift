@@ -97,4 +97,38 @@ import Testing
         let error = #expect(throws: EncodingError.self) { try [UInt8(0)].withUnsafeBytes { try decoding.feed($0) } }
         #expect(error?.code == .trailingBytes)
     }
+
+    @Test func theEncoderStreamChangesLevelPerBatchAndCoversTheImage() throws {
+        let image = TestData.mixed(50 * TestData.page + 7, seed: 8)
+        let encoder = try ImageEncoder(configuration: .init(pagesPerBatch: 4))
+        var stream: [UInt8] = []
+        var covered = 0
+        var pieces = 0
+        try image.withUnsafeBytes { raw in
+            let encoding = ImageEncoder.Stream(encoder: encoder, image: raw, baseline: nil, known: nil)
+            let levels: [Int?] = [nil, 1, 3, 19, -5]
+            while let bytes = try encoding.next(
+                compressionLevel: levels[pieces % levels.count],
+                { piece in
+                    stream.append(contentsOf: piece)
+                })
+            {
+                covered += bytes
+                pieces += 1
+            }
+            #expect(encoding.isFinished)
+        }
+        #expect(covered == image.count)
+        #expect(pieces == 2 + 13)  // header, 13 batches of at most 4 pages, end
+        #expect(encoder.statistics.encodedLength == stream.count)
+        #expect(try ImageDecoder().decode(stream) == image)
+        let error = #expect(throws: EncodingError.self) {
+            try image.withUnsafeBytes { raw in
+                let encoding = ImageEncoder.Stream(encoder: encoder, image: raw, baseline: nil, known: nil)
+                try encoding.next(compressionLevel: nil) { _ in }
+                try encoding.next(compressionLevel: 99) { _ in }
+            }
+        }
+        #expect(error?.code == .invalidConfiguration)
+    }
 }
