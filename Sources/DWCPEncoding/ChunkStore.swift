@@ -282,6 +282,21 @@ public final class PersistentChunkStore: KnownChunks, ChunkProvider {
         keys.map { index[$0] != nil }
     }
 
+    /// Which of `prefixes` (``ChunkKey/prefix``) start the key of a chunk the store holds: the receiver's
+    /// answer to an ``EncodedObjectOffer``. One pass over the index, whatever the number of prefixes.
+    /// - Parameter prefixes: Key prefixes, as a sender announced them.
+    /// - Returns: One flag per prefix, in order.
+    public func holdsPrefixes(_ prefixes: [UInt64]) -> [Bool] {
+        guard !index.isEmpty, !prefixes.isEmpty else { return [Bool](repeating: false, count: prefixes.count) }
+        var asked = Set(prefixes)
+        var held = Set<UInt64>()
+        for key in index.keys where asked.remove(key.prefix) != nil {
+            held.insert(key.prefix)
+            if asked.isEmpty { break }
+        }
+        return prefixes.map(held.contains)
+    }
+
     /// The keys of `keys` the store does not hold, in order and each once: the receiver's "want" answer.
     ///
     /// A sender that chose references from a ``ChunkSummary`` (which has false positives) MUST send the content

@@ -67,6 +67,10 @@ public struct ChunkKey: Hashable, Sendable, Comparable, CustomStringConvertible 
         self.init(word0: words[0], word1: words[1], word2: words[2], word3: words[3])
     }
 
+    /// The digest's first 8 bytes as a big-endian integer: what a sender announces of a key
+    /// (``EncodedObjectOffer``) before the receiver says whether it holds it.
+    public var prefix: UInt64 { word0 }
+
     /// The 32 digest bytes, in SHA-256's order.
     public var bytes: [UInt8] {
         var result: [UInt8] = []

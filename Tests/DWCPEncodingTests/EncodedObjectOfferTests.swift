@@ -1,0 +1,58 @@
+import Testing
+
+@testable import DWCPEncoding
+
+@Suite struct EncodedObjectOfferTests {
+    @Test(arguments: [0, 1, 7, 8, 9, 1000])
+    func offersAndRepliesRoundTrip(count: Int) throws {
+        var generator = SeededGenerator(seed: UInt64(count))
+        let offer = EncodedObjectOffer(imageLength: 12_345, prefixes: (0..<count).map { _ in generator.next() })
+        let bytes = offer.serialized()
+        #expect(EncodedObjectOffer.isOffer(bytes))
+        #expect(try EncodedObjectOffer(serialized: bytes, maximumImageLength: 1 << 20) == offer)
+        let reply = EncodedObjectReply(hasStore: true, held: (0..<count).map { _ in generator.next() % 3 == 0 })
+        #expect(try EncodedObjectReply(serialized: reply.serialized(), expectedCount: count) == reply)
+    }
+
+    @Test func everyTruncationAndBadFieldIsATypedError() throws {
+        let offer = EncodedObjectOffer(imageLength: 4096, prefixes: [1, 2, 3]).serialized()
+        for cut in 0..<offer.count {
+            #expect(throws: EncodingError.self) {
+                try EncodedObjectOffer(serialized: Array(offer[0..<cut]), maximumImageLength: 1 << 20)
+            }
+        }
+        #expect(throws: EncodingError.self) {
+            try EncodedObjectOffer(serialized: offer + [0], maximumImageLength: 1 << 20)
+        }
+        let tooLong = #expect(throws: EncodingError.self) {
+            try EncodedObjectOffer(serialized: offer, maximumImageLength: 4095)
+        }
+        #expect(tooLong?.code == .limitExceeded)
+        var version = offer
+        version[4] = 2
+        #expect(
+            (#expect(throws: EncodingError.self) {
+                try EncodedObjectOffer(serialized: version, maximumImageLength: 1 << 20)
+            })?.code == .unsupportedVersion)
+        let reply = EncodedObjectReply(hasStore: false, held: [true, false, true]).serialized()
+        #expect(throws: EncodingError.self) { try EncodedObjectReply(serialized: reply, expectedCount: 4) }
+        var stray = reply
+        stray[stray.count - 1] |= 0x80  // a flag past the third prefix
+        #expect(throws: EncodingError.self) { try EncodedObjectReply(serialized: stray, expectedCount: 3) }
+        for cut in 0..<reply.count {
+            #expect(throws: EncodingError.self) {
+                try EncodedObjectReply(serialized: Array(reply[0..<cut]), expectedCount: 3)
+            }
+        }
+    }
+
+    @Test func theStoreAnswersWhichPrefixesItHolds() throws {
+        let directory = TemporaryDirectory()
+        let store = try PersistentChunkStore(directory: directory.path)
+        let held = try (0..<5).map { try store.put(TestData.random(100, seed: UInt64($0))) }
+        let absent = (5..<8).map { ChunkKey(of: TestData.random(100, seed: UInt64($0))) }
+        let asked = [absent[0].prefix, held[3].prefix, held[0].prefix, absent[2].prefix, held[3].prefix]
+        #expect(store.holdsPrefixes(asked) == [false, true, true, false, true])
+        #expect(store.holdsPrefixes([]) == [])
+    }
+}
