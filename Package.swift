@@ -118,6 +118,19 @@ var package = Package(
         ),
         // END wanem targets
 
+        // The node: wires the data plane's modules together (HDE over AMST today; the agent next).
+        .target(
+            name: "NovaCronNode",
+            dependencies: [
+                "DWCPEncoding",
+                "DWCPTransport",
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "NIOCore", package: "swift-nio"),
+            ],
+            swiftSettings: strictSettings
+        ),
+
         // MARK: Executable
         .executableTarget(
             name: "novacron",
@@ -125,6 +138,7 @@ var package = Package(
                 "DWCPWire",
                 "DWCPSecurity",
                 "DWCPTransport",
+                "NovaCronNode",
                 "NovaCronHypervisor",
                 "CZstd",
                 "CXXHash",
@@ -174,6 +188,16 @@ var package = Package(
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
+            ],
+            swiftSettings: strictSettings
+        ),
+        .testTarget(
+            name: "NovaCronNodeTests",
+            dependencies: [
+                "NovaCronNode",
+                "DWCPEncoding",
+                "DWCPTransport",
+                .product(name: "NIOCore", package: "swift-nio"),
             ],
             swiftSettings: strictSettings
         ),

@@ -13,6 +13,14 @@ public enum ReceiveDestination: Sendable, Hashable {
     /// and cannot resume. The caller keeps it open until the receive returns.
     case descriptor(Int32)
 
+    /// The file an object named `name` goes to: the path itself, or `path/name` when the path is an
+    /// existing directory; `nil` for a stream destination.
+    /// - Throws: ``TransportError/Code/invalidArgument`` for a name that cannot be a file name in a directory.
+    public func target(forObjectNamed name: String) throws -> String? {
+        guard case .path(let path) = self else { return nil }
+        return try ReceiverSession.resolve(path, name: name)
+    }
+
     /// The descriptor a stream destination writes, `nil` for a path.
     public var streamDescriptor: Int32? {
         switch self {

@@ -1,6 +1,7 @@
 import ArgumentParser
 import DWCPTransport
 import Foundation
+import NovaCronNode
 
 /// `novacron receive --listen HOST:PORT --out DIR|FILE|-`: waits for one `novacron send`.
 struct ReceiveCommand: AsyncParsableCommand {
@@ -11,7 +12,10 @@ struct ReceiveCommand: AsyncParsableCommand {
             A session carries one object, or several (they need --out DIR). \
             Until an object is complete and verified it is NAME.novacron-partial, with its chunk \
             journal NAME.novacron-journal beside it; a sender that comes back with --resume continues \
-            from there. A sender that vanishes does not end the receiver: it keeps listening.
+            from there. A sender that vanishes does not end the receiver: it keeps listening. \
+            An object sent with --encode is decoded into its file as it arrives; with --store DIR every \
+            page received is kept in a content-addressed chunk store there, and the next sender refers \
+            to the pages the store holds instead of sending them.
             """
     )
 
@@ -29,8 +33,26 @@ struct ReceiveCommand: AsyncParsableCommand {
     @Option(help: "Reorder window: how far ahead of the first missing chunk data is accepted (e.g. 64M).")
     var window = ByteCount(bytes: 64 << 20)
 
+    @Option(help: "A chunk store directory (created if missing) kept across transfers of encoded objects.")
+    var store: String?
+
+    @Option(help: "The most bytes the chunk store keeps before evicting its oldest chunks (e.g. 16G).")
+    var storeCapacity = ByteCount(bytes: 16 << 30)
+
     func validate() throws {
         guard window.bytes >= 1 << 20 else { throw ValidationError("--window must be at least 1M") }
+        guard storeCapacity.bytes >= 256 << 20 else { throw ValidationError("--store-capacity must be at least 256M") }
+        if let store {
+            let parent = (store as NSString).deletingLastPathComponent
+            var isDirectory: ObjCBool = false
+            guard
+                parent.isEmpty
+                    || (FileManager.default.fileExists(atPath: parent, isDirectory: &isDirectory)
+                        && isDirectory.boolValue)
+            else {
+                throw ValidationError("--store \(store): the directory \(parent) does not exist")
+            }
+        }
         if out != "-" {
             let parent = (out as NSString).deletingLastPathComponent
             var isDirectory: ObjCBool = false
@@ -54,6 +76,8 @@ struct ReceiveCommand: AsyncParsableCommand {
         )
         configuration.overwrite = overwrite
         configuration.windowBytes = window.bytes
+        let chunks = try store.map { try SharedChunkStore(directory: $0, capacity: storeCapacity.bytes) }
+        configuration.consumers = ImageConsumerFactory(store: chunks)
         let printer = ProgressPrinter(json: options.json && out != "-")
         let json = options.json
         let host = listen.host

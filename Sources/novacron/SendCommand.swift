@@ -1,6 +1,7 @@
 import ArgumentParser
 import DWCPTransport
 import Foundation
+import NovaCronNode
 
 /// `novacron send FILE|-… --to HOST:PORT`: one or more objects to a `novacron receive`, over one AMST
 /// session.
@@ -72,6 +73,15 @@ struct SendCommand: AsyncParsableCommand {
 
     @Option(
         help: """
+            Encode files with HDE before sending: auto (zero, duplicate and store-held pages elided, zstd \
+            level chosen per batch for the most bytes delivered per second), raw (no zstd), a zstd level \
+            1…19, or none (plain bytes; the only mode that can --resume or send standard input). The \
+            receiver decodes into a file; with --store it sends references to the pages it holds.
+            """)
+    var encode = EncodingMode.none
+
+    @Option(
+        help: """
             Re-establish a broken session this many times (1 s back-off, doubling), resuming from what the \
             receiver holds. Files only; 0 turns it off.
             """)
@@ -102,6 +112,14 @@ struct SendCommand: AsyncParsableCommand {
             guard available.isEmpty || available.contains(cc) else {
                 throw ValidationError(
                     "--cc \(cc) is not available here; this kernel offers: \(available.joined(separator: ", "))")
+            }
+        }
+        if encode != .none {
+            guard !sources.contains("-") else {
+                throw ValidationError("--encode \(encode) needs files; send standard input with --encode none")
+            }
+            guard !resume else {
+                throw ValidationError("an encoded transfer cannot resume; send again without --resume")
             }
         }
         guard reconnect >= 0 else {
@@ -142,8 +160,19 @@ struct SendCommand: AsyncParsableCommand {
         configuration.reconnectAttempts = reconnect
         let printer = ProgressPrinter(json: options.json)
         let weights = weight.isEmpty ? Array(repeating: 1, count: sources.count) : weight
-        let objects = zip(sources, weights).map { source, weight in
-            TransferObject(source == "-" ? .standardInput : .file(path: source), weight: weight)
+        var producers: [ImageFileProducer] = []
+        var objects: [TransferObject] = []
+        for (source, weight) in zip(sources, weights) {
+            if source == "-" {
+                objects.append(TransferObject(.standardInput, weight: weight))
+            } else if encode == .none {
+                objects.append(TransferObject(.file(path: source), weight: weight))
+            } else {
+                let producer = try ImageFileProducer(
+                    path: source, mode: encode, linkBytesPerSecond: linkRate * 1e6 / 8)
+                producers.append(producer)
+                objects.append(TransferObject(.producer(producer), weight: weight))
+            }
         }
         let report = try await TransferClient.send(
             objects: objects,
@@ -152,8 +181,9 @@ struct SendCommand: AsyncParsableCommand {
             reconnecting: { printer.reconnecting($0) }
         )
         printer.done()
+        let encoding = producers.map(\.currentReport)
         if options.json {
-            printJSON(event: "done", report)
+            printJSON(event: "done", report, extra: encoding.isEmpty ? [:] : ["encoding": encoding])
         } else {
             let seconds = max(report.seconds, 1e-9)
             FileHandle.standardError.write(
@@ -173,6 +203,22 @@ struct SendCommand: AsyncParsableCommand {
                         """
                           \(object.name): \(ProgressPrinter.formatBytes(object.bytes)), weight \(object.weight), \
                         committed at \(String(format: "%.2f", object.seconds)) s, sha256 \(object.sha256)
+
+                        """.utf8))
+            }
+            for (producer, encoded) in zip(producers, encoding) {
+                let pages = encoded.pages.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }
+                let levels = encoded.batchesByLevel.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }
+                FileHandle.standardError.write(
+                    Data(
+                        """
+                        \(producer.name): \(ProgressPrinter.formatBytes(encoded.imageBytes)) encoded into \
+                        \(ProgressPrinter.formatBytes(encoded.encodedBytes)) \
+                        (\(String(format: "%.2f", Double(encoded.imageBytes) / Double(max(encoded.encodedBytes, 1))))x, \
+                        \(String(format: "%.2f", encoded.encodeSeconds)) s encoding, \
+                        \(String(format: "%.2f", encoded.announceSeconds)) s hashing); pages: \(pages.joined(separator: ", ")); \
+                        batches by zstd level: \(levels.joined(separator: ", ")); the receiver \
+                        \(encoded.receiverHasStore ? "held \(encoded.heldPages) of \(encoded.announcedPages) distinct pages" : "keeps no store")
 
                         """.utf8))
             }

@@ -2,6 +2,7 @@ import ArgumentParser
 import DWCPSecurity
 import DWCPTransport
 import Foundation
+import NovaCronNode
 
 /// Options `send` and `receive` share: identity, plaintext, output format.
 struct TransferOptions: ParsableArguments {
@@ -144,14 +145,28 @@ struct ProgressPrinter: Sendable {
     }
 }
 
-/// Prints `{"event": EVENT, ...fields of value}` as one line.
-func printJSON(event: String, _ value: some Encodable) {
+/// Prints `{"event": EVENT, ...fields of value}` as one line;
+/// `extra` adds fields (each an Encodable value) beside them.
+func printJSON(event: String, _ value: some Encodable, extra: [String: any Encodable] = [:]) {
     let encoder = JSONEncoder()
     encoder.outputFormatting = [.sortedKeys]
     guard let data = try? encoder.encode(value),
         var object = (try? JSONSerialization.jsonObject(with: data)) as? [String: Any]
     else { return }
+    for (key, field) in extra {
+        if let data = try? encoder.encode(field), let decoded = try? JSONSerialization.jsonObject(with: data) {
+            object[key] = decoded
+        }
+    }
     object["event"] = event
     guard let line = try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys]) else { return }
     FileHandle.standardOutput.write(line + Data("\n".utf8))
+}
+
+extension EncodingMode: ExpressibleByArgument {
+    public init?(argument: String) {
+        self.init(argument)
+    }
+
+    public static var allValueStrings: [String] { ["auto", "none", "raw", "1", "3", "9", "19"] }
 }
