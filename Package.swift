@@ -122,6 +122,7 @@ var package = Package(
         .target(
             name: "NovaCronNode",
             dependencies: [
+                "CNovaCronSystem",
                 "DWCPEncoding",
                 "DWCPTransport",
                 .product(name: "Crypto", package: "swift-crypto"),

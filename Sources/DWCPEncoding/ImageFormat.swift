@@ -29,6 +29,11 @@ public enum ImageFormat {
         pageCount * (pageSize + 3)
     }
 
+    /// Whether a page (at most ``pageSize`` bytes) is all zeros (libc's vectorised `memcmp`).
+    public static func isZeroPage(_ page: UnsafeRawBufferPointer) -> Bool {
+        page.count == 0 || PageCompare.isZero(page)
+    }
+
     static let flagHasBaseline: UInt8 = 0x01
     static let batchTag = UInt8(ascii: "B")
     static let endTag = UInt8(ascii: "E")

@@ -1,6 +1,8 @@
+import CNovaCronSystem
 import Crypto
 import DWCPEncoding
 import DWCPTransport
+import Foundation
 import NIOConcurrencyHelpers
 import NIOCore
 
@@ -8,10 +10,15 @@ import NIOCore
     import Glibc
 #endif
 
-/// A chunk store shared by the receiving sessions of one process (`novacron receive --store DIR`).
+/// A node's chunk store, shared by the sessions of one process (`novacron receive|send --store DIR`),
+/// with the manifests of the images the node sent or received (`DIR/manifests/`), which later
+/// transfers between two nodes holding the same image are encoded against.
 public final class SharedChunkStore: @unchecked Sendable {
     private let lock = NIOLock()
     private let store: PersistentChunkStore
+    private let manifestDirectory: String
+    /// How many manifests are kept (the newest).
+    public static let keptManifests = 8
 
     /// Opens (or creates) the store in `directory`.
     /// - Parameters:
@@ -21,6 +28,11 @@ public final class SharedChunkStore: @unchecked Sendable {
     public init(directory: String, capacity: Int) throws {
         store = try PersistentChunkStore(
             directory: directory, configuration: .init(capacity: capacity))
+        manifestDirectory = directory + "/manifests"
+        guard mkdir(manifestDirectory, 0o755) == 0 || errno == EEXIST else {
+            throw EncodingError(
+                .ioFailed, expected: "to create \(manifestDirectory)", found: String(cString: strerror(errno)))
+        }
     }
 
     /// The number of chunks held.
@@ -30,8 +42,9 @@ public final class SharedChunkStore: @unchecked Sendable {
         lock.withLock { store.holdsPrefixes(prefixes) }
     }
 
-    func put(_ bytes: UnsafeRawBufferPointer) throws {
-        try lock.withLock { _ = try store.put(bytes) }
+    @discardableResult
+    func put(_ bytes: UnsafeRawBufferPointer) throws -> ChunkKey {
+        try lock.withLock { try store.put(bytes) }
     }
 
     func contents(of key: ChunkKey) -> [UInt8]? {
@@ -40,6 +53,72 @@ public final class SharedChunkStore: @unchecked Sendable {
 
     func sync() throws {
         try lock.withLock { try store.sync() }
+    }
+
+    /// Keeps `manifest` (written to a temporary file, synced, renamed), and drops the oldest beyond
+    /// ``keptManifests``.
+    func save(_ manifest: ImageManifest) throws {
+        let path = manifestDirectory + "/\(manifest.identity).manifest"
+        let bytes = manifest.serialized()
+        let temporary = path + ".tmp"
+        let descriptor = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+        guard descriptor >= 0 else { throw Self.ioError("create \(temporary)") }
+        let written = bytes.withUnsafeBytes { write(descriptor, $0.baseAddress, $0.count) }
+        let synced = fsync(descriptor) == 0
+        close(descriptor)
+        guard written == bytes.count, synced, rename(temporary, path) == 0 else {
+            unlink(temporary)
+            throw Self.ioError("write \(path)")
+        }
+        for old in manifestFiles().dropFirst(Self.keptManifests) { unlink(old.path) }
+    }
+
+    /// The kept manifests, newest first (unreadable or damaged ones are skipped).
+    func recentManifests() -> [ImageManifest] {
+        manifestFiles().compactMap { file in
+            (try? Data(contentsOf: URL(fileURLWithPath: file.path))).flatMap {
+                try? ImageManifest(serialized: Array($0))
+            }
+        }
+    }
+
+    /// The image `manifest` describes, rebuilt from the store's pages into fresh memory the caller owns
+    /// (and deallocates), or nil if a page is missing.
+    func materialize(_ manifest: ImageManifest) -> UnsafeMutableRawBufferPointer? {
+        let image = UnsafeMutableRawBufferPointer.allocate(byteCount: max(manifest.imageLength, 1), alignment: 16)
+        let complete = lock.withLock {
+            for (index, key) in manifest.pages.enumerated() {
+                let start = index * ImageFormat.pageSize
+                let length = min(ImageFormat.pageSize, manifest.imageLength - start)
+                let target = UnsafeMutableRawBufferPointer(rebasing: image[start..<(start + length)])
+                guard let key else {
+                    target.initializeMemory(as: UInt8.self, repeating: 0)
+                    continue
+                }
+                guard let page = store.contents(of: key), page.count == length else { return false }
+                page.withUnsafeBytes { target.copyMemory(from: $0) }
+            }
+            return true
+        }
+        guard complete else {
+            image.deallocate()
+            return nil
+        }
+        return image
+    }
+
+    private func manifestFiles() -> [(path: String, modified: Date)] {
+        let names = (try? FileManager.default.contentsOfDirectory(atPath: manifestDirectory)) ?? []
+        return names.filter { $0.hasSuffix(".manifest") }.compactMap { name in
+            let path = manifestDirectory + "/" + name
+            guard let modified = try? FileManager.default.attributesOfItem(atPath: path)[.modificationDate] as? Date
+            else { return nil }
+            return (path, modified)
+        }.sorted { $0.modified > $1.modified }
+    }
+
+    private static func ioError(_ action: String) -> EncodingError {
+        EncodingError(.ioFailed, expected: "to \(action)", found: String(cString: strerror(errno)))
     }
 }
 
@@ -87,9 +166,22 @@ public struct ImageConsumerFactory: TransferConsumerFactory {
                 advice: "remove it or pass --overwrite")
         }
         let held = store?.holdsPrefixes(announced.prefixes) ?? Array(repeating: false, count: announced.prefixes.count)
+        // The first offered baseline this node holds whole becomes the decoder's baseline.
+        var baseline: (index: Int, image: UnsafeMutableRawBufferPointer, length: Int)?
+        if let store, !announced.baselines.isEmpty {
+            let manifests = Dictionary(
+                store.recentManifests().map { ($0.identity, $0) }, uniquingKeysWith: { first, _ in first })
+            for (index, identity) in announced.baselines.enumerated() {
+                if let manifest = manifests[identity], let image = store.materialize(manifest) {
+                    baseline = (index, image, manifest.imageLength)
+                    break
+                }
+            }
+        }
         return try ImageFileConsumer(
             target: target, imageLength: Int(announced.imageLength), store: store,
-            reply: EncodedObjectReply(hasStore: store != nil, held: held).serialized())
+            baseline: baseline.map { ($0.image, $0.length) },
+            reply: EncodedObjectReply(hasStore: store != nil, baseline: baseline?.index, held: held).serialized())
     }
 }
 
@@ -104,20 +196,38 @@ public final class ImageFileConsumer: TransferConsumer, @unchecked Sendable {
     private let imageLength: Int
     private let sink: FileImageSink
     private let stream: ImageDecoder.Stream
+    private let store: SharedChunkStore?
+    /// The baseline the decoder reads, owned here (it outlives the stream).
+    private let baseline: UnsafeMutableRawBufferPointer?
     private var finished = false
 
-    init(target: String, imageLength: Int, store: SharedChunkStore?, reply: [UInt8]) throws {
+    /// Takes ownership of `baseline` (memory of `length` image bytes, deallocated with the consumer).
+    init(
+        target: String, imageLength: Int, store: SharedChunkStore?,
+        baseline: (memory: UnsafeMutableRawBufferPointer, length: Int)?, reply: [UInt8]
+    ) throws {
+        self.baseline = baseline?.memory
         self.target = target
         partial = target + ".novacron-partial"
         self.imageLength = imageLength
         self.reply = reply
-        sink = try FileImageSink(path: partial, store: store)
-        let decoder = try ImageDecoder(limits: .init(maximumImageLength: imageLength))
-        stream = ImageDecoder.Stream(decoder: decoder, chunks: store.map(StoreChunks.init), sink: sink)
+        self.store = store
+        do {
+            sink = try FileImageSink(path: partial, store: store)
+            let decoder = try ImageDecoder(limits: .init(maximumImageLength: imageLength))
+            stream = ImageDecoder.Stream(
+                decoder: decoder,
+                baseline: baseline.map { UnsafeRawBufferPointer(rebasing: $0.memory[0..<$0.length]) },
+                chunks: store.map(StoreChunks.init), sink: sink)
+        } catch {
+            baseline?.memory.deallocate()
+            throw error
+        }
     }
 
     deinit {
         if !finished { discard() }
+        baseline?.deallocate()
     }
 
     public func consume(_ bytes: ByteBuffer) throws {
@@ -125,16 +235,20 @@ public final class ImageFileConsumer: TransferConsumer, @unchecked Sendable {
     }
 
     public func commit() throws -> (bytes: UInt64, sha256: String) {
-        _ = try stream.finish()
+        let identity = try stream.finish()
         guard stream.imageLength == imageLength else {
             throw TransportError(
                 .protocolViolation, expected: "a \(imageLength)-byte image as offered",
                 found: "\(stream.imageLength ?? 0) bytes")
         }
         let digest = try sink.close()
+        if let store {
+            try store.save(ImageManifest(identity: identity, imageLength: imageLength, pages: sink.pageKeys))
+        }
         guard rename(partial, target) == 0 else {
             throw TransportError(
-                .destinationFailed, expected: "to rename \(partial) to \(target)", found: String(cString: strerror(errno)))
+                .destinationFailed, expected: "to rename \(partial) to \(target)",
+                found: String(cString: strerror(errno)))
         }
         finished = true
         return (UInt64(imageLength), digest)
@@ -163,6 +277,9 @@ final class FileImageSink: DecodedImageSink {
     private let store: SharedChunkStore?
     private var hasher = SHA256()
     private var written = 0
+    private var writeback = WritebackSchedule()
+    /// Each page's key in the store (nil for zero pages), when there is a store.
+    private(set) var pageKeys: [ChunkKey?] = []
 
     init(path: String, store: SharedChunkStore?) throws {
         descriptor = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
@@ -176,46 +293,70 @@ final class FileImageSink: DecodedImageSink {
 
     deinit { abandon() }
 
+    /// Writes the non-zero pages where they belong (zero pages stay holes of the fresh file, which read
+    /// back as zeros), hashes everything, and puts the non-zero pages into the store.
     func append(_ bytes: UnsafeRawBufferPointer) throws(EncodingError) {
+        hasher.update(bufferPointer: bytes)
+        var start = 0
+        var run: Range<Int>?  // non-zero pages not yet written
+        while start < bytes.count {
+            let end = min(bytes.count, start + ImageFormat.pageSize)
+            let page = UnsafeRawBufferPointer(rebasing: bytes[start..<end])
+            if ImageFormat.isZeroPage(page) {
+                if store != nil { pageKeys.append(nil) }
+                if let pending = run { try write(bytes, pending) }
+                run = nil
+            } else {
+                run = (run?.lowerBound ?? start)..<end
+                if let store {
+                    do {
+                        pageKeys.append(try store.put(page))
+                    } catch {
+                        throw error as? EncodingError
+                            ?? EncodingError(.ioFailed, expected: "to store a page", found: "\(error)")
+                    }
+                }
+            }
+            start = end
+        }
+        if let pending = run { try write(bytes, pending) }
+        written += bytes.count
+        if let range = writeback.prefixReached(UInt64(written)) {
+            // Advisory: an I/O error shows again, and is reported, at the fsync before the commit.
+            _ = novacron_start_writeback(descriptor, off_t(range.lowerBound), off_t(range.count))
+        }
+    }
+
+    /// Writes `run` of the batch being appended (which starts at image offset `written`) at its place.
+    private func write(_ batch: UnsafeRawBufferPointer, _ run: Range<Int>) throws(EncodingError) {
         var done = 0
-        while done < bytes.count {
-            let count = write(descriptor, bytes.baseAddress! + done, bytes.count - done)
+        while done < run.count {
+            let count = pwrite(
+                descriptor, batch.baseAddress! + run.lowerBound + done, run.count - done,
+                off_t(written + run.lowerBound + done))
             guard count > 0 else {
                 if count < 0 && errno == EINTR { continue }
                 throw Self.failure("write \(path)")
             }
             done += count
         }
-        hasher.update(bufferPointer: bytes)
-        written += bytes.count
-        guard let store else { return }
-        var start = 0
-        while start < bytes.count {
-            let page = UnsafeRawBufferPointer(
-                rebasing: bytes[start..<min(bytes.count, start + ImageFormat.pageSize)])
-            if page.contains(where: { $0 != 0 }) {
-                do {
-                    try store.put(page)
-                } catch {
-                    throw error as? EncodingError
-                        ?? EncodingError(.ioFailed, expected: "to store a page", found: "\(error)")
-                }
-            }
-            start += ImageFormat.pageSize
-        }
     }
 
     func read(at offset: Int, into destination: UnsafeMutableRawBufferPointer) throws(EncodingError) {
         let count = pread(descriptor, destination.baseAddress, destination.count, off_t(offset))
         guard count == destination.count else {
-            throw count < 0 ? Self.failure("read back \(path)") : EncodingError(
-                .ioFailed, expected: "\(destination.count) bytes at \(offset) of \(path)", found: "\(count)")
+            throw count < 0
+                ? Self.failure("read back \(path)")
+                : EncodingError(
+                    .ioFailed, expected: "\(destination.count) bytes at \(offset) of \(path)", found: "\(count)")
         }
     }
 
     /// Syncs the file and the store and closes the file.
     /// - Returns: The image's SHA-256 in hex.
     func close() throws -> String {
+        // Trailing zero pages are holes: the length comes from the image.
+        guard ftruncate(descriptor, off_t(written)) == 0 else { throw Self.failure("set the length of \(path)") }
         guard fsync(descriptor) == 0 else { throw Self.failure("sync \(path)") }
         try store?.sync()
         abandon()

@@ -33,6 +33,8 @@ public final class ImageFileProducer: TransferProducer, @unchecked Sendable {
         public var heldPages: Int
         /// Whether the receiver has a chunk store.
         public var receiverHasStore: Bool
+        /// The earlier image both nodes held that the stream was encoded against (its identity), if any.
+        public var baseline: String?
         /// Seconds spent hashing the file for the announcement (before the offer).
         public var announceSeconds: Double
         /// Seconds spent encoding (one core).
@@ -43,7 +45,16 @@ public final class ImageFileProducer: TransferProducer, @unchecked Sendable {
     public let offerContent: [UInt8]
     private let mapping: UnsafeRawBufferPointer
     private let mode: EncodingMode
+    /// Each page's SHA-256, nil for zero pages.
+    private let pageKeys: [ChunkKey?]
+    /// The distinct keys announced, in the order of the offer's prefixes.
     private let keys: [ChunkKey]
+    /// The candidate baselines offered, most similar first.
+    private let candidates: [ImageManifest]
+    private let store: SharedChunkStore?
+    /// The baseline's bytes, owned here because the encoder reads them until the stream ends.
+    private var baseline: UnsafeMutableRawBufferPointer?
+    private var storedUpTo = 0
     private let encoder: ImageEncoder
     private let lock = NIOLock()
     private var stream: ImageEncoder.Stream?
@@ -61,8 +72,13 @@ public final class ImageFileProducer: TransferProducer, @unchecked Sendable {
     ///   - name: The name the receiver files it under (default: the file's name).
     ///   - mode: ``EncodingMode/auto`` or a fixed level (not ``EncodingMode/none``).
     ///   - linkBytesPerSecond: The link rate assumed until the transport's pace is measured.
+    ///   - store: This node's chunk store: the image's pages and manifest are kept there, and an earlier
+    ///     image kept there that the receiver holds too becomes the baseline.
     /// - Throws: ``TransportError`` (`sourceFailed`) if the file cannot be read.
-    public init(path: String, name: String? = nil, mode: EncodingMode, linkBytesPerSecond: Double) throws {
+    public init(
+        path: String, name: String? = nil, mode: EncodingMode, linkBytesPerSecond: Double,
+        store: SharedChunkStore? = nil
+    ) throws {
         precondition(mode != .none, "an ImageFileProducer encodes")
         let descriptor = open(path, O_RDONLY | O_CLOEXEC)
         guard descriptor >= 0 else {
@@ -91,20 +107,37 @@ public final class ImageFileProducer: TransferProducer, @unchecked Sendable {
         self.name = name ?? String(path.split(separator: "/").last ?? Substring(path))
         self.mode = mode
         let started = ContinuousClock.now
-        keys = Self.distinctPageKeys(of: mapping)
-        let announced = Array(keys.prefix(EncodedObjectOffer.maximumPrefixes))
-        offerContent = EncodedObjectOffer(imageLength: UInt64(length), prefixes: announced.map(\.prefix)).serialized()
+        pageKeys = Self.pageKeys(of: mapping)
+        var seen = Set<ChunkKey>()
+        var distinct: [ChunkKey] = []
+        for case let key? in pageKeys where distinct.count < EncodedObjectOffer.maximumPrefixes {
+            if seen.insert(key).inserted { distinct.append(key) }
+        }
+        keys = distinct
+        self.store = store
+        let imageKeys = pageKeys
+        candidates = Array(
+            (store?.recentManifests() ?? [])
+                .map { ($0, $0.similarity(to: imageKeys)) }
+                .filter { $0.1 > 0 }
+                .sorted { $0.1 > $1.1 }
+                .map(\.0)
+                .prefix(EncodedObjectOffer.maximumBaselines))
+        offerContent = EncodedObjectOffer(
+            imageLength: UInt64(length), baselines: candidates.map(\.identity), prefixes: self.keys.map(\.prefix)
+        ).serialized()
         let level: Int? = if case .level(let fixed) = mode { fixed } else { 3 }
         encoder = try ImageEncoder(configuration: .init(compressionLevel: level))
         drain = DrainRateEstimator(initial: linkBytesPerSecond)
         report = Report(
             imageBytes: UInt64(length), encodedBytes: 0, pages: [:], batchesByLevel: [:],
-            announcedPages: announced.count, heldPages: 0, receiverHasStore: false,
+            announcedPages: distinct.count, heldPages: 0, receiverHasStore: false, baseline: nil,
             announceSeconds: (ContinuousClock.now - started).seconds, encodeSeconds: 0)
     }
 
     deinit {
         if let base = mapping.baseAddress { munmap(UnsafeMutableRawPointer(mutating: base), mapping.count) }
+        baseline?.deallocate()
     }
 
     /// What the encoding did so far.
@@ -119,15 +152,22 @@ public final class ImageFileProducer: TransferProducer, @unchecked Sendable {
     }
 
     public func accepted(reply: [UInt8]) throws {
-        let answer = try EncodedObjectReply(serialized: reply, expectedCount: report.announcedPages)
+        let answer = try EncodedObjectReply(
+            serialized: reply, expectedCount: keys.count, baselines: candidates.count)
         var held = Set<ChunkKey>()
         for (key, isHeld) in zip(keys, answer.held) where isHeld { held.insert(key) }
+        // The receiver's choice of baseline, if this node can still rebuild it from its store.
+        let chosen = answer.baseline.flatMap { index in store?.materialize(candidates[index]).map { (index, $0) } }
         lock.withLock {
             report.receiverHasStore = answer.hasStore
             report.heldPages = held.count
+            report.baseline = chosen.map { "\(candidates[$0.0].identity)" }
+            baseline = chosen?.1
             // Without a held page, the encoder skips SHA-256 altogether.
             stream = ImageEncoder.Stream(
-                encoder: encoder, image: mapping, baseline: nil, known: held.isEmpty ? nil : HeldChunks(keys: held))
+                encoder: encoder, image: mapping,
+                baseline: chosen.map { UnsafeRawBufferPointer(rebasing: $0.1[0..<candidates[$0.0].imageLength]) },
+                known: held.isEmpty ? nil : HeldChunks(keys: held))
             windowStart = .now
         }
     }
@@ -177,30 +217,46 @@ public final class ImageFileProducer: TransferProducer, @unchecked Sendable {
             report.batchesByLevel[level.map { "\($0)" } ?? "raw", default: 0] += 1
             controller.record(
                 .init(level: level, inputBytes: covered, outputBytes: piece, seconds: max(took.seconds, 1e-9)))
+            try keep(upTo: storedUpTo + covered)
+        }
+        if stream.isFinished, let store {
+            try store.save(
+                ImageManifest(identity: ChunkIdentity(of: mapping), imageLength: mapping.count, pages: pageKeys))
         }
     }
 
-    /// The SHA-256 of every distinct non-zero page, in page order, hashed on every core.
-    static func distinctPageKeys(of image: UnsafeRawBufferPointer) -> [ChunkKey] {
+    /// Puts the image's pages up to `end` into this node's store, so a later transfer can use the image
+    /// as its baseline.
+    private func keep(upTo end: Int) throws {
+        guard let store else { return }
+        let pageSize = ImageFormat.pageSize
+        while storedUpTo < end {
+            let page = UnsafeRawBufferPointer(rebasing: mapping[storedUpTo..<min(end, storedUpTo + pageSize)])
+            if pageKeys[storedUpTo / pageSize] != nil { try store.put(page) }
+            storedUpTo += page.count
+        }
+    }
+
+    /// The SHA-256 of every page (nil for zero pages), hashed on every core.
+    static func pageKeys(of image: UnsafeRawBufferPointer) -> [ChunkKey?] {
         let pageSize = ImageFormat.pageSize
         let pageCount = (image.count + pageSize - 1) / pageSize
         guard pageCount > 0 else { return [] }
         let slices = max(1, min(System.coreCount, pageCount / 1024 + 1))
         let perSlice = (pageCount + slices - 1) / slices
-        let results = NIOLockedValueBox([[ChunkKey]](repeating: [], count: slices))
+        let results = NIOLockedValueBox([[ChunkKey?]](repeating: [], count: slices))
         // The mapping outlives the calls, which all return before concurrentPerform does.
         nonisolated(unsafe) let image = image
         DispatchQueue.concurrentPerform(iterations: slices) { slice in
-            var keys: [ChunkKey] = []
+            var keys: [ChunkKey?] = []
             for page in (slice * perSlice)..<min(pageCount, (slice + 1) * perSlice) {
                 let start = page * pageSize
                 let bytes = UnsafeRawBufferPointer(rebasing: image[start..<min(image.count, start + pageSize)])
-                if bytes.contains(where: { $0 != 0 }) { keys.append(ChunkKey(of: bytes)) }
+                keys.append(ImageFormat.isZeroPage(bytes) ? nil : ChunkKey(of: bytes))
             }
             results.withLockedValue { $0[slice] = keys }
         }
-        var seen = Set<ChunkKey>()
-        return results.withLockedValue { $0 }.joined().filter { seen.insert($0).inserted }
+        return Array(results.withLockedValue { $0 }.joined())
     }
 }
 

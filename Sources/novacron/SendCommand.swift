@@ -82,6 +82,16 @@ struct SendCommand: AsyncParsableCommand {
 
     @Option(
         help: """
+            This node's chunk store (with --encode): the images it sends are kept there, and the next \
+            transfer of a similar image to a receiver that holds one too is sent as deltas against it.
+            """)
+    var store: String?
+
+    @Option(help: "The most bytes the chunk store keeps before evicting its oldest chunks (e.g. 16G).")
+    var storeCapacity = ByteCount(bytes: 16 << 30)
+
+    @Option(
+        help: """
             Re-establish a broken session this many times (1 s back-off, doubling), resuming from what the \
             receiver holds. Files only; 0 turns it off.
             """)
@@ -113,6 +123,9 @@ struct SendCommand: AsyncParsableCommand {
                 throw ValidationError(
                     "--cc \(cc) is not available here; this kernel offers: \(available.joined(separator: ", "))")
             }
+        }
+        if store != nil && encode == .none {
+            throw ValidationError("--store needs --encode (auto, raw or a level)")
         }
         if encode != .none {
             guard !sources.contains("-") else {
@@ -160,6 +173,7 @@ struct SendCommand: AsyncParsableCommand {
         configuration.reconnectAttempts = reconnect
         let printer = ProgressPrinter(json: options.json)
         let weights = weight.isEmpty ? Array(repeating: 1, count: sources.count) : weight
+        let chunks = try store.map { try SharedChunkStore(directory: $0, capacity: storeCapacity.bytes) }
         var producers: [ImageFileProducer] = []
         var objects: [TransferObject] = []
         for (source, weight) in zip(sources, weights) {
@@ -169,7 +183,7 @@ struct SendCommand: AsyncParsableCommand {
                 objects.append(TransferObject(.file(path: source), weight: weight))
             } else {
                 let producer = try ImageFileProducer(
-                    path: source, mode: encode, linkBytesPerSecond: linkRate * 1e6 / 8)
+                    path: source, mode: encode, linkBytesPerSecond: linkRate * 1e6 / 8, store: chunks)
                 producers.append(producer)
                 objects.append(TransferObject(.producer(producer), weight: weight))
             }

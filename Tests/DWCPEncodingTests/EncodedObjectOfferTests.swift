@@ -6,16 +6,22 @@ import Testing
     @Test(arguments: [0, 1, 7, 8, 9, 1000])
     func offersAndRepliesRoundTrip(count: Int) throws {
         var generator = SeededGenerator(seed: UInt64(count))
-        let offer = EncodedObjectOffer(imageLength: 12_345, prefixes: (0..<count).map { _ in generator.next() })
+        let offer = EncodedObjectOffer(
+            imageLength: 12_345, baselines: (0..<(count % 9)).map { ChunkIdentity(low: UInt64($0), high: 7) },
+            prefixes: (0..<count).map { _ in generator.next() })
         let bytes = offer.serialized()
         #expect(EncodedObjectOffer.isOffer(bytes))
         #expect(try EncodedObjectOffer(serialized: bytes, maximumImageLength: 1 << 20) == offer)
-        let reply = EncodedObjectReply(hasStore: true, held: (0..<count).map { _ in generator.next() % 3 == 0 })
-        #expect(try EncodedObjectReply(serialized: reply.serialized(), expectedCount: count) == reply)
+        let reply = EncodedObjectReply(
+            hasStore: true, baseline: count % 9 == 0 ? nil : count % 9 - 1,
+            held: (0..<count).map { _ in generator.next() % 3 == 0 })
+        #expect(try EncodedObjectReply(serialized: reply.serialized(), expectedCount: count, baselines: count % 9) == reply)
     }
 
     @Test func everyTruncationAndBadFieldIsATypedError() throws {
-        let offer = EncodedObjectOffer(imageLength: 4096, prefixes: [1, 2, 3]).serialized()
+        let offer = EncodedObjectOffer(
+            imageLength: 4096, baselines: [ChunkIdentity(low: 1, high: 2)], prefixes: [1, 2, 3]
+        ).serialized()
         for cut in 0..<offer.count {
             #expect(throws: EncodingError.self) {
                 try EncodedObjectOffer(serialized: Array(offer[0..<cut]), maximumImageLength: 1 << 20)
@@ -34,14 +40,19 @@ import Testing
             (#expect(throws: EncodingError.self) {
                 try EncodedObjectOffer(serialized: version, maximumImageLength: 1 << 20)
             })?.code == .unsupportedVersion)
-        let reply = EncodedObjectReply(hasStore: false, held: [true, false, true]).serialized()
-        #expect(throws: EncodingError.self) { try EncodedObjectReply(serialized: reply, expectedCount: 4) }
+        let reply = EncodedObjectReply(hasStore: false, baseline: 1, held: [true, false, true]).serialized()
+        #expect(try EncodedObjectReply(serialized: reply, expectedCount: 3, baselines: 2).baseline == 1)
+        #expect(throws: EncodingError.self) { try EncodedObjectReply(serialized: reply, expectedCount: 4, baselines: 2) }
+        // A baseline the offer did not name.
+        #expect(throws: EncodingError.self) { try EncodedObjectReply(serialized: reply, expectedCount: 3, baselines: 1) }
         var stray = reply
         stray[stray.count - 1] |= 0x80  // a flag past the third prefix
-        #expect(throws: EncodingError.self) { try EncodedObjectReply(serialized: stray, expectedCount: 3) }
+        #expect(throws: EncodingError.self) {
+            try EncodedObjectReply(serialized: stray, expectedCount: 3, baselines: 2)
+        }
         for cut in 0..<reply.count {
             #expect(throws: EncodingError.self) {
-                try EncodedObjectReply(serialized: Array(reply[0..<cut]), expectedCount: 3)
+                try EncodedObjectReply(serialized: Array(reply[0..<cut]), expectedCount: 3, baselines: 2)
             }
         }
     }
@@ -54,5 +65,22 @@ import Testing
         let asked = [absent[0].prefix, held[3].prefix, held[0].prefix, absent[2].prefix, held[3].prefix]
         #expect(store.holdsPrefixes(asked) == [false, true, true, false, true])
         #expect(store.holdsPrefixes([]) == [])
+    }
+
+    @Test func manifestsRoundTripAndRejectDamage() throws {
+        let pages: [ChunkKey?] = [nil, ChunkKey(of: [1]), ChunkKey(of: [2]), nil, ChunkKey(of: [1])]
+        let manifest = ImageManifest(
+            identity: ChunkIdentity(low: 5, high: 6), imageLength: 4 * TestData.page + 10, pages: pages)
+        let bytes = manifest.serialized()
+        #expect(try ImageManifest(serialized: bytes) == manifest)
+        #expect(manifest.similarity(to: [nil, ChunkKey(of: [1]), ChunkKey(of: [3]), nil, ChunkKey(of: [1])]) == 2)
+        for cut in 0..<bytes.count {
+            #expect(throws: EncodingError.self) { try ImageManifest(serialized: Array(bytes[0..<cut])) }
+        }
+        #expect(throws: EncodingError.self) { try ImageManifest(serialized: bytes + [0]) }
+        var bad = bytes
+        bad[32] = 2  // the first page entry
+        #expect(throws: EncodingError.self) { try ImageManifest(serialized: bad) }
+        #expect(throws: EncodingError.self) { try ImageManifest(serialized: bytes, maximumImageLength: 4096) }
     }
 }
