@@ -2,8 +2,10 @@
 """One plain TCP stream carrying a file, with a chosen congestion control: the single-stream baseline of
 bench-transfer (the sender uses sendfile, so it costs little CPU; the receiver writes what it reads).
 
-    tcp_stream.py recv --listen 10.77.0.2:5301 --out FILE [--cc cubic]
-    tcp_stream.py send FILE --to 10.77.0.2:5301 [--cc cubic]
+    tcp_stream.py recv --listen 10.77.0.2:5301 --out FILE|- [--cc cubic]
+    tcp_stream.py send FILE|- --to 10.77.0.2:5301 [--cc cubic]
+
+`-` is standard input or output (a pipe from or to a compressor, e.g. the `zstd -3 | TCP` baseline).
 
 The sender shuts down its side after the last byte and waits until the receiver closes, so it exits only
 once every byte has reached the receiving application. Each side prints one JSON line.
@@ -43,7 +45,7 @@ def receive(args):
     buffer = bytearray(1 << 20)
     view = memoryview(buffer)
     received = 0
-    with open(args.out, "wb") as out:
+    with (os.fdopen(sys.stdout.fileno(), "wb", closefd=False) if args.out == "-" else open(args.out, "wb")) as out:
         while True:
             count = connection.recv_into(buffer)
             if count == 0:
@@ -52,7 +54,7 @@ def receive(args):
             received += count
     seconds = time.monotonic() - start
     connection.close()
-    print(json.dumps({"event": "done", "bytes": received, "seconds": seconds}))
+    print(json.dumps({"event": "done", "bytes": received, "seconds": seconds}), file=sys.stderr if args.out == "-" else sys.stdout)
 
 
 def send(args):
@@ -60,8 +62,17 @@ def send(args):
     set_congestion_control(sock, args.cc)
     start = time.monotonic()
     sock.connect(address(args.to))
-    with open(args.file, "rb") as source:
-        sent = sock.sendfile(source)
+    if args.file == "-":
+        sent = 0
+        while True:
+            block = sys.stdin.buffer.read1(1 << 20)
+            if not block:
+                break
+            sock.sendall(block)
+            sent += len(block)
+    else:
+        with open(args.file, "rb") as source:
+            sent = sock.sendfile(source)
     sock.shutdown(socket.SHUT_WR)
     while sock.recv(65536):  # the receiver closes after it has read everything
         pass

@@ -60,11 +60,8 @@ public struct ImageManifest: Sendable, Hashable {
     /// - Throws: ``EncodingError`` (`badMagic`, `unsupportedVersion`, `malformedHeader`, `limitExceeded`,
     ///   `truncated`, `trailingBytes`).
     public init(serialized bytes: [UInt8], maximumImageLength: Int = 1 << 40) throws(EncodingError) {
-        let start = try EncodedObjectOffer.checkHeader(
-            bytes, magic: Self.magic, version: Self.version, what: "an image manifest")
-        self = try withBytes(of: bytes) { (raw) throws(EncodingError) -> ImageManifest in
-            var reader = ByteReader(raw, what: "an image manifest")
-            reader.offset = start
+        self = try EncodedObjectOffer.parse(bytes, magic: Self.magic, what: "an image manifest") {
+            (reader) throws(EncodingError) -> ImageManifest in
             let identity = ChunkIdentity(low: try reader.read(UInt64.self), high: try reader.read(UInt64.self))
             let length = try reader.read(UInt64.self)
             guard length <= UInt64(maximumImageLength) else {
@@ -84,10 +81,6 @@ public struct ImageManifest: Sendable, Hashable {
                 case let other:
                     throw EncodingError(.malformedRecord, expected: "a page entry 0 or 1", found: "\(other)")
                 }
-            }
-            guard reader.remaining == 0 else {
-                throw EncodingError(
-                    .trailingBytes, expected: "the manifest to end", found: "\(reader.remaining) more bytes")
             }
             return ImageManifest(identity: identity, imageLength: Int(length), pages: pages)
         }

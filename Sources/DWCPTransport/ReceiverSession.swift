@@ -264,6 +264,27 @@ actor ReceiverSession {
         return .store
     }
 
+    /// The sender's producer asks this object's consumer something.
+    func answer(query: [UInt8]) throws -> [UInt8] {
+        guard let consumer else {
+            throw TransportError(
+                .protocolViolation, expected: "a query for an object with a consumer", found: "plain bytes")
+        }
+        do {
+            let answer = try consumer.answer(query: query)
+            guard answer.count <= SessionMessage.maximumContentLength else {
+                throw TransportError(
+                    .invalidArgument, expected: "an answer of at most \(SessionMessage.maximumContentLength) bytes",
+                    found: "\(answer.count)")
+            }
+            return answer
+        } catch let error as TransportError {
+            throw error
+        } catch {
+            throw TransportError(.malformedMessage, expected: "a query the consumer understands", found: "\(error)")
+        }
+    }
+
     /// The sender says it is done.
     /// - Returns: The answer for the control stream and, on success, the report.
     func finish(

@@ -24,6 +24,10 @@ public enum SessionMessage: Hashable, Sendable {
     case complete(object: UInt16, sha256: Digest)
     /// The receiver could not complete the transfer.
     case failed(reason: String)
+    /// The sender's producer asks the receiver's consumer of `object` something (after the accept).
+    case query(object: UInt16, content: [UInt8])
+    /// The consumer's answer to a query.
+    case answer(object: UInt16, content: [UInt8])
 
     /// 16 random bytes that prove a data stream belongs to a session.
     public struct Token: Hashable, Sendable {
@@ -165,7 +169,7 @@ public enum SessionMessage: Hashable, Sendable {
     }
 
     private enum Kind: UInt8 {
-        case offer = 1, accept, refuse, attach, finish, complete, failed
+        case offer = 1, accept, refuse, attach, finish, complete, failed, query, answer
     }
 
     /// The longest string a message carries, in UTF-8 bytes.
@@ -219,6 +223,15 @@ public enum SessionMessage: Hashable, Sendable {
         case .failed(let reason):
             buffer.writeInteger(Kind.failed.rawValue)
             buffer.writeString16(reason)
+        case .query(let object, let content), .answer(let object, let content):
+            if case .query = self {
+                buffer.writeInteger(Kind.query.rawValue)
+            } else {
+                buffer.writeInteger(Kind.answer.rawValue)
+            }
+            buffer.writeInteger(object)
+            buffer.writeInteger(UInt32(content.count))
+            buffer.writeBytes(content)
         }
     }
 
@@ -238,7 +251,7 @@ public enum SessionMessage: Hashable, Sendable {
         guard let kind = Kind(rawValue: kindByte) else {
             throw TransportError(
                 .malformedMessage,
-                expected: "a session message kind 1...7",
+                expected: "a session message kind 1...9",
                 found: "\(kindByte)",
                 advice: "the peer speaks another version of the session protocol"
             )
@@ -311,6 +324,12 @@ public enum SessionMessage: Hashable, Sendable {
             self = .complete(object: object, sha256: Digest(bytes: try buffer.readFixedBytes(32, "complete SHA-256")))
         case .failed:
             self = .failed(reason: try buffer.readString16("failure reason"))
+        case .query:
+            let object = try buffer.readField(UInt16.self, "query object number")
+            self = .query(object: object, content: try buffer.readContent("query content"))
+        case .answer:
+            let object = try buffer.readField(UInt16.self, "answer object number")
+            self = .answer(object: object, content: try buffer.readContent("answer content"))
         }
         guard buffer.readableBytes == 0 else {
             throw TransportError(

@@ -200,6 +200,8 @@ public enum TransferClient {
                         await core.failing { try await outbound.write(frame(message, session: core.sessionID)) }
                     }
                 }
+                // A producer's read may be waiting for an answer that will not come now.
+                for reader in readers { reader.producer?.sessionEnded() }
                 group.cancelAll()
             }
         }
@@ -245,8 +247,23 @@ public enum TransferClient {
                         .protocolViolation, expected: "an accept for an offered object",
                         found: "object \(accept.object)")
                 }
-                try await readers[Int(accept.object)].accepted(reply: accept.reply)
+                if let query = try await readers[Int(accept.object)].accepted(reply: accept.reply) {
+                    guard query.count <= SessionMessage.maximumContentLength else {
+                        throw TransportError(
+                            .invalidArgument,
+                            expected: "a query of at most \(SessionMessage.maximumContentLength) bytes",
+                            found: "\(query.count)")
+                    }
+                    try await outbound.write(
+                        frame(.query(object: accept.object, content: query), session: accept.sessionID))
+                }
                 try await core.accepted(accept)
+            case .answer(let object, let content):
+                guard let producer = readers.indices.contains(Int(object)) ? readers[Int(object)].producer : nil else {
+                    throw TransportError(
+                        .protocolViolation, expected: "an answer for a producer's query", found: "object \(object)")
+                }
+                try producer.answered(content)
             case .refuse(let reason):
                 throw TransportError(.refused, expected: "the receiver to accept the transfer", found: reason)
             case .complete(let object, let digest):

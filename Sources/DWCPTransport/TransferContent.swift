@@ -13,9 +13,16 @@ public protocol TransferProducer: AnyObject, Sendable {
     /// ``SessionMessage/maximumContentLength`` bytes.
     var offerContent: [UInt8] { get }
     /// The receiver accepted the object with this reply; called once, before the first read.
-    func accepted(reply: [UInt8]) throws
+    /// - Returns: A question for the receiver's consumer (``TransferConsumer/answer(query:)``), at most
+    ///   ``SessionMessage/maximumContentLength`` bytes, or nil. Its answer goes to ``answered(_:)``; the
+    ///   producer decides whether its reads wait for it.
+    func accepted(reply: [UInt8]) throws -> [UInt8]?
+    /// The answer to the query ``accepted(reply:)`` returned.
+    func answered(_ answer: [UInt8]) throws
     /// The object's next bytes: at least one and at most `maximum`, or nil at its end.
     func read(maximum: Int) throws -> ByteBuffer?
+    /// The session ended (whatever the outcome): a producer waiting for an answer must stop waiting.
+    func sessionEnded()
 }
 
 /// Makes the receiving side of objects whose offer carries content (``SessionMessage/Offer/content``).
@@ -39,6 +46,8 @@ public protocol TransferConsumer: AnyObject, Sendable {
     var reply: [UInt8] { get }
     /// Where the object will be, for the report (`nil` if not a file).
     var path: String? { get }
+    /// Answers the sender's producer's query (see ``TransferProducer/accepted(reply:)``).
+    func answer(query: [UInt8]) throws -> [UInt8]
     /// The object's next bytes, in order.
     func consume(_ bytes: ByteBuffer) throws
     /// Every byte arrived and matched the sender's SHA-256: check what was made, make it durable and

@@ -150,10 +150,18 @@ public enum TransferServer {
                 try await outbound.write(control(.accept(accept), session: sessionID))
             }
             while let frame = try await iterator.next() {
-                guard frame.type == .control,
-                    case .finish(let object, let blocks, let bytes, let digest) = try SessionMessage(
-                        decoding: frame.payload)
-                else { continue }
+                guard frame.type == .control else { continue }
+                let message = try SessionMessage(decoding: frame.payload)
+                if case .query(let object, let content) = message {
+                    guard let session = await registry.object(Int(object), of: sessionID) else {
+                        throw TransportError(
+                            .protocolViolation, expected: "a query for an accepted object", found: "object \(object)")
+                    }
+                    let answer = try await session.answer(query: content)
+                    try await outbound.write(control(.answer(object: object, content: answer), session: sessionID))
+                    continue
+                }
+                guard case .finish(let object, let blocks, let bytes, let digest) = message else { continue }
                 guard let session = await registry.object(Int(object), of: sessionID) else {
                     throw TransportError(
                         .protocolViolation, expected: "finish for an accepted object", found: "object \(object)")

@@ -106,9 +106,10 @@ final class SourceReader: @unchecked Sendable {
     var offerContent: [UInt8] { producer?.offerContent ?? [] }
 
     /// The receiver accepted the object: its reply goes to the producer, if any.
-    func accepted(reply: [UInt8]) async throws {
-        guard let producer else { return }
-        try await NIOThreadPool.singleton.runIfActive { try producer.accepted(reply: reply) }
+    /// - Returns: The producer's query for the receiver, if it has one.
+    func accepted(reply: [UInt8]) async throws -> [UInt8]? {
+        guard let producer else { return nil }
+        return try await NIOThreadPool.singleton.runIfActive { try producer.accepted(reply: reply) }
     }
 
     /// Reads the next chunk of at most `chunkSize` bytes (fewer only at the end); `nil` at the end.

@@ -165,7 +165,6 @@ public struct ImageConsumerFactory: TransferConsumerFactory {
                 .destinationFailed, expected: "no file at \(target)", found: "an existing file",
                 advice: "remove it or pass --overwrite")
         }
-        let held = store?.holdsPrefixes(announced.prefixes) ?? Array(repeating: false, count: announced.prefixes.count)
         // The first offered baseline this node holds whole becomes the decoder's baseline.
         var baseline: (index: Int, image: UnsafeMutableRawBufferPointer, length: Int)?
         if let store, !announced.baselines.isEmpty {
@@ -181,7 +180,9 @@ public struct ImageConsumerFactory: TransferConsumerFactory {
         return try ImageFileConsumer(
             target: target, imageLength: Int(announced.imageLength), store: store,
             baseline: baseline.map { ($0.image, $0.length) },
-            reply: EncodedObjectReply(hasStore: store != nil, baseline: baseline?.index, held: held).serialized())
+            reply: EncodedObjectReply(
+                hasStore: store != nil, wantsQuery: (store?.count ?? 0) > 0, baseline: baseline?.index
+            ).serialized())
     }
 }
 
@@ -228,6 +229,12 @@ public final class ImageFileConsumer: TransferConsumer, @unchecked Sendable {
     deinit {
         if !finished { discard() }
         baseline?.deallocate()
+    }
+
+    public func answer(query: [UInt8]) throws -> [UInt8] {
+        let asked = try EncodedObjectQuery(serialized: query)
+        let held = store?.holdsPrefixes(asked.prefixes) ?? Array(repeating: false, count: asked.prefixes.count)
+        return EncodedObjectAnswer(held: held).serialized()
     }
 
     public func consume(_ bytes: ByteBuffer) throws {

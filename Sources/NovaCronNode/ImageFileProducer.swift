@@ -11,9 +11,11 @@ import NIOCore
 /// Sends a file as an HDE image stream (`novacron send --encode auto|raw|N`): the transport pulls the
 /// stream from it batch by batch, so the encoded image is never held whole.
 ///
-/// Before the offer it reads the file once and announces the key prefixes of its distinct non-zero pages
-/// (``DWCPEncoding/EncodedObjectOffer``); the receiver's reply says which its chunk store holds, and
-/// those pages go as references. In ``EncodingMode/auto`` the zstd level of each batch is chosen by a
+/// Before the offer it hashes every page of the file. The offer names the earlier images kept in this node's
+/// store that look most like it (``DWCPEncoding/EncodedObjectOffer``); the receiver's reply picks the first it
+/// holds too as the baseline (deltas) and, if its store holds anything, asks for the key prefixes of the
+/// other distinct pages (``DWCPEncoding/EncodedObjectQuery``): the pages its answer says it holds go as
+/// references. Reads wait for that answer. In ``EncodingMode/auto`` the zstd level of each batch is chosen by a
 /// ``DWCPEncoding/CompressionLevelController`` from the measured cost of each level on this CPU and the
 /// rate at which the transport takes the stream (``DrainRateEstimator``).
 public final class ImageFileProducer: TransferProducer, @unchecked Sendable {
@@ -27,8 +29,9 @@ public final class ImageFileProducer: TransferProducer, @unchecked Sendable {
         public var pages: [String: Int]
         /// Batches by the zstd level used (`raw` for stored).
         public var batchesByLevel: [String: Int]
-        /// Distinct non-zero pages announced to the receiver.
-        public var announcedPages: Int
+        /// Distinct non-zero pages (not unchanged since the baseline) asked about; 0 when the receiver's
+        /// store was empty or absent.
+        public var queriedPages: Int
         /// Of those, the pages the receiver's store held.
         public var heldPages: Int
         /// Whether the receiver has a chunk store.
@@ -47,17 +50,24 @@ public final class ImageFileProducer: TransferProducer, @unchecked Sendable {
     private let mode: EncodingMode
     /// Each page's SHA-256, nil for zero pages.
     private let pageKeys: [ChunkKey?]
-    /// The distinct keys announced, in the order of the offer's prefixes.
-    private let keys: [ChunkKey]
+    /// The distinct keys asked about, in the order of the query's prefixes.
+    private var queried: [ChunkKey] = []
+    private var known: HeldChunks?
     /// The candidate baselines offered, most similar first.
     private let candidates: [ImageManifest]
     private let store: SharedChunkStore?
     /// The baseline's bytes, owned here because the encoder reads them until the stream ends.
     private var baseline: UnsafeMutableRawBufferPointer?
+    private var baselineLength = 0
     private var storedUpTo = 0
     private let encoder: ImageEncoder
     private let lock = NIOLock()
     private var stream: ImageEncoder.Stream?
+    private var ended = false
+    /// Signalled when the stream can start (the answer arrived) or the session ended.
+    private let ready = DispatchSemaphore(value: 0)
+    /// How long a read waits for the receiver's answer.
+    static let answerTimeout = DispatchTimeInterval.seconds(120)
     private var controller = CompressionLevelController()
     private var drain: DrainRateEstimator
     private var pending = ByteBuffer()
@@ -108,12 +118,6 @@ public final class ImageFileProducer: TransferProducer, @unchecked Sendable {
         self.mode = mode
         let started = ContinuousClock.now
         pageKeys = Self.pageKeys(of: mapping)
-        var seen = Set<ChunkKey>()
-        var distinct: [ChunkKey] = []
-        for case let key? in pageKeys where distinct.count < EncodedObjectOffer.maximumPrefixes {
-            if seen.insert(key).inserted { distinct.append(key) }
-        }
-        keys = distinct
         self.store = store
         let imageKeys = pageKeys
         candidates = Array(
@@ -123,15 +127,14 @@ public final class ImageFileProducer: TransferProducer, @unchecked Sendable {
                 .sorted { $0.1 > $1.1 }
                 .map(\.0)
                 .prefix(EncodedObjectOffer.maximumBaselines))
-        offerContent = EncodedObjectOffer(
-            imageLength: UInt64(length), baselines: candidates.map(\.identity), prefixes: self.keys.map(\.prefix)
-        ).serialized()
+        offerContent = EncodedObjectOffer(imageLength: UInt64(length), baselines: candidates.map(\.identity))
+            .serialized()
         let level: Int? = if case .level(let fixed) = mode { fixed } else { 3 }
         encoder = try ImageEncoder(configuration: .init(compressionLevel: level))
         drain = DrainRateEstimator(initial: linkBytesPerSecond)
         report = Report(
             imageBytes: UInt64(length), encodedBytes: 0, pages: [:], batchesByLevel: [:],
-            announcedPages: distinct.count, heldPages: 0, receiverHasStore: false, baseline: nil,
+            queriedPages: 0, heldPages: 0, receiverHasStore: false, baseline: nil,
             announceSeconds: (ContinuousClock.now - started).seconds, encodeSeconds: 0)
     }
 
@@ -151,31 +154,73 @@ public final class ImageFileProducer: TransferProducer, @unchecked Sendable {
         }
     }
 
-    public func accepted(reply: [UInt8]) throws {
-        let answer = try EncodedObjectReply(
-            serialized: reply, expectedCount: keys.count, baselines: candidates.count)
-        var held = Set<ChunkKey>()
-        for (key, isHeld) in zip(keys, answer.held) where isHeld { held.insert(key) }
+    public func accepted(reply: [UInt8]) throws -> [UInt8]? {
+        let answer = try EncodedObjectReply(serialized: reply, baselines: candidates.count)
         // The receiver's choice of baseline, if this node can still rebuild it from its store.
         let chosen = answer.baseline.flatMap { index in store?.materialize(candidates[index]).map { (index, $0) } }
+        let baselinePages = chosen.map { candidates[$0.0].pages } ?? []
+        var seen = Set<ChunkKey>()
+        var asked: [ChunkKey] = []
+        if answer.wantsQuery {
+            for (index, key) in pageKeys.enumerated() where asked.count < EncodedObjectQuery.maximumPrefixes {
+                // A page unchanged since the baseline needs no reference.
+                guard let key, index >= baselinePages.count || baselinePages[index] != key else { continue }
+                if seen.insert(key).inserted { asked.append(key) }
+            }
+        }
         lock.withLock {
             report.receiverHasStore = answer.hasStore
-            report.heldPages = held.count
             report.baseline = chosen.map { "\(candidates[$0.0].identity)" }
+            report.queriedPages = asked.count
             baseline = chosen?.1
-            // Without a held page, the encoder skips SHA-256 altogether.
+            baselineLength = chosen.map { candidates[$0.0].imageLength } ?? 0
+            queried = asked
+        }
+        guard !asked.isEmpty else {
+            start(known: nil)
+            return nil
+        }
+        return EncodedObjectQuery(prefixes: asked.map(\.prefix)).serialized()
+    }
+
+    public func answered(_ answer: [UInt8]) throws {
+        let keys = lock.withLock { queried }
+        let flags = try EncodedObjectAnswer(serialized: answer, expectedCount: keys.count)
+        var held = Set<ChunkKey>()
+        for (key, isHeld) in zip(keys, flags.held) where isHeld { held.insert(key) }
+        lock.withLock { report.heldPages = held.count }
+        // Without a held page, the encoder skips SHA-256 altogether.
+        start(known: held.isEmpty ? nil : HeldChunks(keys: held))
+    }
+
+    public func sessionEnded() {
+        lock.withLock { ended = true }
+        ready.signal()
+    }
+
+    /// Makes the encoder's stream and lets reads proceed.
+    private func start(known: HeldChunks?) {
+        lock.withLock {
+            guard stream == nil else { return }
             stream = ImageEncoder.Stream(
                 encoder: encoder, image: mapping,
-                baseline: chosen.map { UnsafeRawBufferPointer(rebasing: $0.1[0..<candidates[$0.0].imageLength]) },
-                known: held.isEmpty ? nil : HeldChunks(keys: held))
+                baseline: baseline.map { UnsafeRawBufferPointer(rebasing: $0[0..<baselineLength]) }, known: known)
             windowStart = .now
         }
+        ready.signal()
     }
 
     public func read(maximum: Int) throws -> ByteBuffer? {
-        try lock.withLock {
+        while lock.withLock({ stream == nil && !ended }) {
+            guard ready.wait(timeout: .now() + Self.answerTimeout) == .success else {
+                throw TransportError(
+                    .protocolViolation, expected: "the receiver's answer to the page query",
+                    found: "none after \(Self.answerTimeout)")
+            }
+        }
+        return try lock.withLock {
             guard let stream else {
-                throw TransportError(.protocolViolation, expected: "the receiver's reply before reading", found: "none")
+                throw TransportError(.cancelled, expected: "an open session", found: "the session ended")
             }
             while pending.readableBytes == 0 {
                 guard !stream.isFinished else { return nil }

@@ -232,7 +232,8 @@ struct SendCommand: AsyncParsableCommand {
                         \(String(format: "%.2f", encoded.encodeSeconds)) s encoding, \
                         \(String(format: "%.2f", encoded.announceSeconds)) s hashing); pages: \(pages.joined(separator: ", ")); \
                         batches by zstd level: \(levels.joined(separator: ", ")); the receiver \
-                        \(encoded.receiverHasStore ? "held \(encoded.heldPages) of \(encoded.announcedPages) distinct pages" : "keeps no store")
+                        \(encoded.receiverHasStore ? "held \(encoded.heldPages) of the \(encoded.queriedPages) distinct pages asked about" : "keeps no store")\
+                        \(encoded.baseline.map { "; encoded against the image \($0) both nodes hold" } ?? "")
 
                         """.utf8))
             }

@@ -4,57 +4,53 @@ import Testing
 
 @Suite struct EncodedObjectOfferTests {
     @Test(arguments: [0, 1, 7, 8, 9, 1000])
-    func offersAndRepliesRoundTrip(count: Int) throws {
+    func offersRepliesQueriesAndAnswersRoundTrip(count: Int) throws {
         var generator = SeededGenerator(seed: UInt64(count))
         let offer = EncodedObjectOffer(
-            imageLength: 12_345, baselines: (0..<(count % 9)).map { ChunkIdentity(low: UInt64($0), high: 7) },
-            prefixes: (0..<count).map { _ in generator.next() })
+            imageLength: 12_345, baselines: (0..<(count % 9)).map { ChunkIdentity(low: UInt64($0), high: 7) })
         let bytes = offer.serialized()
         #expect(EncodedObjectOffer.isOffer(bytes))
         #expect(try EncodedObjectOffer(serialized: bytes, maximumImageLength: 1 << 20) == offer)
         let reply = EncodedObjectReply(
-            hasStore: true, baseline: count % 9 == 0 ? nil : count % 9 - 1,
-            held: (0..<count).map { _ in generator.next() % 3 == 0 })
-        #expect(try EncodedObjectReply(serialized: reply.serialized(), expectedCount: count, baselines: count % 9) == reply)
+            hasStore: true, wantsQuery: count % 2 == 0, baseline: count % 9 == 0 ? nil : count % 9 - 1)
+        #expect(try EncodedObjectReply(serialized: reply.serialized(), baselines: count % 9) == reply)
+        let query = EncodedObjectQuery(prefixes: (0..<count).map { _ in generator.next() })
+        #expect(try EncodedObjectQuery(serialized: query.serialized()) == query)
+        let answer = EncodedObjectAnswer(held: (0..<count).map { _ in generator.next() % 3 == 0 })
+        #expect(try EncodedObjectAnswer(serialized: answer.serialized(), expectedCount: count) == answer)
     }
 
     @Test func everyTruncationAndBadFieldIsATypedError() throws {
-        let offer = EncodedObjectOffer(
-            imageLength: 4096, baselines: [ChunkIdentity(low: 1, high: 2)], prefixes: [1, 2, 3]
-        ).serialized()
-        for cut in 0..<offer.count {
-            #expect(throws: EncodingError.self) {
-                try EncodedObjectOffer(serialized: Array(offer[0..<cut]), maximumImageLength: 1 << 20)
+        let offer = EncodedObjectOffer(imageLength: 4096, baselines: [ChunkIdentity(low: 1, high: 2)]).serialized()
+        let reply = EncodedObjectReply(hasStore: true, wantsQuery: true, baseline: 0).serialized()
+        let query = EncodedObjectQuery(prefixes: [1, 2, 3]).serialized()
+        let answer = EncodedObjectAnswer(held: [true, false, true]).serialized()
+        let parsers: [([UInt8]) throws -> Void] = [
+            { _ = try EncodedObjectOffer(serialized: $0, maximumImageLength: 1 << 20) },
+            { _ = try EncodedObjectReply(serialized: $0, baselines: 1) },
+            { _ = try EncodedObjectQuery(serialized: $0) },
+            { _ = try EncodedObjectAnswer(serialized: $0, expectedCount: 3) },
+        ]
+        for (bytes, parse) in zip([offer, reply, query, answer], parsers) {
+            try parse(bytes)
+            for cut in 0..<bytes.count {
+                #expect(throws: EncodingError.self) { try parse(Array(bytes[0..<cut])) }
             }
+            #expect(throws: EncodingError.self) { try parse(bytes + [0]) }
+            var version = bytes
+            version[4] = 2
+            #expect((#expect(throws: EncodingError.self) { try parse(version) })?.code == .unsupportedVersion)
         }
-        #expect(throws: EncodingError.self) {
-            try EncodedObjectOffer(serialized: offer + [0], maximumImageLength: 1 << 20)
-        }
-        let tooLong = #expect(throws: EncodingError.self) {
-            try EncodedObjectOffer(serialized: offer, maximumImageLength: 4095)
-        }
-        #expect(tooLong?.code == .limitExceeded)
-        var version = offer
-        version[4] = 2
         #expect(
             (#expect(throws: EncodingError.self) {
-                try EncodedObjectOffer(serialized: version, maximumImageLength: 1 << 20)
-            })?.code == .unsupportedVersion)
-        let reply = EncodedObjectReply(hasStore: false, baseline: 1, held: [true, false, true]).serialized()
-        #expect(try EncodedObjectReply(serialized: reply, expectedCount: 3, baselines: 2).baseline == 1)
-        #expect(throws: EncodingError.self) { try EncodedObjectReply(serialized: reply, expectedCount: 4, baselines: 2) }
+                try EncodedObjectOffer(serialized: offer, maximumImageLength: 4095)
+            })?.code == .limitExceeded)
         // A baseline the offer did not name.
-        #expect(throws: EncodingError.self) { try EncodedObjectReply(serialized: reply, expectedCount: 3, baselines: 1) }
-        var stray = reply
+        #expect(throws: EncodingError.self) { try EncodedObjectReply(serialized: reply, baselines: 0) }
+        #expect(throws: EncodingError.self) { try EncodedObjectAnswer(serialized: answer, expectedCount: 4) }
+        var stray = answer
         stray[stray.count - 1] |= 0x80  // a flag past the third prefix
-        #expect(throws: EncodingError.self) {
-            try EncodedObjectReply(serialized: stray, expectedCount: 3, baselines: 2)
-        }
-        for cut in 0..<reply.count {
-            #expect(throws: EncodingError.self) {
-                try EncodedObjectReply(serialized: Array(reply[0..<cut]), expectedCount: 3, baselines: 2)
-            }
-        }
+        #expect(throws: EncodingError.self) { try EncodedObjectAnswer(serialized: stray, expectedCount: 3) }
     }
 
     @Test func theStoreAnswersWhichPrefixesItHolds() throws {

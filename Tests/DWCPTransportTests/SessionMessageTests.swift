@@ -36,6 +36,16 @@ struct SessionMessageTests {
         .finish(object: 2, totalBlocks: 3, totalBytes: 2_500_000, sha256: digest),
         .complete(object: 2, sha256: digest),
         .failed(reason: "disk full"),
+        .offer(
+            .init(
+                transferID: Array(repeating: 3, count: 16), name: "ram.img", totalBytes: nil, blockSize: 1 << 18,
+                resume: false, content: Array("NCHO with some content".utf8))),
+        .accept(
+            .init(
+                object: 0, sessionID: 9, token: token, blockSize: 1 << 18, windowBlocks: 256, present: ChunkBitmap(),
+                reply: [1, 2, 3])),
+        .query(object: 4, content: Array(repeating: 0xAB, count: 1000)),
+        .answer(object: 4, content: []),
     ]
 
     @Test("Every message survives a round trip", arguments: messages)
@@ -58,6 +68,10 @@ struct SessionMessageTests {
         trailing.writeInteger(UInt8(0))
         #expect(throws: TransportError.self) { try SessionMessage(decoding: trailing) }
         #expect(throws: TransportError.self) { try SessionMessage(decoding: ByteBuffer(bytes: [99])) }
+        // Content longer than the limit is refused on its length field alone.
+        var oversized = ByteBuffer(bytes: [8, 0, 1])
+        oversized.writeInteger(UInt32(SessionMessage.maximumContentLength + 1))
+        #expect(throws: TransportError.self) { try SessionMessage(decoding: oversized) }
         var accept = ByteBuffer(bytes: [2])
         accept.writeInteger(UInt16(0))
         accept.writeInteger(UInt64(1))
