@@ -118,6 +118,8 @@ public enum TransferClient {
         committed: inout [Int: SendReport.Object]
     ) async throws -> SendReport {
         let readers = try objects.map { try SourceReader($0.source) }
+        // Whatever happens, a producer must not wait for this session any longer.
+        defer { for reader in readers { reader.producer?.sessionEnded() } }
         if configuration.resume && readers.contains(where: { $0.size == nil }) {
             throw TransportError(
                 .invalidArgument,

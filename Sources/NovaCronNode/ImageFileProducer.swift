@@ -1,6 +1,7 @@
 import DWCPEncoding
 import DWCPTransport
 import Dispatch
+import Foundation
 import NIOConcurrencyHelpers
 import NIOCore
 
@@ -50,31 +51,38 @@ public final class ImageFileProducer: TransferProducer, @unchecked Sendable {
     private let mode: EncodingMode
     /// Each page's SHA-256, nil for zero pages.
     private let pageKeys: [ChunkKey?]
-    /// The distinct keys asked about, in the order of the query's prefixes.
-    private var queried: [ChunkKey] = []
-    private var known: HeldChunks?
     /// The candidate baselines offered, most similar first.
     private let candidates: [ImageManifest]
     private let store: SharedChunkStore?
-    /// The baseline's bytes, owned here because the encoder reads them until the stream ends.
+    private let encoder: ImageEncoder
+    /// Guards everything below; the encoder thread waits on it for room, readers for bytes.
+    private let condition = NSCondition()
+    /// The distinct keys asked about, in the order of the query's prefixes.
+    private var queried: [ChunkKey] = []
+    /// The baseline's bytes, owned here because the encoder reads them until the stream ends, and the
+    /// image's length in them.
     private var baseline: UnsafeMutableRawBufferPointer?
     private var baselineLength = 0
-    private var storedUpTo = 0
-    private let encoder: ImageEncoder
-    private let lock = NIOLock()
-    private var stream: ImageEncoder.Stream?
+    /// Encoded bytes waiting for the transport (at most ``queueLimit`` plus one piece).
+    private var queue = ByteBuffer()
+    /// Bumped to stop the encoder thread (a speculative start overtaken by the reply, or the session's end).
+    private var generation = 0
+    private var worker: DispatchGroup?
+    private var finished = false
+    private var failure: (any Error)?
     private var ended = false
-    /// Signalled when the stream can start (the answer arrived) or the session ended.
-    private let ready = DispatchSemaphore(value: 0)
-    /// How long a read waits for the receiver's answer.
-    static let answerTimeout = DispatchTimeInterval.seconds(120)
+    private var report: Report
+    // Owned by the encoder thread.
     private var controller = CompressionLevelController()
     private var drain: DrainRateEstimator
-    private var pending = ByteBuffer()
-    private var report: Report
+    private var storedUpTo = 0
     private var windowStart = ContinuousClock.now
     private var windowBusy = Duration.zero
     private var windowBytes = 0
+    /// Encoded bytes held for the transport at most: enough to fill a fast link's window between reads.
+    static let queueLimit = 16 << 20
+    /// How long a read waits for bytes (the receiver's answer, or the encoder).
+    static let readTimeout: TimeInterval = 120
 
     /// Maps `path` and announces its pages.
     /// - Parameters:
@@ -136,6 +144,9 @@ public final class ImageFileProducer: TransferProducer, @unchecked Sendable {
             imageBytes: UInt64(length), encodedBytes: 0, pages: [:], batchesByLevel: [:],
             queriedPages: 0, heldPages: 0, receiverHasStore: false, baseline: nil,
             announceSeconds: (ContinuousClock.now - started).seconds, encodeSeconds: 0)
+        // With no baseline to offer, the receiver's reply can only add references (when its store holds
+        // chunks): encoding starts now, during the handshake, and starts over in that case.
+        if candidates.isEmpty { startEncoding(known: nil) }
     }
 
     deinit {
@@ -145,13 +156,9 @@ public final class ImageFileProducer: TransferProducer, @unchecked Sendable {
 
     /// What the encoding did so far.
     public var currentReport: Report {
-        lock.withLock {
-            var copy = report
-            for kind in ImageFormat.RecordKind.allCases where encoder.statistics.count(of: kind) > 0 {
-                copy.pages["\(kind)"] = encoder.statistics.count(of: kind)
-            }
-            return copy
-        }
+        condition.lock()
+        defer { condition.unlock() }
+        return report
     }
 
     public func accepted(reply: [UInt8]) throws -> [UInt8]? {
@@ -168,80 +175,150 @@ public final class ImageFileProducer: TransferProducer, @unchecked Sendable {
                 if seen.insert(key).inserted { asked.append(key) }
             }
         }
-        lock.withLock {
-            report.receiverHasStore = answer.hasStore
-            report.baseline = chosen.map { "\(candidates[$0.0].identity)" }
-            report.queriedPages = asked.count
-            baseline = chosen?.1
-            baselineLength = chosen.map { candidates[$0.0].imageLength } ?? 0
-            queried = asked
-        }
-        guard !asked.isEmpty else {
-            start(known: nil)
+        condition.lock()
+        report.receiverHasStore = answer.hasStore
+        report.baseline = chosen.map { "\(candidates[$0.0].identity)" }
+        report.queriedPages = asked.count
+        queried = asked
+        let speculating = worker != nil
+        condition.unlock()
+        if speculating && chosen == nil && asked.isEmpty { return nil }  // what was encoded stands
+        stopEncoding()
+        condition.lock()
+        baseline = chosen?.1
+        baselineLength = chosen.map { candidates[$0.0].imageLength } ?? 0
+        condition.unlock()
+        if asked.isEmpty {
+            startEncoding(known: nil)
             return nil
         }
         return EncodedObjectQuery(prefixes: asked.map(\.prefix)).serialized()
     }
 
     public func answered(_ answer: [UInt8]) throws {
-        let keys = lock.withLock { queried }
+        condition.lock()
+        let keys = queried
+        condition.unlock()
         let flags = try EncodedObjectAnswer(serialized: answer, expectedCount: keys.count)
         var held = Set<ChunkKey>()
         for (key, isHeld) in zip(keys, flags.held) where isHeld { held.insert(key) }
-        lock.withLock { report.heldPages = held.count }
+        condition.lock()
+        report.heldPages = held.count
+        condition.unlock()
         // Without a held page, the encoder skips SHA-256 altogether.
-        start(known: held.isEmpty ? nil : HeldChunks(keys: held))
+        startEncoding(known: held.isEmpty ? nil : HeldChunks(keys: held))
     }
 
     public func sessionEnded() {
-        lock.withLock { ended = true }
-        ready.signal()
-    }
-
-    /// Makes the encoder's stream and lets reads proceed.
-    private func start(known: HeldChunks?) {
-        lock.withLock {
-            guard stream == nil else { return }
-            stream = ImageEncoder.Stream(
-                encoder: encoder, image: mapping,
-                baseline: baseline.map { UnsafeRawBufferPointer(rebasing: $0[0..<baselineLength]) }, known: known)
-            windowStart = .now
-        }
-        ready.signal()
+        condition.lock()
+        ended = true
+        generation += 1
+        condition.broadcast()
+        condition.unlock()
     }
 
     public func read(maximum: Int) throws -> ByteBuffer? {
-        while lock.withLock({ stream == nil && !ended }) {
-            guard ready.wait(timeout: .now() + Self.answerTimeout) == .success else {
+        condition.lock()
+        defer { condition.unlock() }
+        let deadline = Date(timeIntervalSinceNow: Self.readTimeout)
+        while queue.readableBytes == 0 && !finished && failure == nil && !ended {
+            guard condition.wait(until: deadline) else {
                 throw TransportError(
-                    .protocolViolation, expected: "the receiver's answer to the page query",
-                    found: "none after \(Self.answerTimeout)")
+                    .protocolViolation, expected: "encoded bytes (or the receiver's answer to the page query)",
+                    found: "none for \(Int(Self.readTimeout)) s")
             }
         }
-        return try lock.withLock {
-            guard let stream else {
-                throw TransportError(.cancelled, expected: "an open session", found: "the session ended")
-            }
-            while pending.readableBytes == 0 {
-                guard !stream.isFinished else { return nil }
-                try produce(stream)
-            }
-            let slice = pending.readSlice(length: min(maximum, pending.readableBytes))!
-            windowBytes += slice.readableBytes
-            if pending.readableBytes == 0 { pending.clear() }
-            return slice
+        if let failure { throw failure }
+        guard !ended else {
+            throw TransportError(.cancelled, expected: "an open session", found: "the session ended")
+        }
+        guard queue.readableBytes > 0 else { return nil }
+        let slice = queue.readSlice(length: min(maximum, queue.readableBytes))!
+        if queue.readableBytes == 0 { queue.clear() }
+        windowBytes += slice.readableBytes
+        condition.broadcast()  // room for the encoder
+        return slice
+    }
+
+    /// Stops the encoder thread, if one runs, and drops what it encoded.
+    private func stopEncoding() {
+        condition.lock()
+        generation += 1
+        condition.broadcast()
+        let running = worker
+        condition.unlock()
+        running?.wait()
+        condition.lock()
+        worker = nil
+        queue.clear()
+        finished = false
+        report.encodedBytes = 0
+        report.encodeSeconds = 0
+        report.batchesByLevel = [:]
+        report.pages = [:]
+        condition.unlock()
+    }
+
+    /// (Re)starts encoding on a thread of its own, which runs ahead of the transport by at most
+    /// ``queueLimit`` bytes.
+    private func startEncoding(known: HeldChunks?) {
+        stopEncoding()
+        condition.lock()
+        let stream = ImageEncoder.Stream(
+            encoder: encoder, image: mapping,
+            baseline: baseline.map { UnsafeRawBufferPointer(rebasing: $0[0..<baselineLength]) }, known: known)
+        let mine = generation
+        let group = DispatchGroup()
+        worker = group
+        storedUpTo = 0
+        windowStart = .now
+        condition.unlock()
+        group.enter()
+        // Only the new thread uses the stream from here on.
+        nonisolated(unsafe) let encoding = stream
+        Thread.detachNewThread { [self] in
+            defer { group.leave() }
+            encode(encoding, generation: mine)
         }
     }
 
-    /// Encodes the next piece into `pending`, choosing its level and learning from what it cost.
-    private func produce(_ stream: ImageEncoder.Stream) throws {
+    /// The encoder thread: piece after piece into the queue, waiting while it is full.
+    private func encode(_ stream: ImageEncoder.Stream, generation mine: Int) {
+        do {
+            while true {
+                condition.lock()
+                while queue.readableBytes >= Self.queueLimit && generation == mine {
+                    condition.wait()
+                }
+                let current = generation == mine
+                condition.unlock()
+                guard current else { return }
+                let more = try produce(stream, generation: mine)
+                guard more else { return }
+            }
+        } catch {
+            condition.lock()
+            if generation == mine { failure = error }
+            condition.broadcast()
+            condition.unlock()
+        }
+    }
+
+    /// Encodes the next piece into the queue, choosing its level and learning from what it cost.
+    /// - Returns: Whether there is more to encode.
+    private func produce(_ stream: ImageEncoder.Stream, generation mine: Int) throws -> Bool {
         let now = ContinuousClock.now
+        condition.lock()
+        let taken = windowBytes
+        condition.unlock()
         let wall = now - windowStart
         if wall >= .milliseconds(250) {
-            drain.record(busy: windowBusy.seconds, wall: wall.seconds, bytesTaken: windowBytes)
+            drain.record(busy: windowBusy.seconds, wall: wall.seconds, bytesTaken: taken)
             windowStart = now
             windowBusy = .zero
+            condition.lock()
             windowBytes = 0
+            condition.unlock()
         }
         let level: Int? =
             switch mode {
@@ -249,25 +326,34 @@ public final class ImageFileProducer: TransferProducer, @unchecked Sendable {
             case .level(let fixed): fixed
             case .none: nil
             }
-        var piece = 0
-        let covered = try stream.next(compressionLevel: level) { bytes in
-            pending.writeBytes(bytes)
-            piece = bytes.count
-        }
+        var piece = ByteBuffer()
+        let covered = try stream.next(compressionLevel: level) { bytes in piece.writeBytes(bytes) }
         let took = ContinuousClock.now - now
         windowBusy += took
-        report.encodeSeconds += took.seconds
-        report.encodedBytes += UInt64(piece)
         if let covered, covered > 0 {
-            report.batchesByLevel[level.map { "\($0)" } ?? "raw", default: 0] += 1
             controller.record(
-                .init(level: level, inputBytes: covered, outputBytes: piece, seconds: max(took.seconds, 1e-9)))
+                .init(
+                    level: level, inputBytes: covered, outputBytes: piece.readableBytes,
+                    seconds: max(took.seconds, 1e-9)))
             try keep(upTo: storedUpTo + covered)
         }
         if stream.isFinished, let store {
             try store.save(
                 ImageManifest(identity: ChunkIdentity(of: mapping), imageLength: mapping.count, pages: pageKeys))
         }
+        condition.lock()
+        defer { condition.unlock() }
+        guard generation == mine else { return false }
+        queue.writeBuffer(&piece)
+        report.encodeSeconds += took.seconds
+        report.encodedBytes = UInt64(encoder.statistics.encodedLength)
+        if let covered, covered > 0 { report.batchesByLevel[level.map { "\($0)" } ?? "raw", default: 0] += 1 }
+        for kind in ImageFormat.RecordKind.allCases where encoder.statistics.count(of: kind) > 0 {
+            report.pages["\(kind)"] = encoder.statistics.count(of: kind)
+        }
+        finished = stream.isFinished
+        condition.broadcast()
+        return !finished
     }
 
     /// Puts the image's pages up to `end` into this node's store, so a later transfer can use the image
@@ -315,22 +401,25 @@ struct HeldChunks: KnownChunks {
 /// How fast the transport takes the encoded stream, which is what the level controller needs as the link
 /// rate (sans-IO: the producer reports each window's busy time, wall time and bytes taken).
 ///
-/// When the encoder idled for part of a window, the transport — the link — was the limit, and the bytes it
-/// took per second are the link's rate. When the encoder was busy throughout, the link may be faster than
-/// what was taken, so the estimate grows by a quarter per window: the controller then moves to faster
-/// levels until the encoder keeps up or the fastest one is in use (as `zstd --adapt` does).
+/// When the encoder idled for part of a window (the queue was full), the link was the limit, and the bytes
+/// taken per second are its rate. When the encoder was busy throughout, the link may be faster than what
+/// was taken, so the estimate grows by a quarter per window — the controller then moves to faster levels
+/// until the encoder keeps up (as `zstd --adapt` does) — but never past the rate the link was told to have
+/// or was seen to carry: past that, storing batches raw would look best and send several times the bytes.
 struct DrainRateEstimator {
     /// The estimated link rate, in bytes per second.
     private(set) var estimate: Double
+    /// The most the estimate grows to without the link having shown it: the hinted rate, or the fastest
+    /// link-bound window.
+    private(set) var ceiling: Double
     /// A window with the encoder busy for less than this share of it was limited by the link.
     static let linkBoundBelow = 0.85
     /// Growth per encoder-bound window.
     static let growth = 1.25
-    /// The highest estimate (10 Gbit/s).
-    static let ceiling = 1.25e9
 
     init(initial: Double) {
-        estimate = min(max(initial, 1e5), Self.ceiling)
+        estimate = max(initial, 1e5)
+        ceiling = estimate
     }
 
     mutating func record(busy: Double, wall: Double, bytesTaken: Int) {
@@ -338,8 +427,9 @@ struct DrainRateEstimator {
         let taken = Double(bytesTaken) / wall
         if busy / wall < Self.linkBoundBelow {
             estimate = max(taken, 1e5)
+            ceiling = max(ceiling, estimate)
         } else {
-            estimate = min(max(estimate, taken) * Self.growth, Self.ceiling)
+            estimate = min(max(estimate, taken) * Self.growth, max(ceiling, taken))
         }
     }
 }

@@ -197,3 +197,17 @@ import Testing
         #expect(try FileManager.default.contentsOfDirectory(atPath: out).isEmpty)
     }
 }
+
+@Suite struct DrainRateEstimatorTests {
+    @Test func aLinkBoundWindowSetsTheRateAndAnEncoderBoundOneGrowsItUpToWhatTheLinkShowed() {
+        var estimator = DrainRateEstimator(initial: 100e6)
+        estimator.record(busy: 0.1, wall: 1, bytesTaken: 40_000_000)  // idle 90 %: the link took 40 MB/s
+        #expect(estimator.estimate == 40e6)
+        for _ in 0..<10 { estimator.record(busy: 1, wall: 1, bytesTaken: 30_000_000) }
+        #expect(estimator.estimate == 100e6, "grows, but not past the hinted rate")
+        estimator.record(busy: 0.2, wall: 1, bytesTaken: 300_000_000)
+        #expect(estimator.ceiling == 300e6)
+        estimator.record(busy: 1, wall: 1, bytesTaken: 50_000_000)
+        #expect(estimator.estimate == 300e6, "a link seen at 300 MB/s may be that fast again")
+    }
+}
