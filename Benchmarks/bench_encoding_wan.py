@@ -102,6 +102,10 @@ def one_transfer(run, case, image_path, image_sha, scratch, stores=None):
     result = run.go(case, image_path, image_sha, receiver, sender, port, received)
     result["encoding"] = encoding_report(result)
     result["trace"] = bt.progress_trace(result.get("sender_stdout") or "")
+    result["tool"] = bt.last_json_line(result.get("sender_stdout") or "")
+    result["tool_receiver"] = bt.last_json_line(result.get("receiver_stdout") or "")
+    if result["tool"]:
+        result["tool"].pop("encoding", None)
     for key in ("sender_stdout", "receiver_stdout"):
         result.pop(key, None)
     result["image_bytes"] = os.path.getsize(image_path)

@@ -39,7 +39,8 @@ public final class ImageFileProducer: TransferProducer, @unchecked Sendable {
         public var receiverHasStore: Bool
         /// The earlier image both nodes held that the stream was encoded against (its identity), if any.
         public var baseline: String?
-        /// Seconds spent hashing the file for the announcement (before the offer).
+        /// Seconds spent hashing the file's pages (before the offer with a store of this node's own,
+        /// else for the receiver's page query).
         public var announceSeconds: Double
         /// Seconds spent encoding (one core).
         public var encodeSeconds: Double
@@ -49,8 +50,9 @@ public final class ImageFileProducer: TransferProducer, @unchecked Sendable {
     public let offerContent: [UInt8]
     private let mapping: UnsafeRawBufferPointer
     private let mode: EncodingMode
-    /// Each page's SHA-256, nil for zero pages.
-    private let pageKeys: [ChunkKey?]
+    /// Each page's SHA-256 (nil for zero pages); hashed only when needed: for a store of this node's own,
+    /// or when the receiver's store asks the page query.
+    private var hashedPageKeys: [ChunkKey?]?
     /// The candidate baselines offered, most similar first.
     private let candidates: [ImageManifest]
     private let store: SharedChunkStore?
@@ -125,9 +127,9 @@ public final class ImageFileProducer: TransferProducer, @unchecked Sendable {
         self.name = name ?? String(path.split(separator: "/").last ?? Substring(path))
         self.mode = mode
         let started = ContinuousClock.now
-        pageKeys = Self.pageKeys(of: mapping)
         self.store = store
-        let imageKeys = pageKeys
+        let imageKeys = store == nil ? [] : Self.pageKeys(of: mapping)
+        hashedPageKeys = store == nil ? nil : imageKeys
         candidates = Array(
             (store?.recentManifests() ?? [])
                 .map { ($0, $0.similarity(to: imageKeys)) }
@@ -143,7 +145,7 @@ public final class ImageFileProducer: TransferProducer, @unchecked Sendable {
         report = Report(
             imageBytes: UInt64(length), encodedBytes: 0, pages: [:], batchesByLevel: [:],
             queriedPages: 0, heldPages: 0, receiverHasStore: false, baseline: nil,
-            announceSeconds: (ContinuousClock.now - started).seconds, encodeSeconds: 0)
+            announceSeconds: store == nil ? 0 : (ContinuousClock.now - started).seconds, encodeSeconds: 0)
         // With no baseline to offer, the receiver's reply can only add references (when its store holds
         // chunks): encoding starts now, during the handshake, and starts over in that case.
         if candidates.isEmpty { startEncoding(known: nil) }
@@ -169,6 +171,12 @@ public final class ImageFileProducer: TransferProducer, @unchecked Sendable {
         var seen = Set<ChunkKey>()
         var asked: [ChunkKey] = []
         if answer.wantsQuery {
+            let started = ContinuousClock.now
+            let pageKeys = hashedPageKeys ?? Self.pageKeys(of: mapping)
+            condition.lock()
+            hashedPageKeys = pageKeys
+            report.announceSeconds += (ContinuousClock.now - started).seconds
+            condition.unlock()
             for (index, key) in pageKeys.enumerated() where asked.count < EncodedObjectQuery.maximumPrefixes {
                 // A page unchanged since the baseline needs no reference.
                 guard let key, index >= baselinePages.count || baselinePages[index] != key else { continue }
@@ -337,7 +345,7 @@ public final class ImageFileProducer: TransferProducer, @unchecked Sendable {
                     seconds: max(took.seconds, 1e-9)))
             try keep(upTo: storedUpTo + covered)
         }
-        if stream.isFinished, let store {
+        if stream.isFinished, let store, let pageKeys = hashedPageKeys {
             try store.save(
                 ImageManifest(identity: ChunkIdentity(of: mapping), imageLength: mapping.count, pages: pageKeys))
         }
@@ -359,7 +367,7 @@ public final class ImageFileProducer: TransferProducer, @unchecked Sendable {
     /// Puts the image's pages up to `end` into this node's store, so a later transfer can use the image
     /// as its baseline.
     private func keep(upTo end: Int) throws {
-        guard let store else { return }
+        guard let store, let pageKeys = hashedPageKeys else { return }
         let pageSize = ImageFormat.pageSize
         while storedUpTo < end {
             let page = UnsafeRawBufferPointer(rebasing: mapping[storedUpTo..<min(end, storedUpTo + pageSize)])
