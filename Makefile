@@ -55,11 +55,14 @@ bench-wire: release
 bench-wanem: release
 	python3 Benchmarks/bench_wanem.py $(if $(QUICK),--quick) $(ARGS)
 
-## bench-encoding: captures the guest RAM corpus into var/corpus once (scripts/capture-guest-ram.sh).
+## bench-encoding: captures the guest RAM corpus into var/corpus once (scripts/capture-guest-ram.sh), measures
+## HDE on it in process, then (as root) end to end over a wanem global link: --encode auto vs none vs zstd -3 | TCP.
 bench-encoding: release
 	@test -f var/corpus/random-full-64/ram-1.img || bash scripts/capture-guest-ram.sh var/corpus 2 5
 	python3 Benchmarks/bench_encoding.py --corpus var/corpus --workloads idle,text-sparse-16,random-full-64 \
 		$(if $(QUICK),--quick) $(ARGS)
+	@if [ "$$(id -u)" -eq 0 ]; then python3 Benchmarks/bench_encoding_wan.py --corpus var/corpus $(if $(QUICK),--quick); \
+	else echo "bench-encoding: the end-to-end part over wanem needs root (sudo make bench-encoding); skipped"; fi
 
 ## bench-transfer: tcp, iperf3, scp, rsync and novacron moving 1 GiB a → b over wanem links (docs/transport.md).
 ## Needs root; QUICK=1: 128 MiB, 2 runs, lan only (ARGS="--profiles continental" for other links).

@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import statistics
 import sys
 import tempfile
@@ -70,6 +71,8 @@ def novacron_argv(args, certs, source, received_dir, encode, sender_store=None, 
                 "--certs", certs, "--node", "b", "--json", "--overwrite"]
     if receiver_store:
         receiver += ["--store", receiver_store]
+    if args.receive_window:
+        receiver += ["--window", args.receive_window]
     sender = [args.novacron, "send", source, "--to", f"{bt.ADDRESS_B}:{port}", "--certs", certs, "--node", "a",
               "--json", "--encode", encode]
     if sender_store:
@@ -179,11 +182,12 @@ def markdown(document):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--corpus", default=os.path.join(ROOT, "var/corpus"))
-    parser.add_argument("--images", default="text-sparse-16,random-full-64",
-                        help="corpus workloads; each one's ram-0.img is sent")
+    parser.add_argument("--images", default="text-sparse-16,random-full-64,urandom",
+                        help="corpus workloads (each one's ram-0.img is sent), or urandom: 512 MiB from /dev/urandom")
     parser.add_argument("--repeat", default="text-sparse-16", help="workload of the repeat case ('' for none)")
     parser.add_argument("--profile", default="global")
     parser.add_argument("--cases", default="none,auto,zstd3-tcp")
+    parser.add_argument("--receive-window", help="novacron receive --window (e.g. 256M)")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--tcp-buffer-mib", type=int, default=0,
                         help="tcp_rmem/tcp_wmem maximum in both namespaces (0: the system's, as bench-transfer)")
@@ -197,6 +201,9 @@ def main():
         sys.exit("bench-encoding-wan: needs root (network namespaces, TUN devices)")
     if args.quick:
         args.runs, args.images = 1, args.images.split(",")[0]
+    # A signal unwinds through the `finally`s, which take the link down and kill what runs in it.
+    signal.signal(signal.SIGTERM, bt.on_signal)
+    signal.signal(signal.SIGHUP, bt.on_signal)
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     workdir = tempfile.mkdtemp(prefix="nc-encoding-wan-")
     certs, reason = bt.prepare_novacron(args.novacron, os.path.join(workdir, "certs"))
@@ -209,6 +216,12 @@ def main():
     try:
         for workload in [w for w in args.images.split(",") if w]:
             image_path = os.path.join(args.corpus, workload, "ram-0.img")
+            if workload == "urandom":
+                image_path = os.path.join(workdir, "urandom", "ram-0.img")
+                os.makedirs(os.path.dirname(image_path), exist_ok=True)
+                with open("/dev/urandom", "rb") as source, open(image_path, "wb") as out:
+                    for _ in range(512):
+                        out.write(source.read(1 << 20))
             image_sha = sha256(image_path)
             results = {case: [] for case in cases}
             for index in range(args.runs):
@@ -250,6 +263,7 @@ def main():
         if document.get("repeat"):
             document["ratios"]["repeat_wire_fraction"] = document["repeat"]["repeat_wire_fraction"]
     finally:
+        bt.cleanup_processes()
         shutil.rmtree(workdir, ignore_errors=True)
     with open(args.out + ".json", "w") as f:
         json.dump(document, f, indent=1, default=str)

@@ -45,7 +45,7 @@ FAMILIES = ["tcp", "iperf3", "ssh", "novacron"]
 
 
 def log(message):
-    print(f"bench-transfer: {message}", file=sys.stderr, flush=True)
+    print(f"{os.path.basename(sys.argv[0]).removesuffix('.py').replace('_', '-')}: {message}", file=sys.stderr, flush=True)
 
 
 class Interrupted(Exception):

@@ -77,26 +77,60 @@ public enum EncodingFuzzing {
         }
     }
 
-    /// Parses `input` as a serialized ``ChunkSummary`` (at most 2^20 bits) and traps when a promise
-    /// breaks: parsing either throws an ``EncodingError`` or yields a summary that serializes to exactly
-    /// `input` and answers queries.
+    /// Parses `input` as each of the small formats a peer (or a file) hands the encoding layer — a
+    /// ``ChunkSummary`` (at most 2^20 bits), an ``EncodedObjectOffer``, ``EncodedObjectReply``,
+    /// ``EncodedObjectQuery``, ``EncodedObjectAnswer`` and an ``ImageManifest`` (images up to 16 MiB) — and
+    /// traps when a promise breaks: each parse either throws an ``EncodingError`` or yields a value that
+    /// serializes to exactly `input`.
     /// - Parameter input: Arbitrary bytes.
     public static func exerciseChunkSummary(_ input: UnsafeRawBufferPointer) {
         let bytes = Array(input)
-        guard let summary = try? ChunkSummary(serialized: bytes, maximumBitCount: 1 << 20) else { return }
-        precondition(summary.serialized() == bytes, "a parsed summary serialized to other bytes")
-        precondition(summary.bitCount <= 1 << 20, "a parsed summary exceeds its bit limit")
-        _ = summary.mayContain(ChunkKey(of: bytes))
-        _ = summary.estimatedFalsePositiveRate
+        if let summary = try? ChunkSummary(serialized: bytes, maximumBitCount: 1 << 20) {
+            precondition(summary.serialized() == bytes, "a parsed summary serialized to other bytes")
+            precondition(summary.bitCount <= 1 << 20, "a parsed summary exceeds its bit limit")
+            _ = summary.mayContain(ChunkKey(of: bytes))
+            _ = summary.estimatedFalsePositiveRate
+        }
+        if let offer = try? EncodedObjectOffer(serialized: bytes, maximumImageLength: 1 << 40) {
+            precondition(offer.serialized() == bytes, "a parsed offer serialized to other bytes")
+        }
+        if let reply = try? EncodedObjectReply(serialized: bytes, baselines: EncodedObjectOffer.maximumBaselines) {
+            precondition(reply.serialized() == bytes, "a parsed reply serialized to other bytes")
+        }
+        if let query = try? EncodedObjectQuery(serialized: bytes) {
+            precondition(query.serialized() == bytes, "a parsed query serialized to other bytes")
+        }
+        if bytes.count >= 12 {
+            let count = bytes[8..<12].enumerated().reduce(0) { $0 | Int($1.element) << (8 * $1.offset) }
+            if let answer = try? EncodedObjectAnswer(serialized: bytes, expectedCount: count) {
+                precondition(answer.serialized() == bytes, "a parsed answer serialized to other bytes")
+            }
+        }
+        if let manifest = try? ImageManifest(serialized: bytes, maximumImageLength: 16 << 20) {
+            precondition(manifest.serialized() == bytes, "a parsed manifest serialized to other bytes")
+            precondition(manifest.similarity(to: manifest.pages) == manifest.pages.compactMap { $0 }.count)
+        }
     }
 
-    /// Valid summaries of 0, 1 and 100 keys: the summary fuzzer's seed corpus.
+    /// Valid summaries of 0, 1 and 100 keys, and one of each negotiation message and a manifest: the
+    /// summary fuzzer's seed corpus.
     public static func summarySeeds() -> [[UInt8]] {
-        [0, 1, 100].map { count in
+        let summaries = [0, 1, 100].map { count in
             var summary = ChunkSummary(expectedCount: max(count, 1))
             for index in 0..<count { summary.insert(ChunkKey(of: pattern(16, seed: UInt64(index) + 11))) }
             return summary.serialized()
         }
+        let keys = (0..<5).map { ChunkKey(of: pattern(16, seed: UInt64($0) + 40)) }
+        return summaries + [
+            EncodedObjectOffer(imageLength: 1 << 20, baselines: [ChunkIdentity(low: 3, high: 4)]).serialized(),
+            EncodedObjectReply(hasStore: true, wantsQuery: true, baseline: 0).serialized(),
+            EncodedObjectQuery(prefixes: keys.map(\.prefix)).serialized(),
+            EncodedObjectAnswer(held: [true, false, true, true, false]).serialized(),
+            ImageManifest(
+                identity: ChunkIdentity(low: 1, high: 2), imageLength: 5 * ImageFormat.pageSize - 9,
+                pages: [keys[0], nil, keys[1], keys[0], nil]
+            ).serialized(),
+        ]
     }
 
     /// Writes `input` as the only segment of a fresh chunk store in `directory` (which must exist and

@@ -47,7 +47,8 @@ public struct ReceiveConfiguration: Sendable {
     /// the memory held for hashing in order.
     public var windowBytes = 64 << 20
     /// How many times `windowBytes` a file destination's reorder window spans (a file holds no chunk
-    /// in memory for the reordering, so the span costs nothing).
+    /// in memory for the reordering, so the span costs nothing). An object taken by a consumer (an
+    /// encoded image) spans it too, in memory: up to 4 × `windowBytes` held.
     public static let fileWindowSpread = 4
     /// Replace an existing file at the destination.
     public var overwrite = false

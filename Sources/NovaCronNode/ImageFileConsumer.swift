@@ -140,6 +140,9 @@ public struct ImageConsumerFactory: TransferConsumerFactory {
         self.maximumImageLength = maximumImageLength
     }
 
+    /// Checks the offer and the destination, picks the baseline, and opens the consumer.
+    /// - Throws: ``DWCPTransport/TransportError``: `refused` (not an HDE offer), `malformedMessage`,
+    ///   `invalidArgument` (a stream destination), `destinationFailed` (an existing file without overwrite).
     public func consumer(for offer: SessionMessage.Offer, destination: ReceiveDestination, overwrite: Bool) throws
         -> any TransferConsumer
     {
@@ -190,7 +193,9 @@ public struct ImageConsumerFactory: TransferConsumerFactory {
 /// and the image's identity matched, syncs it and renames it to `NAME`. Every page goes into the chunk
 /// store as it is written, and the store is synced before the commit.
 public final class ImageFileConsumer: TransferConsumer, @unchecked Sendable {
+    /// The ``DWCPEncoding/EncodedObjectReply`` for the accept.
     public let reply: [UInt8]
+    /// Where the image will be.
     public var path: String? { target }
     private let target: String
     private let partial: String
@@ -231,16 +236,20 @@ public final class ImageFileConsumer: TransferConsumer, @unchecked Sendable {
         baseline?.deallocate()
     }
 
+    /// Answers an ``DWCPEncoding/EncodedObjectQuery`` from the chunk store.
     public func answer(query: [UInt8]) throws -> [UInt8] {
         let asked = try EncodedObjectQuery(serialized: query)
         let held = store?.holdsPrefixes(asked.prefixes) ?? Array(repeating: false, count: asked.prefixes.count)
         return EncodedObjectAnswer(held: held).serialized()
     }
 
+    /// Decodes the next bytes of the stream into the partial file.
     public func consume(_ bytes: ByteBuffer) throws {
         try bytes.withUnsafeReadableBytes { try stream.feed($0) }
     }
 
+    /// Checks the end record and the length, syncs the file and the store, keeps the manifest, and renames
+    /// the file into place.
     public func commit() throws -> (bytes: UInt64, sha256: String) {
         let identity = try stream.finish()
         guard stream.imageLength == imageLength else {
@@ -261,6 +270,7 @@ public final class ImageFileConsumer: TransferConsumer, @unchecked Sendable {
         return (UInt64(imageLength), digest)
     }
 
+    /// Removes the partial file.
     public func discard() {
         guard !finished else { return }
         finished = true

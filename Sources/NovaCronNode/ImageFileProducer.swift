@@ -46,7 +46,9 @@ public final class ImageFileProducer: TransferProducer, @unchecked Sendable {
         public var encodeSeconds: Double
     }
 
+    /// The name the receiver files the image under.
     public let name: String
+    /// The ``DWCPEncoding/EncodedObjectOffer`` the transport's offer carries.
     public let offerContent: [UInt8]
     private let mapping: UnsafeRawBufferPointer
     private let mode: EncodingMode
@@ -163,6 +165,8 @@ public final class ImageFileProducer: TransferProducer, @unchecked Sendable {
         return report
     }
 
+    /// Takes the receiver's ``DWCPEncoding/EncodedObjectReply``: the baseline, and whether to ask the page query.
+    /// - Returns: The ``DWCPEncoding/EncodedObjectQuery``, or nil (encoding then starts, or goes on).
     public func accepted(reply: [UInt8]) throws -> [UInt8]? {
         let answer = try EncodedObjectReply(serialized: reply, baselines: candidates.count)
         // The receiver's choice of baseline, if this node can still rebuild it from its store.
@@ -203,6 +207,7 @@ public final class ImageFileProducer: TransferProducer, @unchecked Sendable {
         return EncodedObjectQuery(prefixes: asked.map(\.prefix)).serialized()
     }
 
+    /// Takes the ``DWCPEncoding/EncodedObjectAnswer`` and starts encoding with the pages it says are held.
     public func answered(_ answer: [UInt8]) throws {
         condition.lock()
         let keys = queried
@@ -217,6 +222,7 @@ public final class ImageFileProducer: TransferProducer, @unchecked Sendable {
         startEncoding(known: held.isEmpty ? nil : HeldChunks(keys: held))
     }
 
+    /// Stops the encoder thread and wakes a waiting read.
     public func sessionEnded() {
         condition.lock()
         ended = true
@@ -225,6 +231,7 @@ public final class ImageFileProducer: TransferProducer, @unchecked Sendable {
         condition.unlock()
     }
 
+    /// The next encoded bytes, waiting (at most ``readTimeout``) for the encoder or the receiver's answer.
     public func read(maximum: Int) throws -> ByteBuffer? {
         condition.lock()
         defer { condition.unlock() }

@@ -30,7 +30,12 @@ struct ReceiveCommand: AsyncParsableCommand {
     @Flag(help: "Replace an existing file.")
     var overwrite = false
 
-    @Option(help: "Reorder window: how far ahead of the first missing chunk data is accepted (e.g. 64M).")
+    @Option(
+        help: """
+            Reorder window: how far ahead of the first missing chunk data is accepted (e.g. 64M). Standard \
+            output holds that much in memory; a file spans 4 times it on disk; an encoded object 4 times \
+            it in memory.
+            """)
     var window = ByteCount(bytes: 64 << 20)
 
     @Option(help: "A chunk store directory (created if missing) kept across transfers of encoded objects.")

@@ -164,9 +164,11 @@ func printJSON(event: String, _ value: some Encodable, extra: [String: any Encod
 }
 
 extension EncodingMode: ExpressibleByArgument {
+    /// Parses `--encode`'s argument (see ``EncodingMode/init(_:)``).
     public init?(argument: String) {
         self.init(argument)
     }
 
+    /// The values `--help` lists.
     public static var allValueStrings: [String] { ["auto", "none", "raw", "1", "3", "9", "19"] }
 }

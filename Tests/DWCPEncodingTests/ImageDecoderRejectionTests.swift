@@ -175,7 +175,12 @@ import Testing
                     != nil)
         }
         let summaries = EncodingFuzzing.summarySeeds()
-        #expect(summaries.allSatisfy { (try? ChunkSummary(serialized: $0)) != nil })
+        #expect(summaries.prefix(3).allSatisfy { (try? ChunkSummary(serialized: $0)) != nil })
+        #expect((try? EncodedObjectOffer(serialized: summaries[3], maximumImageLength: 1 << 20)) != nil)
+        #expect((try? EncodedObjectReply(serialized: summaries[4], baselines: 1)) != nil)
+        #expect((try? EncodedObjectQuery(serialized: summaries[5])) != nil)
+        #expect((try? EncodedObjectAnswer(serialized: summaries[6], expectedCount: 5)) != nil)
+        #expect((try? ImageManifest(serialized: summaries[7])) != nil)
         var generator = SeededGenerator(seed: 0xF077)
         for round in 0..<2_000 {
             let pool = round % 2 == 0 ? seeds : summaries
