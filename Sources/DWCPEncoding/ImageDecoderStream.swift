@@ -62,7 +62,10 @@ extension ImageDecoder {
         private let chunks: (any ChunkProvider)?
         private let sink: any DecodedImageSink
         private var state = State.header
+        /// Bytes of an incomplete header, batch or end record, kept until the rest arrives.
         private var input: [UInt8] = []
+        /// The bytes being decoded (the caller's, or `input`) and how far into them.
+        private var view = UnsafeRawBufferPointer(start: nil, count: 0)
         private var consumed = 0
         private var pages: [UInt8] = []
         private let hasher: OpaquePointer
@@ -106,12 +109,25 @@ extension ImageDecoder {
                     .trailingBytes, expected: "the stream to end after its end record",
                     found: "\(bytes.count) more bytes")
             }
-            input.append(contentsOf: bytes)
-            while try step() {}
-            if consumed > 0 && (consumed == input.count || consumed >= 1 << 20) {
-                input.removeFirst(consumed)
-                consumed = 0
+            if input.isEmpty {
+                let used = try decode(bytes)  // no copy: the caller's bytes are decoded in place
+                input = Array(bytes[used...])
+            } else {
+                input.append(contentsOf: bytes)
+                let held = input
+                let used = try withBytes(of: held) { (raw) throws(EncodingError) in try decode(raw) }
+                if used > 0 { input.removeFirst(used) }
             }
+        }
+
+        /// Decodes every whole element at the start of `bytes`.
+        /// - Returns: The bytes those elements took.
+        private func decode(_ bytes: UnsafeRawBufferPointer) throws(EncodingError) -> Int {
+            view = bytes
+            consumed = 0
+            defer { view = UnsafeRawBufferPointer(start: nil, count: 0) }
+            while try step() {}
+            return consumed
         }
 
         /// Ends the stream.
@@ -128,12 +144,12 @@ extension ImageDecoder {
                     }
                 throw EncodingError(
                     .truncated, expected: "a whole stream (\(place) is incomplete)",
-                    found: "\(input.count - consumed) bytes after offset \(streamBytes - (input.count - consumed))")
+                    found: "\(input.count) bytes after offset \(streamBytes - input.count)")
             }
-            guard consumed == input.count else {
+            guard input.isEmpty else {
                 throw EncodingError(
                     .trailingBytes, expected: "the stream to end after its end record",
-                    found: "\(input.count - consumed) more bytes")
+                    found: "\(input.count) more bytes")
             }
             return identity
         }
@@ -141,7 +157,7 @@ extension ImageDecoder {
         /// Decodes the next header, batch or end record if its bytes are all here.
         /// - Returns: Whether it did (so there may be another).
         private func step() throws(EncodingError) -> Bool {
-            let available = input.count - consumed
+            let available = view.count - consumed
             switch state {
             case .ended:
                 guard available == 0 else {
@@ -161,7 +177,7 @@ extension ImageDecoder {
                 return true
             case .batches(let length, let pageCount, let nextPage):
                 guard available >= 1 else { return false }
-                let tag = input[consumed]
+                let tag = view[consumed]
                 if tag == ImageFormat.endTag {
                     guard nextPage == pageCount else {
                         throw EncodingError(
@@ -216,16 +232,13 @@ extension ImageDecoder {
             }
         }
 
-        /// Runs `body` on a reader over the next `count` input bytes and consumes them.
+        /// Runs `body` on a reader over the next `count` bytes of the view and consumes them.
         private func withInput<Result>(
             _ count: Int, _ body: (inout ByteReader) throws(EncodingError) -> Result
         ) throws(EncodingError) -> Result {
-            let start = consumed
-            let result = try withBytes(of: input) { (raw) throws(EncodingError) -> Result in
-                var reader = ByteReader(
-                    UnsafeRawBufferPointer(rebasing: raw[start..<(start + count)]), what: "an HDE stream")
-                return try body(&reader)
-            }
+            var reader = ByteReader(
+                UnsafeRawBufferPointer(rebasing: view[consumed..<(consumed + count)]), what: "an HDE stream")
+            let result = try body(&reader)
             consumed += count
             return result
         }

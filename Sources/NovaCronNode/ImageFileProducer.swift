@@ -68,7 +68,7 @@ public final class ImageFileProducer: TransferProducer, @unchecked Sendable {
     private var baseline: UnsafeMutableRawBufferPointer?
     private var baselineLength = 0
     /// Encoded bytes waiting for the transport (at most ``queueLimit`` plus one piece).
-    private var queue = ByteBuffer()
+    private var queue = PieceQueue()
     /// Bumped to stop the encoder thread (a speculative start overtaken by the reply, or the session's end).
     private var generation = 0
     private var worker: DispatchGroup?
@@ -247,9 +247,7 @@ public final class ImageFileProducer: TransferProducer, @unchecked Sendable {
         guard !ended else {
             throw TransportError(.cancelled, expected: "an open session", found: "the session ended")
         }
-        guard queue.readableBytes > 0 else { return nil }
-        let slice = queue.readSlice(length: min(maximum, queue.readableBytes))!
-        if queue.readableBytes == 0 { queue.clear() }
+        guard let slice = queue.take(maximum: maximum) else { return nil }
         windowBytes += slice.readableBytes
         condition.broadcast()  // room for the encoder
         return slice
@@ -359,7 +357,7 @@ public final class ImageFileProducer: TransferProducer, @unchecked Sendable {
         condition.lock()
         defer { condition.unlock() }
         guard generation == mine else { return false }
-        queue.writeBuffer(&piece)
+        queue.append(piece)
         report.encodeSeconds += took.seconds
         report.encodedBytes = UInt64(encoder.statistics.encodedLength)
         if let covered, covered > 0 { report.batchesByLevel[level.map { "\($0)" } ?? "raw", default: 0] += 1 }
@@ -403,6 +401,43 @@ public final class ImageFileProducer: TransferProducer, @unchecked Sendable {
             results.withLockedValue { $0[slice] = keys }
         }
         return Array(results.withLockedValue { $0 }.joined())
+    }
+}
+
+/// The encoded pieces waiting for the transport, handed out in slices. Pieces are kept apart (not appended
+/// to one buffer, whose storage the slices still in flight would pin and make grow to the whole stream).
+struct PieceQueue {
+    private var pieces: [ByteBuffer] = []
+    private var head = 0
+    /// The bytes waiting.
+    private(set) var readableBytes = 0
+
+    mutating func append(_ piece: ByteBuffer) {
+        guard piece.readableBytes > 0 else { return }
+        pieces.append(piece)
+        readableBytes += piece.readableBytes
+    }
+
+    /// At most `maximum` bytes from the front, or nil if none wait.
+    mutating func take(maximum: Int) -> ByteBuffer? {
+        guard head < pieces.count, maximum > 0 else { return nil }
+        let slice = pieces[head].readSlice(length: min(maximum, pieces[head].readableBytes))!
+        readableBytes -= slice.readableBytes
+        if pieces[head].readableBytes == 0 {
+            pieces[head] = ByteBuffer()
+            head += 1
+            if head >= 64 {
+                pieces.removeFirst(head)
+                head = 0
+            }
+        }
+        return slice
+    }
+
+    mutating func clear() {
+        pieces.removeAll()
+        head = 0
+        readableBytes = 0
     }
 }
 

@@ -211,3 +211,24 @@ import Testing
         #expect(estimator.estimate == 300e6, "a link seen at 300 MB/s may be that fast again")
     }
 }
+
+@Suite struct PieceQueueTests {
+    @Test func slicesComeOutInOrderAndEmptyPiecesAreSkipped() {
+        var queue = PieceQueue()
+        var expected: [UInt8] = []
+        for size in [5, 0, 300, 1, 70] {
+            let bytes = (0..<size).map { UInt8(truncatingIfNeeded: $0 &+ expected.count) }
+            expected += bytes
+            queue.append(ByteBuffer(bytes: bytes))
+        }
+        #expect(queue.readableBytes == expected.count)
+        var out: [UInt8] = []
+        while var slice = queue.take(maximum: 64) {
+            #expect(slice.readableBytes <= 64)
+            out += slice.readBytes(length: slice.readableBytes)!
+        }
+        #expect(out == expected)
+        #expect(queue.readableBytes == 0)
+        #expect(queue.take(maximum: 1) == nil)
+    }
+}
