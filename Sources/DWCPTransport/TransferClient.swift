@@ -261,11 +261,11 @@ public enum TransferClient {
                 }
                 try await core.accepted(accept)
             case .answer(let object, let content):
-                guard let producer = readers.indices.contains(Int(object)) ? readers[Int(object)].producer : nil else {
+                guard readers.indices.contains(Int(object)), readers[Int(object)].producer != nil else {
                     throw TransportError(
                         .protocolViolation, expected: "an answer for a producer's query", found: "object \(object)")
                 }
-                try producer.answered(content)
+                try await readers[Int(object)].answered(content)
             case .refuse(let reason):
                 throw TransportError(.refused, expected: "the receiver to accept the transfer", found: reason)
             case .complete(let object, let digest):

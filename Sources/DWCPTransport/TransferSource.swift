@@ -112,6 +112,12 @@ final class SourceReader: @unchecked Sendable {
         return try await NIOThreadPool.singleton.runIfActive { try producer.accepted(reply: reply) }
     }
 
+    /// The receiver's consumer answered the producer's query.
+    func answered(_ answer: [UInt8]) async throws {
+        guard let producer else { return }
+        try await NIOThreadPool.singleton.runIfActive { try producer.answered(answer) }
+    }
+
     /// Reads the next chunk of at most `chunkSize` bytes (fewer only at the end); `nil` at the end.
     func readChunk(chunkSize: Int) async throws -> ByteBuffer? {
         let buffer = try await NIOThreadPool.singleton.runIfActive { [self] () throws -> ByteBuffer in
