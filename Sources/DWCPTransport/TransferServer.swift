@@ -85,6 +85,9 @@ public enum TransferServer {
             try? await listener.channel.close()
             await acceptor.value
         }
+        // A failed or stopped receive leaves no consumer's partial output behind (a file's partial copy
+        // and journal stay for a resume), before the caller, often about to exit, sees the outcome.
+        await registry.abandonAll()
         return try await registry.result()
     }
 
@@ -335,6 +338,13 @@ actor SessionRegistry {
     private func abandonNow(_ id: UInt64) {
         guard let session = sessions.removeValue(forKey: id) else { return }
         for object in session.objects { Task { await object.abandon() } }
+    }
+
+    /// Every session still open lets go of its objects (see ``ReceiverSession/abandon()``), waiting for each.
+    func abandonAll() async {
+        let open = sessions.values.flatMap(\.objects)
+        sessions.removeAll()
+        for object in open { await object.abandon() }
     }
 
     /// A data stream delivered a frame whose checksum failed.

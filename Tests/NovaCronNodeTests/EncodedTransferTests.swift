@@ -174,6 +174,25 @@ import Testing
         #expect(unknown?.code == .refused)
     }
 
+    @Test func aConsumerLetGoWithoutACommitLeavesNothingBehind() throws {
+        let scratch = Scratch()
+        let out = scratch.path + "/out"
+        try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: false)
+        let source = scratch.file("ram.img", Self.image(pages: 300, seed: 6))
+        let producer = try ImageFileProducer(path: source, mode: .level(1), linkBytesPerSecond: 1e8)
+        do {
+            let consumer = try ImageConsumerFactory(store: nil).consumer(
+                for: SessionMessage.Offer(
+                    transferID: [UInt8](repeating: 1, count: 16), name: "ram.img", totalBytes: nil,
+                    blockSize: 1 << 18, resume: false, content: producer.offerContent),
+                destination: .path(out), overwrite: false)
+            _ = try producer.accepted(reply: consumer.reply)
+            try consumer.consume(try #require(try producer.read(maximum: 100_000)))
+            #expect(FileManager.default.fileExists(atPath: out + "/ram.img.novacron-partial"))
+        }
+        #expect(try FileManager.default.contentsOfDirectory(atPath: out).isEmpty)
+    }
+
     @Test func aCorruptStreamFailsAndLeavesNothingBehind() throws {
         let scratch = Scratch()
         let out = scratch.path + "/out"
