@@ -125,7 +125,6 @@ var package = Package(
                 "CNovaCronSystem",
                 "DWCPEncoding",
                 "DWCPTransport",
-                .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "NIOCore", package: "swift-nio"),
             ],

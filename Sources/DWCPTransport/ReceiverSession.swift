@@ -314,7 +314,7 @@ actor ReceiverSession {
                     advice: "the partial copy was deleted; send again"
                 )
             }
-            var made = (bytes: totalBytes, sha256: "\(ours)")
+            var made = totalBytes
             if let consumer {
                 do {
                     made = try consumer.commit()
@@ -330,11 +330,11 @@ actor ReceiverSession {
             let report = ReceivedObject(
                 name: offer.name,
                 path: finalPath,
-                bytes: made.bytes,
+                bytes: made,
                 receivedBytes: machine.bytesStored,
                 resumedBytes: resumedBytes,
                 seconds: (ContinuousClock.now - started).seconds,
-                sha256: made.sha256
+                sha256: "\(ours)"
             )
             return (.complete(object: offer.object, sha256: ours), .success(report))
         } catch {

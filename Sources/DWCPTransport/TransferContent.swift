@@ -52,8 +52,9 @@ public protocol TransferConsumer: AnyObject, Sendable {
     func consume(_ bytes: ByteBuffer) throws
     /// Every byte arrived and matched the sender's SHA-256: check what was made, make it durable and
     /// put it in place. What it throws fails the object and the session.
-    /// - Returns: The size and the SHA-256 (lower-case hex) of what the consumer made.
-    func commit() throws -> (bytes: UInt64, sha256: String)
+    /// - Returns: The size of what the consumer made (the report's SHA-256 is the bytes', which both sides
+    ///   compared).
+    func commit() throws -> UInt64
     /// The object will not be committed: remove what was made.
     func discard()
 }

@@ -1,5 +1,4 @@
 import CNovaCronSystem
-import Crypto
 import DWCPEncoding
 import DWCPTransport
 import Foundation
@@ -256,7 +255,7 @@ public final class ImageFileConsumer: TransferConsumer, @unchecked Sendable {
 
     /// Checks the end record and the length, syncs the file and the store, keeps the manifest, and renames
     /// the file into place.
-    public func commit() throws -> (bytes: UInt64, sha256: String) {
+    public func commit() throws -> UInt64 {
         let stream = try decoding.finish()
         let identity = try stream.finish()
         guard stream.imageLength == imageLength else {
@@ -264,7 +263,7 @@ public final class ImageFileConsumer: TransferConsumer, @unchecked Sendable {
                 .protocolViolation, expected: "a \(imageLength)-byte image as offered",
                 found: "\(stream.imageLength ?? 0) bytes")
         }
-        let digest = try sink.close()
+        try sink.close()
         if let store {
             try store.save(ImageManifest(identity: identity, imageLength: imageLength, pages: sink.pageKeys))
         }
@@ -274,7 +273,7 @@ public final class ImageFileConsumer: TransferConsumer, @unchecked Sendable {
                 found: String(cString: strerror(errno)))
         }
         finished = true
-        return (UInt64(imageLength), digest)
+        return UInt64(imageLength)
     }
 
     /// Removes the partial file.
@@ -375,13 +374,13 @@ struct StoreChunks: ChunkProvider {
     func contents(of key: ChunkKey) -> [UInt8]? { store.contents(of: key) }
 }
 
-/// Writes the decoded image to a file in order, reads earlier pages back for duplicates, hashes it, and
-/// puts its non-zero pages into the chunk store.
+/// Writes the decoded image to a file in order, reads earlier pages back for duplicates, and puts its
+/// non-zero pages into the chunk store. (The image is checked by its XXH3-128 identity in the end record;
+/// the stream's SHA-256, which both sides report, by the transport.)
 final class FileImageSink: DecodedImageSink {
     private var descriptor: Int32
     private let path: String
     private let store: SharedChunkStore?
-    private var hasher = SHA256()
     private var written = 0
     private var writeback = WritebackSchedule()
     /// Each page's key in the store (nil for zero pages), when there is a store.
@@ -400,9 +399,8 @@ final class FileImageSink: DecodedImageSink {
     deinit { abandon() }
 
     /// Writes the non-zero pages where they belong (zero pages stay holes of the fresh file, which read
-    /// back as zeros), hashes everything, and puts the non-zero pages into the store.
+    /// back as zeros) and puts them into the store.
     func append(_ bytes: UnsafeRawBufferPointer) throws(EncodingError) {
-        hasher.update(bufferPointer: bytes)
         var start = 0
         var run: Range<Int>?  // non-zero pages not yet written
         while start < bytes.count {
@@ -459,14 +457,12 @@ final class FileImageSink: DecodedImageSink {
     }
 
     /// Syncs the file and the store and closes the file.
-    /// - Returns: The image's SHA-256 in hex.
-    func close() throws -> String {
+    func close() throws {
         // Trailing zero pages are holes: the length comes from the image.
         guard ftruncate(descriptor, off_t(written)) == 0 else { throw Self.failure("set the length of \(path)") }
         guard fsync(descriptor) == 0 else { throw Self.failure("sync \(path)") }
         try store?.sync()
         abandon()
-        return hasher.finalize().map { ($0 < 16 ? "0" : "") + String($0, radix: 16) }.joined()
     }
 
     func abandon() {

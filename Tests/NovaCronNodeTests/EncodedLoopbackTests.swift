@@ -50,6 +50,7 @@ struct EncodedLoopbackTests {
         // The receiver reports the decoded image; the wire carried far fewer bytes.
         #expect(received.objects[0].bytes == UInt64(image.count))
         #expect(received.objects[0].receivedBytes == sent.objects[0].bytes)
+        #expect(received.objects[0].sha256 == sent.objects[0].sha256, "both report the stream's SHA-256")
         #expect(sent.objects[0].bytes < UInt64(image.count) / 2)
         #expect(producer.currentReport.encodedBytes == sent.objects[0].bytes)
         #expect(store.count > 0, "the received pages are kept")
