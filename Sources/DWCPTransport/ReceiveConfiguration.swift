@@ -81,8 +81,12 @@ public struct ReceivedObject: Sendable, Codable {
     public var resumedBytes: UInt64
     /// Seconds from its offer to its commit.
     public var seconds: Double
-    /// Its SHA-256, which matched the sender's.
+    /// Its SHA-256, which matched the sender's (for an object a consumer took, of the bytes that crossed
+    /// the link: the encoded stream).
     public var sha256: String
+    /// Whether a consumer took it (an encoded object, decoded into `path`; `bytes` is then the decoded
+    /// size and `receivedBytes` what crossed the link).
+    public var decoded = false
 }
 
 /// What a completed receive (one session, one or more objects) did.

@@ -334,7 +334,8 @@ actor ReceiverSession {
                 receivedBytes: machine.bytesStored,
                 resumedBytes: resumedBytes,
                 seconds: (ContinuousClock.now - started).seconds,
-                sha256: "\(ours)"
+                sha256: "\(ours)",
+                decoded: consumer != nil
             )
             return (.complete(object: offer.object, sha256: ours), .success(report))
         } catch {

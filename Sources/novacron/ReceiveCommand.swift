@@ -104,7 +104,7 @@ struct ReceiveCommand: AsyncParsableCommand {
                     \(report.objects.count == 1 ? report.path ?? "standard output" : "\(report.objects.count) files") \
                     in \(String(format: "%.2f", report.seconds)) s \
                     (\(ProgressPrinter.formatBytes(report.resumedBytes)) resumed, \(report.corruptChunks) corrupt chunks re-sent); \
-                    \(report.objects.count == 1 ? "sha256 \(report.sha256)" : "every SHA-256") verified
+                    \(report.objects.count == 1 ? "sha256 \(report.sha256)\(report.objects[0].decoded ? " (of the encoded stream, \(ProgressPrinter.formatBytes(report.objects[0].receivedBytes)))" : "")" : "every SHA-256") verified
 
                     """.utf8))
             for object in report.objects where report.objects.count > 1 {

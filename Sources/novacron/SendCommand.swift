@@ -207,7 +207,7 @@ struct SendCommand: AsyncParsableCommand {
                     (\(String(format: "%.1f", Double(report.bytes - report.skippedBytes) * 8 / seconds / 1e6)) Mbit/s), \
                     up to \(report.maximumStreams) streams, \(report.streamFailures) stream failures, \
                     \(ProgressPrinter.formatBytes(report.skippedBytes)) resumed, \(report.reconnects) reconnects; \
-                    \(report.objects.count == 1 ? "sha256 \(report.sha256)" : "\(report.objects.count) objects") \
+                    \(report.objects.count == 1 ? "sha256 \(report.sha256)\(producers.isEmpty ? "" : " (of the encoded stream)")" : "\(report.objects.count) objects") \
                     verified by the receiver
 
                     """.utf8))
