@@ -77,6 +77,7 @@ def novacron_argv(args, certs, source, received_dir, encode, sender_store=None, 
               "--json", "--encode", encode]
     if sender_store:
         sender += ["--store", sender_store]
+    sender += args.sender_flags.split()
     return receiver, sender
 
 
@@ -188,6 +189,7 @@ def main():
     parser.add_argument("--profile", default="global")
     parser.add_argument("--cases", default="none,auto,zstd3-tcp")
     parser.add_argument("--receive-window", help="novacron receive --window (e.g. 256M)")
+    parser.add_argument("--sender-flags", default="", help="more novacron send flags (e.g. \"--max-streams 32\")")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--tcp-buffer-mib", type=int, default=0,
                         help="tcp_rmem/tcp_wmem maximum in both namespaces (0: the system's, as bench-transfer)")
