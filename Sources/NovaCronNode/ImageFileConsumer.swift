@@ -81,29 +81,23 @@ public final class SharedChunkStore: @unchecked Sendable {
         }
     }
 
-    /// The image `manifest` describes, rebuilt from the store's pages into fresh memory the caller owns
-    /// (and deallocates), or nil if a page is missing.
-    func materialize(_ manifest: ImageManifest) -> UnsafeMutableRawBufferPointer? {
-        let image = UnsafeMutableRawBufferPointer.allocate(byteCount: max(manifest.imageLength, 1), alignment: 16)
+    /// The image `manifest` describes, rebuilt from the store's pages, or nil if a page is missing. Zero
+    /// pages are not touched (fresh anonymous memory reads as zeros without being allocated).
+    func materialize(_ manifest: ImageManifest) -> ImageMemory? {
+        guard let image = ImageMemory(length: manifest.imageLength) else { return nil }
         let complete = lock.withLock {
             for (index, key) in manifest.pages.enumerated() {
+                guard let key else { continue }
                 let start = index * ImageFormat.pageSize
                 let length = min(ImageFormat.pageSize, manifest.imageLength - start)
-                let target = UnsafeMutableRawBufferPointer(rebasing: image[start..<(start + length)])
-                guard let key else {
-                    target.initializeMemory(as: UInt8.self, repeating: 0)
-                    continue
-                }
                 guard let page = store.contents(of: key), page.count == length else { return false }
-                page.withUnsafeBytes { target.copyMemory(from: $0) }
+                page.withUnsafeBytes {
+                    UnsafeMutableRawBufferPointer(rebasing: image.memory[start..<(start + length)]).copyMemory(from: $0)
+                }
             }
             return true
         }
-        guard complete else {
-            image.deallocate()
-            return nil
-        }
-        return image
+        return complete ? image : nil
     }
 
     private func manifestFiles() -> [(path: String, modified: Date)] {
@@ -168,20 +162,20 @@ public struct ImageConsumerFactory: TransferConsumerFactory {
                 advice: "remove it or pass --overwrite")
         }
         // The first offered baseline this node holds whole becomes the decoder's baseline.
-        var baseline: (index: Int, image: UnsafeMutableRawBufferPointer, length: Int)?
+        var baseline: (index: Int, image: ImageMemory)?
         if let store, !announced.baselines.isEmpty {
             let manifests = Dictionary(
                 store.recentManifests().map { ($0.identity, $0) }, uniquingKeysWith: { first, _ in first })
             for (index, identity) in announced.baselines.enumerated() {
                 if let manifest = manifests[identity], let image = store.materialize(manifest) {
-                    baseline = (index, image, manifest.imageLength)
+                    baseline = (index, image)
                     break
                 }
             }
         }
         return try ImageFileConsumer(
             target: target, imageLength: Int(announced.imageLength), store: store,
-            baseline: baseline.map { ($0.image, $0.length) },
+            baseline: baseline?.image,
             reply: EncodedObjectReply(
                 hasStore: store != nil, wantsQuery: (store?.count ?? 0) > 0, baseline: baseline?.index
             ).serialized())
@@ -205,17 +199,15 @@ public final class ImageFileConsumer: TransferConsumer, @unchecked Sendable {
     private let imageLength: Int
     private let sink: FileImageSink
     private let store: SharedChunkStore?
-    /// The baseline the decoder reads, owned here (it outlives the stream).
-    private let baseline: UnsafeMutableRawBufferPointer?
+    /// The baseline the decoder reads, kept here (it outlives the stream).
+    private let baseline: ImageMemory?
     private var finished = false
     private let decoding: QueuedDecoding
 
-    /// Takes ownership of `baseline` (memory of `length` image bytes, deallocated with the consumer).
     init(
-        target: String, imageLength: Int, store: SharedChunkStore?,
-        baseline: (memory: UnsafeMutableRawBufferPointer, length: Int)?, reply: [UInt8]
+        target: String, imageLength: Int, store: SharedChunkStore?, baseline: ImageMemory?, reply: [UInt8]
     ) throws {
-        self.baseline = baseline?.memory
+        self.baseline = baseline
         self.target = target
         partial = target + ".novacron-partial"
         self.imageLength = imageLength
@@ -227,17 +219,13 @@ public final class ImageFileConsumer: TransferConsumer, @unchecked Sendable {
             decoding = QueuedDecoding(
                 ImageDecoder.Stream(
                     decoder: decoder,
-                    baseline: baseline.map { UnsafeRawBufferPointer(rebasing: $0.memory[0..<$0.length]) },
+                    baseline: baseline?.image,
                     chunks: store.map(StoreChunks.init), sink: sink))
-        } catch {
-            baseline?.memory.deallocate()
-            throw error
         }
     }
 
     deinit {
         if !finished { discard() }  // the session ended without deciding: nothing stays behind
-        baseline?.deallocate()
     }
 
     /// Answers an ``DWCPEncoding/EncodedObjectQuery`` from the chunk store.
@@ -365,6 +353,30 @@ final class QueuedDecoding: @unchecked Sendable {
         condition.unlock()
     }
 
+}
+
+/// An image's worth of fresh anonymous memory (a rebuilt baseline), unmapped with the object. Pages never
+/// written read as zeros and cost nothing.
+final class ImageMemory: @unchecked Sendable {
+    let memory: UnsafeMutableRawBufferPointer
+    let length: Int
+
+    /// Maps `length` bytes (at least one page), or nil if the system refuses.
+    init?(length: Int) {
+        let size = max(length, 1)
+        guard let base = mmap(nil, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0),
+            base != MAP_FAILED
+        else { return nil }
+        memory = UnsafeMutableRawBufferPointer(start: base, count: size)
+        self.length = length
+    }
+
+    deinit {
+        munmap(memory.baseAddress, memory.count)
+    }
+
+    /// The image's bytes.
+    var image: UnsafeRawBufferPointer { UnsafeRawBufferPointer(rebasing: memory[0..<length]) }
 }
 
 /// The chunk store as the decoder reads it.

@@ -63,10 +63,8 @@ public final class ImageFileProducer: TransferProducer, @unchecked Sendable {
     private let condition = NSCondition()
     /// The distinct keys asked about, in the order of the query's prefixes.
     private var queried: [ChunkKey] = []
-    /// The baseline's bytes, owned here because the encoder reads them until the stream ends, and the
-    /// image's length in them.
-    private var baseline: UnsafeMutableRawBufferPointer?
-    private var baselineLength = 0
+    /// The baseline, kept here because the encoder reads it until the stream ends.
+    private var baseline: ImageMemory?
     /// Encoded bytes waiting for the transport (at most ``queueLimit`` plus one piece).
     private var queue = PieceQueue()
     /// Bumped to stop the encoder thread (a speculative start overtaken by the reply, or the session's end).
@@ -155,7 +153,6 @@ public final class ImageFileProducer: TransferProducer, @unchecked Sendable {
 
     deinit {
         if let base = mapping.baseAddress { munmap(UnsafeMutableRawPointer(mutating: base), mapping.count) }
-        baseline?.deallocate()
     }
 
     /// What the encoding did so far.
@@ -198,7 +195,6 @@ public final class ImageFileProducer: TransferProducer, @unchecked Sendable {
         stopEncoding()
         condition.lock()
         baseline = chosen?.1
-        baselineLength = chosen.map { candidates[$0.0].imageLength } ?? 0
         condition.unlock()
         if asked.isEmpty {
             startEncoding(known: nil)
@@ -279,7 +275,7 @@ public final class ImageFileProducer: TransferProducer, @unchecked Sendable {
         condition.lock()
         let stream = ImageEncoder.Stream(
             encoder: encoder, image: mapping,
-            baseline: baseline.map { UnsafeRawBufferPointer(rebasing: $0[0..<baselineLength]) }, known: known)
+            baseline: baseline?.image, known: known)
         let mine = generation
         let group = DispatchGroup()
         worker = group
