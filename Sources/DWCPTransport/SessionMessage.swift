@@ -7,7 +7,9 @@ import NIOCore
 /// stream, and each gets its own `accept`. Each data stream opens with `attach`, proving with the
 /// session's token that it belongs, and carries chunks of any of the session's objects. When the
 /// sender has sent all of an object it says `finish` with the object's SHA-256, and the receiver
-/// answers `complete` once its own SHA-256 matches, or `failed` (which ends the session). Layout: a kind byte, then the fields in order, integers
+/// answers `complete` once its own SHA-256 matches, or `failed` (which ends the session). An offer may carry
+/// content for the receiver's consumer and its accept a reply; after the accept the sender may ask one
+/// `query` per object, answered by an `answer` (see ``TransferProducer``). Layout: a kind byte, then the fields in order, integers
 /// big-endian, strings as `u16 length + UTF-8`.
 public enum SessionMessage: Hashable, Sendable {
     /// The sender proposes a transfer.
@@ -376,27 +378,24 @@ extension ByteBuffer {
         return bytes
     }
 
-    fileprivate mutating func readContent(_ name: String) throws(TransportError) -> [UInt8] {
-        let length = Int(try readField(UInt32.self, "\(name) length"))
-        guard length <= SessionMessage.maximumContentLength else {
+    /// A length field of type `Length`, refused above `limit` before anything is read or allocated.
+    fileprivate mutating func readLength<Length: FixedWidthInteger>(
+        _ type: Length.Type, limit: Int, _ name: String
+    ) throws(TransportError) -> Int {
+        let length = Int(try readField(Length.self, "\(name) length"))
+        guard length <= limit else {
             throw TransportError(
-                .malformedMessage,
-                expected: "at most \(SessionMessage.maximumContentLength) bytes for the \(name)",
-                found: "\(length)"
-            )
+                .malformedMessage, expected: "at most \(limit) bytes for the \(name)", found: "\(length)")
         }
-        return try readFixedBytes(length, name)
+        return length
+    }
+
+    fileprivate mutating func readContent(_ name: String) throws(TransportError) -> [UInt8] {
+        try readFixedBytes(readLength(UInt32.self, limit: SessionMessage.maximumContentLength, name), name)
     }
 
     fileprivate mutating func readString16(_ name: String) throws(TransportError) -> String {
-        let length = Int(try readField(UInt16.self, "\(name) length"))
-        guard length <= SessionMessage.maximumStringLength else {
-            throw TransportError(
-                .malformedMessage,
-                expected: "at most \(SessionMessage.maximumStringLength) bytes for the \(name)",
-                found: "\(length)"
-            )
-        }
+        let length = try readLength(UInt16.self, limit: SessionMessage.maximumStringLength, name)
         let bytes = try readFixedBytes(length, name)
         guard let string = String(validating: bytes, as: UTF8.self) else {
             throw TransportError(.malformedMessage, expected: "UTF-8 for the \(name)", found: "invalid UTF-8")

@@ -25,6 +25,29 @@ public enum TransferSource: Sendable {
         if case .file = self { true } else { false }
     }
 
+    /// Opens `path` for reading, requiring a regular file.
+    /// - Parameters:
+    ///   - path: The file.
+    ///   - advice: What to do instead when it is a directory or a special file.
+    /// - Returns: The descriptor (the caller closes it) and the file's status.
+    /// - Throws: ``TransportError/Code/sourceFailed`` saying what was found.
+    public static func openRegularFile(_ path: String, advice: String) throws(TransportError) -> (Int32, stat) {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else {
+            throw TransportError(
+                .sourceFailed, expected: "a readable file at \(path)", found: String(cString: strerror(errno)),
+                advice: "check the path and its permissions")
+        }
+        var status = stat()
+        guard fstat(fd, &status) == 0, (status.st_mode & S_IFMT) == S_IFREG else {
+            close(fd)
+            throw TransportError(
+                .sourceFailed, expected: "a regular file at \(path)", found: "a directory or special file",
+                advice: advice)
+        }
+        return (fd, status)
+    }
+
     /// The descriptor a stream source reads, `nil` for a file.
     var streamDescriptor: Int32? {
         switch self {
@@ -67,25 +90,8 @@ final class SourceReader: @unchecked Sendable {
             transferID = (0..<16).map { _ in UInt8.random(in: .min ... .max) }
         case .file(let path):
             producer = nil
-            let fd = open(path, O_RDONLY | O_CLOEXEC)
-            guard fd >= 0 else {
-                throw TransportError(
-                    .sourceFailed,
-                    expected: "a readable file at \(path)",
-                    found: String(cString: strerror(errno)),
-                    advice: "check the path and its permissions"
-                )
-            }
-            var status = stat()
-            guard fstat(fd, &status) == 0, (status.st_mode & S_IFMT) == S_IFREG else {
-                close(fd)
-                throw TransportError(
-                    .sourceFailed,
-                    expected: "a regular file at \(path)",
-                    found: "a directory or special file",
-                    advice: "send a file, or pipe a stream with `novacron send -`"
-                )
-            }
+            let (fd, status) = try TransferSource.openRegularFile(
+                path, advice: "send a file, or pipe a stream with `novacron send -`")
             descriptor = fd
             ownsDescriptor = true
             name = String(path.split(separator: "/").last ?? Substring(path))

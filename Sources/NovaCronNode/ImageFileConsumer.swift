@@ -161,24 +161,14 @@ public struct ImageConsumerFactory: TransferConsumerFactory {
                 .destinationFailed, expected: "no file at \(target)", found: "an existing file",
                 advice: "remove it or pass --overwrite")
         }
-        // The first offered baseline this node holds whole becomes the decoder's baseline.
-        var baseline: (index: Int, image: ImageMemory)?
-        if let store, !announced.baselines.isEmpty {
-            let manifests = Dictionary(
-                store.recentManifests().map { ($0.identity, $0) }, uniquingKeysWith: { first, _ in first })
-            for (index, identity) in announced.baselines.enumerated() {
-                if let manifest = manifests[identity], let image = store.materialize(manifest) {
-                    baseline = (index, image)
-                    break
-                }
-            }
-        }
+        let manifests = Dictionary(
+            (store?.recentManifests() ?? []).map { ($0.identity, $0) }, uniquingKeysWith: { first, _ in first })
+        let (reply, baseline) = EncodedTransferPlan.reply(
+            to: announced, hasStore: store != nil, storeIsEmpty: (store?.count ?? 0) == 0
+        ) { identity in manifests[identity].flatMap { store?.materialize($0) } }
         return try ImageFileConsumer(
-            target: target, imageLength: Int(announced.imageLength), store: store,
-            baseline: baseline?.image,
-            reply: EncodedObjectReply(
-                hasStore: store != nil, wantsQuery: (store?.count ?? 0) > 0, baseline: baseline?.index
-            ).serialized())
+            target: target, imageLength: Int(announced.imageLength), store: store, baseline: baseline,
+            reply: reply.serialized())
     }
 }
 

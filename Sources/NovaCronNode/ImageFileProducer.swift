@@ -41,7 +41,7 @@ public final class ImageFileProducer: TransferProducer, @unchecked Sendable {
         public var baseline: String?
         /// Seconds spent hashing the file's pages (before the offer with a store of this node's own,
         /// else for the receiver's page query).
-        public var announceSeconds: Double
+        public var hashingSeconds: Double
         /// Seconds spent encoding (one core).
         public var encodeSeconds: Double
     }
@@ -100,19 +100,9 @@ public final class ImageFileProducer: TransferProducer, @unchecked Sendable {
         store: SharedChunkStore? = nil
     ) throws {
         precondition(mode != .none, "an ImageFileProducer encodes")
-        let descriptor = open(path, O_RDONLY | O_CLOEXEC)
-        guard descriptor >= 0 else {
-            throw TransportError(
-                .sourceFailed, expected: "a readable file at \(path)", found: String(cString: strerror(errno)),
-                advice: "check the path and its permissions")
-        }
+        let (descriptor, status) = try TransferSource.openRegularFile(
+            path, advice: "--encode needs a file; send streams with --encode none")
         defer { close(descriptor) }
-        var status = stat()
-        guard fstat(descriptor, &status) == 0, (status.st_mode & S_IFMT) == S_IFREG else {
-            throw TransportError(
-                .sourceFailed, expected: "a regular file at \(path)", found: "a directory or special file",
-                advice: "--encode needs a file; send streams with --encode none")
-        }
         let length = Int(status.st_size)
         if length > 0 {
             guard let base = mmap(nil, length, PROT_READ, MAP_PRIVATE, descriptor, 0), base != MAP_FAILED else {
@@ -130,13 +120,7 @@ public final class ImageFileProducer: TransferProducer, @unchecked Sendable {
         self.store = store
         let imageKeys = store == nil ? [] : Self.pageKeys(of: mapping)
         hashedPageKeys = store == nil ? nil : imageKeys
-        candidates = Array(
-            (store?.recentManifests() ?? [])
-                .map { ($0, $0.similarity(to: imageKeys)) }
-                .filter { $0.1 > 0 }
-                .sorted { $0.1 > $1.1 }
-                .map(\.0)
-                .prefix(EncodedObjectOffer.maximumBaselines))
+        candidates = EncodedTransferPlan.baselineCandidates(for: imageKeys, among: store?.recentManifests() ?? [])
         offerContent = EncodedObjectOffer(imageLength: UInt64(length), baselines: candidates.map(\.identity))
             .serialized()
         let level: Int? = if case .level(let fixed) = mode { fixed } else { 3 }
@@ -145,7 +129,7 @@ public final class ImageFileProducer: TransferProducer, @unchecked Sendable {
         report = Report(
             imageBytes: UInt64(length), encodedBytes: 0, pages: [:], batchesByLevel: [:],
             queriedPages: 0, heldPages: 0, receiverHasStore: false, baseline: nil,
-            announceSeconds: store == nil ? 0 : (ContinuousClock.now - started).seconds, encodeSeconds: 0)
+            hashingSeconds: store == nil ? 0 : (ContinuousClock.now - started).seconds, encodeSeconds: 0)
         // With no baseline to offer, the receiver's reply can only add references (when its store holds
         // chunks): encoding starts now, during the handshake, and starts over in that case.
         if candidates.isEmpty { startEncoding(known: nil) }
@@ -168,21 +152,16 @@ public final class ImageFileProducer: TransferProducer, @unchecked Sendable {
         let answer = try EncodedObjectReply(serialized: reply, baselines: candidates.count)
         // The receiver's choice of baseline, if this node can still rebuild it from its store.
         let chosen = answer.baseline.flatMap { index in store?.materialize(candidates[index]).map { (index, $0) } }
-        let baselinePages = chosen.map { candidates[$0.0].pages } ?? []
-        var seen = Set<ChunkKey>()
         var asked: [ChunkKey] = []
         if answer.wantsQuery {
             let started = ContinuousClock.now
             let pageKeys = hashedPageKeys ?? Self.pageKeys(of: mapping)
             condition.lock()
             hashedPageKeys = pageKeys
-            report.announceSeconds += (ContinuousClock.now - started).seconds
+            report.hashingSeconds += (ContinuousClock.now - started).seconds
             condition.unlock()
-            for (index, key) in pageKeys.enumerated() where asked.count < EncodedObjectQuery.maximumPrefixes {
-                // A page unchanged since the baseline needs no reference.
-                guard let key, index >= baselinePages.count || baselinePages[index] != key else { continue }
-                if seen.insert(key).inserted { asked.append(key) }
-            }
+            asked = EncodedTransferPlan.queryKeys(
+                pageKeys: pageKeys, baseline: chosen.map { candidates[$0.0].pages } ?? [])
         }
         condition.lock()
         report.receiverHasStore = answer.hasStore

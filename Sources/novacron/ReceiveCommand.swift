@@ -47,28 +47,8 @@ struct ReceiveCommand: AsyncParsableCommand {
     func validate() throws {
         guard window.bytes >= 1 << 20 else { throw ValidationError("--window must be at least 1M") }
         guard storeCapacity.bytes >= 256 << 20 else { throw ValidationError("--store-capacity must be at least 256M") }
-        if let store {
-            let parent = (store as NSString).deletingLastPathComponent
-            var isDirectory: ObjCBool = false
-            guard
-                parent.isEmpty
-                    || (FileManager.default.fileExists(atPath: parent, isDirectory: &isDirectory)
-                        && isDirectory.boolValue)
-            else {
-                throw ValidationError("--store \(store): the directory \(parent) does not exist")
-            }
-        }
-        if out != "-" {
-            let parent = (out as NSString).deletingLastPathComponent
-            var isDirectory: ObjCBool = false
-            guard
-                parent.isEmpty
-                    || (FileManager.default.fileExists(atPath: parent, isDirectory: &isDirectory)
-                        && isDirectory.boolValue)
-            else {
-                throw ValidationError("--out \(out): the directory \(parent) does not exist")
-            }
-        }
+        if let store { try requireParentDirectory(of: store, option: "--store") }
+        if out != "-" { try requireParentDirectory(of: out, option: "--out") }
     }
 
     func run() async throws {

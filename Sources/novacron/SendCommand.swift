@@ -127,6 +127,7 @@ struct SendCommand: AsyncParsableCommand {
         if store != nil && encode == .none {
             throw ValidationError("--store needs --encode (auto, raw or a level)")
         }
+        if let store { try requireParentDirectory(of: store, option: "--store") }
         if encode != .none {
             guard !sources.contains("-") else {
                 throw ValidationError("--encode \(encode) needs files; send standard input with --encode none")
@@ -230,7 +231,7 @@ struct SendCommand: AsyncParsableCommand {
                         \(ProgressPrinter.formatBytes(encoded.encodedBytes)) \
                         (\(String(format: "%.2f", Double(encoded.imageBytes) / Double(max(encoded.encodedBytes, 1))))x, \
                         \(String(format: "%.2f", encoded.encodeSeconds)) s encoding, \
-                        \(String(format: "%.2f", encoded.announceSeconds)) s hashing); pages: \(pages.joined(separator: ", ")); \
+                        \(String(format: "%.2f", encoded.hashingSeconds)) s hashing); pages: \(pages.joined(separator: ", ")); \
                         batches by zstd level: \(levels.joined(separator: ", ")); the receiver \
                         \(encoded.receiverHasStore ? "held \(encoded.heldPages) of the \(encoded.queriedPages) distinct pages asked about" : "keeps no store")\
                         \(encoded.baseline.map { "; encoded against the image \($0) both nodes hold" } ?? "")

@@ -145,6 +145,21 @@ struct ProgressPrinter: Sendable {
     }
 }
 
+/// Fails validation unless the directory `path` would be created in exists.
+/// - Parameters:
+///   - path: A file or directory to be created.
+///   - option: The option that named it, for the message.
+func requireParentDirectory(of path: String, option: String) throws {
+    let parent = (path as NSString).deletingLastPathComponent
+    var isDirectory: ObjCBool = false
+    guard
+        parent.isEmpty
+            || (FileManager.default.fileExists(atPath: parent, isDirectory: &isDirectory) && isDirectory.boolValue)
+    else {
+        throw ValidationError("\(option) \(path): the directory \(parent) does not exist")
+    }
+}
+
 /// Prints `{"event": EVENT, ...fields of value}` as one line;
 /// `extra` adds fields (each an Encodable value) beside them.
 func printJSON(event: String, _ value: some Encodable, extra: [String: any Encodable] = [:]) {

@@ -80,3 +80,53 @@ import Testing
         #expect(throws: EncodingError.self) { try ImageManifest(serialized: bytes, maximumImageLength: 4096) }
     }
 }
+
+@Suite struct EncodedTransferPlanTests {
+    static let a = ChunkKey(of: [1])
+    static let b = ChunkKey(of: [2])
+    static let c = ChunkKey(of: [3])
+
+    static func manifest(_ low: UInt64, _ pages: [ChunkKey?]) -> ImageManifest {
+        ImageManifest(identity: ChunkIdentity(low: low, high: 0), imageLength: pages.count * 4096, pages: pages)
+    }
+
+    @Test func candidatesAreTheImagesSharingPagesAtTheSameAddressesMostFirst() {
+        let image: [ChunkKey?] = [Self.a, nil, Self.b, Self.c]
+        let none = Self.manifest(1, [Self.c, nil, Self.a, Self.b])  // same pages, other addresses
+        let one = Self.manifest(2, [Self.a, nil, nil, nil])
+        let three = Self.manifest(3, [Self.a, nil, Self.b, Self.c])
+        let chosen = EncodedTransferPlan.baselineCandidates(for: image, among: [none, one, three])
+        #expect(chosen.map(\.identity.low) == [3, 2])
+        let many = (0..<20).map { Self.manifest(UInt64(10 + $0), [Self.a, nil, nil, nil]) }
+        #expect(
+            EncodedTransferPlan.baselineCandidates(for: image, among: many).count == EncodedObjectOffer.maximumBaselines
+        )
+    }
+
+    @Test func theReceiverTakesTheFirstBaselineItCanRebuildAndAsksOnlyWithChunks() {
+        let offer = EncodedObjectOffer(
+            imageLength: 4096, baselines: (0..<3).map { ChunkIdentity(low: UInt64($0), high: 0) })
+        var tried: [UInt64] = []
+        let (reply, baseline) = EncodedTransferPlan.reply(to: offer, hasStore: true, storeIsEmpty: false) {
+            identity -> String? in
+            tried.append(identity.low)
+            return identity.low >= 1 ? "image \(identity.low)" : nil
+        }
+        #expect(tried == [0, 1], "stops at the first it can rebuild")
+        #expect(reply == EncodedObjectReply(hasStore: true, wantsQuery: true, baseline: 1))
+        #expect(baseline == "image 1")
+        let empty = EncodedTransferPlan.reply(to: offer, hasStore: true, storeIsEmpty: true) { _ -> Int? in nil }
+        #expect(empty.reply == EncodedObjectReply(hasStore: true, wantsQuery: false, baseline: nil))
+        let storeless = EncodedTransferPlan.reply(to: offer, hasStore: false, storeIsEmpty: true) { _ -> Int? in 1 }
+        #expect(storeless.reply == EncodedObjectReply(hasStore: false, wantsQuery: false, baseline: nil))
+        #expect(storeless.baseline == nil)
+    }
+
+    @Test func theQueryAsksAboutDistinctPagesThatChangedSinceTheBaseline() {
+        let image: [ChunkKey?] = [Self.a, nil, Self.b, Self.b, Self.c, Self.a]
+        #expect(EncodedTransferPlan.queryKeys(pageKeys: image, baseline: []) == [Self.a, Self.b, Self.c])
+        let baseline: [ChunkKey?] = [Self.a, Self.a, Self.c, Self.b]
+        // Page 0 and page 3 are unchanged; b is still asked for page 2, c for page 4, a for page 5.
+        #expect(EncodedTransferPlan.queryKeys(pageKeys: image, baseline: baseline) == [Self.b, Self.c, Self.a])
+    }
+}

@@ -32,8 +32,7 @@ struct EncodedLoopbackTests {
 
     @Test func anEncodedImageAndAPlainFileShareASessionAndBothArriveIdentical() async throws {
         let scratch = EncodedTransferTests.Scratch()
-        let out = scratch.path + "/out"
-        try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: false)
+        let out = try scratch.directory()
         let store = try SharedChunkStore(directory: scratch.path + "/store", capacity: 1 << 30)
         let image = EncodedTransferTests.image(pages: 3000, tail: 5, seed: 21)
         let imagePath = scratch.file("ram.img", image)
@@ -59,8 +58,7 @@ struct EncodedLoopbackTests {
 
     @Test func aReceiverThatCannotDecodeRefusesTheSessionAndKeepsNothing() async throws {
         let scratch = EncodedTransferTests.Scratch()
-        let out = scratch.path + "/out"
-        try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: false)
+        let out = try scratch.directory()
         let imagePath = scratch.file("ram.img", EncodedTransferTests.image(pages: 50, seed: 2))
         let (receiver, port) = await Self.receive(into: out, consumers: nil)
         defer { receiver.cancel() }

@@ -19,6 +19,13 @@ import Testing
 
         deinit { try? FileManager.default.removeItem(atPath: path) }
 
+        /// A fresh, empty directory inside the scratch directory.
+        func directory(_ name: String = "out") throws -> String {
+            let path = path + "/" + name
+            try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: false)
+            return path
+        }
+
         func file(_ name: String, _ bytes: [UInt8]) -> String {
             let file = path + "/" + name
             _ = FileManager.default.createFile(atPath: file, contents: Data(bytes))
@@ -60,6 +67,13 @@ import Testing
         return copy
     }
 
+    /// The transport's offer of an object named `name` carrying `content`.
+    static func offer(_ content: [UInt8], name: String = "ram.img") -> SessionMessage.Offer {
+        SessionMessage.Offer(
+            transferID: [UInt8](repeating: 1, count: 16), name: name, totalBytes: nil, blockSize: 1 << 18,
+            resume: false, content: content)
+    }
+
     struct Outcome {
         var wireBytes: Int
         var report: ImageFileProducer.Report
@@ -70,11 +84,8 @@ import Testing
         mode: EncodingMode = .auto, pieces: Int = 65_536
     ) throws -> Outcome {
         let producer = try ImageFileProducer(path: source, mode: mode, linkBytesPerSecond: 1e8, store: sender)
-        let offer = SessionMessage.Offer(
-            transferID: [UInt8](repeating: 1, count: 16), name: producer.name, totalBytes: nil, blockSize: 1 << 18,
-            resume: false, content: producer.offerContent)
         let consumer = try ImageConsumerFactory(store: receiver).consumer(
-            for: offer, destination: .path(directory), overwrite: true)
+            for: offer(producer.offerContent, name: producer.name), destination: .path(directory), overwrite: true)
         if let query = try producer.accepted(reply: consumer.reply) {
             try producer.answered(try consumer.answer(query: query))
         }
@@ -96,8 +107,7 @@ import Testing
     @Test(arguments: [(0, 0), (0, 1), (1, 0), (64, 0), (300, 1234)])
     func imagesOfEverySizeArriveIdentical(pages: Int, tail: Int) throws {
         let scratch = Scratch()
-        let out = scratch.path + "/out"
-        try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: false)
+        let out = try scratch.directory()
         let source = scratch.file("ram.img", Self.image(pages: pages, tail: tail, seed: UInt64(pages + tail)))
         for mode in [EncodingMode.auto, .level(nil), .level(3)] {
             let outcome = try Self.transfer(source, into: out, mode: mode, pieces: 1 + pages * 17)
@@ -108,8 +118,7 @@ import Testing
 
     @Test func aRepeatTransferIsSentAsDeltasAgainstTheImageBothNodesHold() throws {
         let scratch = Scratch()
-        let out = scratch.path + "/out"
-        try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: false)
+        let out = try scratch.directory()
         let sender = try SharedChunkStore(directory: scratch.path + "/sender-store", capacity: 1 << 30)
         let receiver = try SharedChunkStore(directory: scratch.path + "/receiver-store", capacity: 1 << 30)
         let first = Self.image(pages: 600, seed: 7)
@@ -132,8 +141,7 @@ import Testing
 
     @Test func withoutASenderStoreTheReceiversPagesGoAsReferences() throws {
         let scratch = Scratch()
-        let out = scratch.path + "/out"
-        try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: false)
+        let out = try scratch.directory()
         let receiver = try SharedChunkStore(directory: scratch.path + "/receiver-store", capacity: 1 << 30)
         let first = Self.image(pages: 400, seed: 11)
         _ = try Self.transfer(scratch.file("a.img", first), into: out, receiver: receiver)
@@ -149,42 +157,34 @@ import Testing
         let scratch = Scratch()
         let source = scratch.file("ram.img", Self.image(pages: 8, seed: 3))
         let producer = try ImageFileProducer(path: source, mode: .auto, linkBytesPerSecond: 1e8)
-        func offer(_ content: [UInt8]) -> SessionMessage.Offer {
-            SessionMessage.Offer(
-                transferID: [UInt8](repeating: 1, count: 16), name: "ram.img", totalBytes: nil, blockSize: 1 << 18,
-                resume: false, content: content)
-        }
         let factory = ImageConsumerFactory(store: nil)
         let stream = #expect(throws: TransportError.self) {
-            try factory.consumer(for: offer(producer.offerContent), destination: .standardOutput, overwrite: false)
+            try factory.consumer(for: Self.offer(producer.offerContent), destination: .standardOutput, overwrite: false)
         }
         #expect(stream?.code == .invalidArgument)
         let exists = #expect(throws: TransportError.self) {
-            try factory.consumer(for: offer(producer.offerContent), destination: .path(source), overwrite: false)
+            try factory.consumer(for: Self.offer(producer.offerContent), destination: .path(source), overwrite: false)
         }
         #expect(exists?.code == .destinationFailed)
         let garbage = #expect(throws: TransportError.self) {
-            try factory.consumer(for: offer(Array("NCHOxxxx".utf8)), destination: .path(scratch.path), overwrite: true)
+            try factory.consumer(
+                for: Self.offer(Array("NCHOxxxx".utf8)), destination: .path(scratch.path), overwrite: true)
         }
         #expect(garbage?.code == .malformedMessage)
         let unknown = #expect(throws: TransportError.self) {
-            try factory.consumer(for: offer([1, 2, 3]), destination: .path(scratch.path), overwrite: true)
+            try factory.consumer(for: Self.offer([1, 2, 3]), destination: .path(scratch.path), overwrite: true)
         }
         #expect(unknown?.code == .refused)
     }
 
     @Test func aConsumerLetGoWithoutACommitLeavesNothingBehind() throws {
         let scratch = Scratch()
-        let out = scratch.path + "/out"
-        try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: false)
+        let out = try scratch.directory()
         let source = scratch.file("ram.img", Self.image(pages: 300, seed: 6))
         let producer = try ImageFileProducer(path: source, mode: .level(1), linkBytesPerSecond: 1e8)
         do {
             let consumer = try ImageConsumerFactory(store: nil).consumer(
-                for: SessionMessage.Offer(
-                    transferID: [UInt8](repeating: 1, count: 16), name: "ram.img", totalBytes: nil,
-                    blockSize: 1 << 18, resume: false, content: producer.offerContent),
-                destination: .path(out), overwrite: false)
+                for: Self.offer(producer.offerContent), destination: .path(out), overwrite: false)
             _ = try producer.accepted(reply: consumer.reply)
             try consumer.consume(try #require(try producer.read(maximum: 100_000)))
             #expect(FileManager.default.fileExists(atPath: out + "/ram.img.novacron-partial"))
@@ -194,15 +194,11 @@ import Testing
 
     @Test func aCorruptStreamFailsAndLeavesNothingBehind() throws {
         let scratch = Scratch()
-        let out = scratch.path + "/out"
-        try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: false)
+        let out = try scratch.directory()
         let source = scratch.file("ram.img", Self.image(pages: 64, seed: 5))
         let producer = try ImageFileProducer(path: source, mode: .level(1), linkBytesPerSecond: 1e8)
         let consumer = try ImageConsumerFactory(store: nil).consumer(
-            for: SessionMessage.Offer(
-                transferID: [UInt8](repeating: 1, count: 16), name: "ram.img", totalBytes: nil, blockSize: 1 << 18,
-                resume: false, content: producer.offerContent),
-            destination: .path(out), overwrite: false)
+            for: Self.offer(producer.offerContent), destination: .path(out), overwrite: false)
         #expect(try producer.accepted(reply: consumer.reply) == nil, "no store: no query")
         var stream = ByteBuffer()
         while var piece = try producer.read(maximum: 1 << 20) { stream.writeBuffer(&piece) }
