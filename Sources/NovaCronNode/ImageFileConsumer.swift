@@ -176,9 +176,10 @@ public struct ImageConsumerFactory: TransferConsumerFactory {
 /// and the image's identity matched, syncs it and renames it to `NAME`. Every page goes into the chunk
 /// store as it is written, and the store is synced before the commit.
 ///
-/// The decoding runs on a thread of its own, at most ``queueLimit`` bytes behind what the transport
-/// handed over, so the session goes on acknowledging chunks while a burst of them is decoded (in the
-/// transport's own task, 200 MiB that arrived behind a late chunk stalled the acknowledgements ~0.4 s).
+/// The decoding runs on a thread of its own (``QueuedDecoding``), at most ``QueuedDecoding/queueLimit``
+/// bytes behind what the transport handed over, so the session goes on acknowledging chunks while a burst of
+/// them (all that arrived behind a late one) is decoded. Measured over wanem (global, 512 MiB of random
+/// bytes): decoding inside the session's task ran at 0.88–0.95× `--encode none`, on its own thread 0.97×.
 public final class ImageFileConsumer: TransferConsumer, @unchecked Sendable {
     /// The ``DWCPEncoding/EncodedObjectReply`` for the accept.
     public let reply: [UInt8]
