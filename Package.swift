@@ -20,6 +20,8 @@ var package = Package(
         .package(url: "https://github.com/apple/swift-crypto.git", "3.12.3"..<"5.0.0"),
         .package(url: "https://github.com/apple/swift-certificates.git", from: "1.21.1"),
         .package(url: "https://github.com/apple/swift-asn1.git", from: "1.7.4"),
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
     ],
     targets: [
         // MARK: System libraries (Debian packages installed by scripts/install-deps.sh)
@@ -118,13 +120,19 @@ var package = Package(
         ),
         // END wanem targets
 
-        // The node: wires the data plane's modules together (HDE over AMST today; the agent next).
+        // The node: wires the data plane's modules together (HDE over AMST) and runs the agent that owns
+        // this machine's VMs and migrates them (NovaCronMigration's machine, QEMU through NovaCronHypervisor).
         .target(
             name: "NovaCronNode",
             dependencies: [
                 "CNovaCronSystem",
                 "DWCPEncoding",
                 "DWCPTransport",
+                "NovaCronHypervisor",
+                "NovaCronMigration",
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "NIOCore", package: "swift-nio"),
             ],
@@ -143,6 +151,8 @@ var package = Package(
                 "CZstd",
                 "CXXHash",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
             ],

@@ -38,12 +38,9 @@ public enum TransferServer {
                             } else {
                                 handlers.addTask {
                                     guard
-                                        let adopted = try? await TransportConnection.adopt(
+                                        let adopted = await TransportConnection.adoptOrClose(
                                             connection, tlsContext: tlsContext)
-                                    else {
-                                        connection.close(promise: nil)
-                                        return
-                                    }
+                                    else { return }
                                     await serve(adopted, registry: registry)
                                 }
                             }

@@ -186,6 +186,15 @@ enum TransportConnection {
         }.get()
     }
 
+    /// ``adopt(_:tlsContext:)``, closing the connection instead when that fails.
+    static func adoptOrClose(_ channel: any Channel, tlsContext: NIOSSLContext?) async -> FrameChannel? {
+        guard let adopted = try? await adopt(channel, tlsContext: tlsContext) else {
+            channel.close(promise: nil)
+            return nil
+        }
+        return adopted
+    }
+
     /// Answers the DWCP hello on an accepted connection.
     /// - Returns: The peer's node name.
     static func answerHello(
@@ -263,6 +272,12 @@ enum TransportConnection {
     /// Turns TLS and I/O failures into transfer errors that say what happened.
     static func classify(_ error: any Error, peer: String) -> any Error {
         if error is TransportError || error is DWCPWireError { return error }
+        if let tlsError = error as? NIOSSLError, case .uncleanShutdown = tlsError {
+            // The connection was cut (the peer died, the link broke), not refused.
+            return TransportError(
+                .connectionFailed, expected: "an open connection to \(peer)",
+                found: "the connection closed without a TLS close: the peer stopped or the link broke")
+        }
         if let tlsError = error as? NIOSSLError {
             return TransportError(
                 .authenticationFailed,

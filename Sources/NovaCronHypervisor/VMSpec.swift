@@ -1,9 +1,9 @@
 import Foundation
 
 /// What to launch: a VM's hardware and boot configuration.
-public struct VMSpec: Hashable, Sendable {
+public struct VMSpec: Hashable, Sendable, Codable {
     /// A disk attached as a virtio block device.
-    public struct Disk: Hashable, Sendable {
+    public struct Disk: Hashable, Sendable, Codable {
         /// The image file.
         public var path: String
         /// The image format, e.g. `raw` or `qcow2`.

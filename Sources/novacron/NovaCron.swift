@@ -8,7 +8,7 @@ struct NovaCron: AsyncParsableCommand {
         version: NovaCronVersion.string,
         subcommands: [
             VersionCommand.self, SendCommand.self, ReceiveCommand.self, CertsCommand.self, VMCommand.self,
-            WireCommand.self,
+            WireCommand.self, AgentCommand.self,
         ]
     )
 }

@@ -6,7 +6,10 @@ struct VMCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "vm",
         abstract: "Run and inspect QEMU virtual machines on this node.",
-        subcommands: [VMRunCommand.self, VMSaveRAMCommand.self, VMMigrateLocalCommand.self]
+        subcommands: [
+            VMRunCommand.self, VMStartCommand.self, VMListCommand.self, VMStopCommand.self, VMMigrateCommand.self,
+            VMMigrationsCommand.self, VMSaveRAMCommand.self, VMMigrateLocalCommand.self,
+        ]
     )
 }
 

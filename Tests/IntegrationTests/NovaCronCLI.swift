@@ -26,6 +26,13 @@ struct NovaCronCLI {
         return try child.result()
     }
 
+    /// Runs another program (`mount`, …) to completion.
+    static func runTool(_ path: String, _ arguments: [String]) throws -> Result {
+        let child = try launch(arguments, executable: URL(fileURLWithPath: path))
+        child.process.waitUntilExit()
+        return try child.result()
+    }
+
     /// Like ``run(_:sourceLocation:)``, but waits without blocking a thread of the concurrency pool
     /// (tests that run servers in this process need those threads while the child runs).
     static func runAsync(
@@ -67,6 +74,10 @@ struct NovaCronCLI {
             "novacron not found at \(executable.path); build it first or set NOVACRON_BINARY",
             sourceLocation: sourceLocation
         )
+        return try launch(arguments, executable: executable)
+    }
+
+    private static func launch(_ arguments: [String], executable: URL) throws -> Child {
         let directory = try TemporaryDirectory()
         let outputURL = directory.url.appendingPathComponent("stdout")
         let errorURL = directory.url.appendingPathComponent("stderr")

@@ -1,0 +1,39 @@
+import DWCPTransport
+
+/// Talks to a node agent: one request per connection, authenticated like any DWCP connection.
+public struct AgentClient: Sendable {
+    /// The agent's control address.
+    public var host: String
+    /// The agent's control port.
+    public var port: Int
+    /// TLS with this side's identity (plaintext only for measurements).
+    public var security: TransportSecurity
+    /// This side's node name (its certificate's).
+    public var nodeName: String
+
+    /// Creates a client for the agent at `host:port`.
+    public init(host: String, port: Int, security: TransportSecurity, nodeName: String) {
+        self.host = host
+        self.port = port
+        self.security = security
+        self.nodeName = nodeName
+    }
+
+    /// Sends `request` and returns the agent's final reply; ``AgentReply/progress(_:)`` replies go to
+    /// `progress` on the way.
+    /// - Throws: ``AgentFailure`` when the agent refused or failed the request, ``TransportError`` when it
+    ///   cannot be reached or does not accept this node's certificate.
+    public func send(
+        _ request: AgentRequest, progress: (MigrationProgress) -> Void = { _ in }
+    ) async throws -> AgentReply {
+        try await ControlChannel.withConnection(host: host, port: port, security: security, nodeName: nodeName) {
+            connection in
+            try await connection.send(request)
+            while true {
+                let reply = try await connection.reply()
+                guard case .progress(let report) = reply else { return reply }
+                progress(report)
+            }
+        }
+    }
+}

@@ -1,0 +1,131 @@
+import DWCPTransport
+import Foundation
+import NovaCronHypervisor
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// The destination side of one migration, driven by the source agent's requests on one connection: a
+/// QEMU started with `-incoming` and `-S` reads the migration stream from a socket whose other end a
+/// DWCP receiver writes; it runs only when the source says so (``AgentRequest/resumeIncoming``), which
+/// is the migration's commit point.
+actor IncomingMigration {
+    let request: IncomingRequest
+    private var vm: HostedVM?
+    /// The agent's end of the socket pair QEMU reads its stream from.
+    private var streamEnd: Int32 = -1
+    private var receiver: Task<ReceiveReport, any Error>?
+    private(set) var isCommitted = false
+    private var isDestroyed = false
+
+    init(request: IncomingRequest) {
+        self.request = request
+    }
+
+    func handle(_ request: AgentRequest, agent: NodeAgent) async throws -> AgentReply {
+        guard !isDestroyed else { throw AgentFailure("migration", "this migration was rolled back") }
+        switch request {
+        case .prepareIncoming:
+            return .incomingReady(dataPort: try await prepare(agent: agent))
+        case .awaitArrival:
+            return .arrived(try await arrival())
+        case .digestRAM:
+            guard let vm else { throw AgentFailure("invalidRequest", "no destination VM yet") }
+            let directory = agent.scratchDirectory
+            return .digest(
+                try await hypervisorCall("destination QEMU") {
+                    try await ramDigest(of: vm.machine, directory: directory)
+                })
+        case .resumeIncoming:
+            guard let vm else { throw AgentFailure("invalidRequest", "no destination VM yet") }
+            try await hypervisorCall("destination QEMU") { try await vm.machine.resume() }
+            isCommitted = true
+            await agent.adopt(self, vm: vm)
+            return .done
+        case .destroyIncoming:
+            await agent.destroy(self, reason: "the source rolled back")
+            return .done
+        default:
+            throw AgentFailure("invalidRequest", "\(request) is not part of an incoming migration")
+        }
+    }
+
+    private func prepare(agent: NodeAgent) async throws -> Int {
+        guard vm == nil else { throw AgentFailure("invalidRequest", "the destination is already prepared") }
+        let spec = request.spec
+        let hypervisor = agent.hypervisor
+        let machine = try await hypervisorCall("destination QEMU") {
+            try await HostedVM.launch(spec, mode: .incoming(paused: true), hypervisor: hypervisor)
+        }
+        vm = machine
+        var ends: [Int32] = [-1, -1]
+        guard socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &ends) == 0 else {
+            throw AgentFailure("migration", "socketpair: \(String(cString: strerror(errno)))")
+        }
+        streamEnd = ends[0]
+        let qemuEnd = ends[1]
+        do {
+            defer { close(qemuEnd) }
+            try await hypervisorCall("destination QEMU") {
+                try await machine.machine.acceptIncoming(fromDescriptor: qemuEnd)
+            }
+        }
+        var configuration = ReceiveConfiguration(
+            host: agent.configuration.host, port: 0, security: agent.configuration.security,
+            nodeName: agent.configuration.nodeName, destination: .descriptor(streamEnd))
+        configuration.overwrite = true
+        let (ports, portContinuation) = AsyncStream<Int>.makeStream()
+        receiver = Task {
+            defer { portContinuation.finish() }
+            return try await TransferServer.receive(
+                configuration: configuration,
+                onListening: { port in
+                    portContinuation.yield(port)
+                })
+        }
+        for await port in ports {
+            return port
+        }
+        _ = try await receiver!.value
+        throw AgentFailure("migration", "the data receiver did not start")
+    }
+
+    private func arrival() async throws -> IncomingArrival {
+        guard let receiver, let vm else { throw AgentFailure("invalidRequest", "the destination is not prepared") }
+        let report: ReceiveReport
+        do {
+            report = try await receiver.value
+        } catch {
+            throw AgentFailure("migration", "the migration stream did not arrive: \(error)")
+        }
+        // Every byte is in the socket: QEMU reads what is buffered after our end closes.
+        close(streamEnd)
+        streamEnd = -1
+        let info = try await hypervisorCall("destination QEMU") {
+            try await vm.machine.waitForMigration(timeout: .seconds(120))
+        }
+        guard info.status == "completed" else {
+            throw AgentFailure("migration", "the destination QEMU did not load the stream: \(info.status)")
+        }
+        return IncomingArrival(streamBytes: report.bytes, streamSHA256: report.sha256)
+    }
+
+    /// Stops the receiver and the destination QEMU and closes the stream socket.
+    /// - Returns: Whether this call destroyed it (false: already destroyed or committed).
+    func destroy() async -> Bool {
+        guard !isDestroyed, !isCommitted else { return false }
+        isDestroyed = true
+        receiver?.cancel()
+        if streamEnd >= 0 {
+            shutdown(streamEnd, Int32(SHUT_RDWR))
+        }
+        _ = try? await receiver?.value
+        if streamEnd >= 0 {
+            close(streamEnd)
+            streamEnd = -1
+        }
+        await vm?.release()
+        return true
+    }
+}

@@ -1,0 +1,317 @@
+import Crypto
+import DWCPTransport
+import Foundation
+import Logging
+import NovaCronHypervisor
+
+/// The long-running process on each machine (`novacron agent`): it owns this node's QEMU VMs, serves
+/// operators and peer agents over authenticated control connections (``ControlChannel``), migrates its
+/// VMs to other agents (``OutgoingMigration``, the shell of `MigrationMachine`) and takes VMs migrated to
+/// it.
+public actor NodeAgent {
+    /// Where and as whom the agent runs.
+    public struct Configuration: Sendable {
+        /// The control address (`--listen`); a migration's data session listens on the same host, on a
+        /// port picked per migration.
+        public var host: String
+        /// The control port (0 picks a free one; see `run(onListening:)`).
+        public var port: Int
+        /// TLS with this node's identity, for every connection in and out.
+        public var security: TransportSecurity
+        /// This node's name (its certificate's).
+        public var nodeName: String
+        /// Where the agent keeps its state: scratch space for RAM comparisons (`DIR/scratch`).
+        public var stateDirectory: String
+
+        /// Creates an agent; ``run(onListening:)`` starts it.
+        public init(host: String, port: Int, security: TransportSecurity, nodeName: String, stateDirectory: String) {
+            self.host = host
+            self.port = port
+            self.security = security
+            self.nodeName = nodeName
+            self.stateDirectory = stateDirectory
+        }
+    }
+
+    /// Where and as whom it runs.
+    public let configuration: Configuration
+    let hypervisor: QEMUHypervisor
+    let logger: Logger
+    private var vms: [String: HostedVM] = [:]
+    /// Names taken by a VM that is arriving or leaving, so no second VM of that name starts meanwhile.
+    private var reserved: Set<String> = []
+    private var history: [MigrationReport] = []
+    private var activeMigrations = 0
+
+    /// Creates an agent; ``run(onListening:)`` starts it.
+    public init(configuration: Configuration, hypervisor: QEMUHypervisor = QEMUHypervisor(), logger: Logger) {
+        self.configuration = configuration
+        self.hypervisor = hypervisor
+        self.logger = logger
+    }
+
+    nonisolated var scratchDirectory: String { configuration.stateDirectory + "/scratch" }
+
+    /// Serves until the calling task is cancelled; then waits for migrations in flight to end (they roll
+    /// back or commit within their timeouts) and shuts every VM down.
+    /// - Parameter onListening: Called with the bound control port.
+    /// - Throws: ``TransportError`` when the listener cannot start, or the state directory cannot be made.
+    public func run(onListening: @escaping @Sendable (Int) -> Void = { _ in }) async throws {
+        try FileManager.default.createDirectory(atPath: scratchDirectory, withIntermediateDirectories: true)
+        logger.info(
+            "agent listening", metadata: ["address": "\(configuration.host):\(configuration.port)"])
+        do {
+            try await ControlChannel.serve(
+                host: configuration.host, port: configuration.port, security: configuration.security,
+                nodeName: configuration.nodeName, onListening: onListening
+            ) { connection in
+                await self.serve(connection)
+            }
+        } catch is CancellationError {}
+        await shutDown()
+    }
+
+    /// Ends every VM this agent holds.
+    func shutDown() async {
+        while activeMigrations > 0 {
+            try? await Task.sleep(for: .milliseconds(100))
+        }
+        let all = vms.values
+        vms = [:]
+        for vm in all {
+            logger.info("stopping VM", metadata: ["vm": "\(vm.name)"])
+            await vm.release()
+        }
+    }
+
+    // MARK: - Serving one connection
+
+    private nonisolated func serve(_ connection: ControlConnection) async {
+        var incoming: IncomingMigration?
+        defer {
+            if let incoming {
+                // The source is gone: a destination copy it did not commit must never run (a committed one stays).
+                Task { await self.destroy(incoming, reason: "the source's connection closed before the commit") }
+            }
+        }
+        while true {
+            let bytes: [UInt8]
+            do {
+                guard let next = try await connection.receive() else { return }
+                bytes = next
+            } catch {
+                logger.warning(
+                    "control connection failed", metadata: ["peer": "\(connection.peerName)", "error": "\(error)"])
+                return
+            }
+            let reply: AgentReply
+            do {
+                let request = try AgentCoding.decode(AgentRequest.self, from: bytes)
+                reply = try await handle(request, from: connection, incoming: &incoming)
+            } catch let failure as AgentFailure {
+                reply = .failure(failure)
+            } catch {
+                reply = .failure(AgentFailure("failed", "\(error)"))
+            }
+            do {
+                try await connection.send(reply)
+            } catch {
+                return
+            }
+        }
+    }
+
+    private nonisolated func handle(
+        _ request: AgentRequest, from connection: ControlConnection, incoming: inout IncomingMigration?
+    ) async throws -> AgentReply {
+        switch request {
+        case .run(let spec):
+            return .vm(try await start(spec))
+        case .list:
+            return .vms(await list())
+        case .stop(let name):
+            try await stop(name)
+            return .done
+        case .migrate(let migration):
+            let (updates, continuation) = AsyncStream<MigrationProgress>.makeStream()
+            let task = try await beginMigration(migration, progress: continuation)
+            for await update in updates {
+                try? await connection.send(AgentReply.progress(update))
+            }
+            return .migration(await task.value)
+        case .migrations:
+            return .migrations(await history)
+        case .negotiate(let request):
+            guard incoming == nil else {
+                throw AgentFailure("invalidRequest", "one migration per connection")
+            }
+            incoming = try await accept(request, from: connection.peerName)
+            return .done
+        default:
+            guard let current = incoming else {
+                throw AgentFailure("invalidRequest", "\(request) needs a negotiated migration on this connection")
+            }
+            return try await current.handle(request, agent: self)
+        }
+    }
+
+    // MARK: - VMs
+
+    private func list() async -> [VMSummary] {
+        var summaries: [VMSummary] = []
+        for name in vms.keys.sorted() {
+            summaries.append(await summary(of: vms[name]!))
+        }
+        return summaries
+    }
+
+    private func stop(_ name: String) async throws {
+        guard let vm = vms[name], !reserved.contains(name) else {
+            throw AgentFailure("unknownVM", "no VM named \(name) on \(configuration.nodeName) (or it is migrating)")
+        }
+        vms[name] = nil
+        await vm.release()
+        logger.info("VM stopped", metadata: ["vm": "\(name)"])
+    }
+
+    private func start(_ spec: VMSpec) async throws -> VMSummary {
+        guard vms[spec.name] == nil, !reserved.contains(spec.name) else {
+            throw AgentFailure("nameInUse", "a VM named \(spec.name) already exists on \(configuration.nodeName)")
+        }
+        reserved.insert(spec.name)
+        let hypervisor = self.hypervisor
+        let vm: HostedVM
+        do {
+            defer { reserved.remove(spec.name) }
+            vm = try await hypervisorCall { try await HostedVM.launch(spec, mode: .running, hypervisor: hypervisor) }
+        }
+        vms[spec.name] = vm
+        logger.info("VM started", metadata: ["vm": "\(spec.name)", "pid": "\(vm.machine.processID)"])
+        return await summary(of: vm)
+    }
+
+    private func summary(of vm: HostedVM) async -> VMSummary {
+        let state: String
+        if reserved.contains(vm.name) {
+            state = "migrating"
+        } else if vm.hasEnded {
+            state = "exited"
+        } else {
+            state = (try? await vm.machine.status().state) ?? "unknown"
+        }
+        let heartbeat = await vm.machine.console.retained.last(where: GuestHeartbeat.matches).flatMap(
+            GuestHeartbeat.init(line:))
+        return VMSummary(
+            name: vm.name, state: state, memoryMiB: vm.machine.spec.memoryMiB, processID: vm.machine.processID,
+            consoleLog: vm.machine.console.logPath, lastHeartbeat: heartbeat?.sequence)
+    }
+
+    // MARK: - Outgoing migrations
+
+    /// Starts migrating a VM in its own task (an operator who disconnects does not cancel it halfway);
+    /// progress goes to `progress`, which is finished when the migration ends.
+    private func beginMigration(
+        _ request: MigrationRequest, progress: AsyncStream<MigrationProgress>.Continuation
+    ) throws -> Task<MigrationReport, Never> {
+        guard let vm = vms[request.vm], !reserved.contains(request.vm) else {
+            throw AgentFailure(
+                "unknownVM", "no VM named \(request.vm) on \(configuration.nodeName) (or it is migrating)")
+        }
+        guard !vm.hasEnded else {
+            throw AgentFailure("hypervisor", "VM \(request.vm) has exited: \(vm.machine.exitDescription ?? "")")
+        }
+        reserved.insert(request.vm)
+        activeMigrations += 1
+        let migration = OutgoingMigration(
+            request: request, vm: vm.machine, configuration: configuration, scratchDirectory: scratchDirectory,
+            logger: logger, progress: { progress.yield($0) }, stopSource: { await vm.release() })
+        logger.info(
+            "migration started",
+            metadata: ["vm": "\(request.vm)", "to": "\(request.host):\(request.port)", "id": "\(migration.id)"])
+        return Task {
+            let report = await migration.run()
+            progress.finish()
+            await self.migrationEnded(report, vm: vm)
+            return report
+        }
+    }
+
+    private func migrationEnded(_ report: MigrationReport, vm: HostedVM) async {
+        if report.runsOn == "destination" {
+            vms[report.vm] = nil
+            await vm.release()
+        }
+        reserved.remove(report.vm)
+        activeMigrations -= 1
+        history.append(report)
+        logger.info(
+            "migration ended",
+            metadata: [
+                "vm": "\(report.vm)", "outcome": "\(report.outcome)", "reason": "\(report.reason ?? "")",
+                "runsOn": "\(report.runsOn)",
+            ])
+    }
+
+    // MARK: - Incoming migrations
+
+    private func accept(_ request: IncomingRequest, from peer: String) throws -> IncomingMigration {
+        let name = request.spec.name
+        guard vms[name] == nil, !reserved.contains(name) else {
+            throw AgentFailure("nameInUse", "a VM named \(name) already exists on \(configuration.nodeName)")
+        }
+        do {
+            _ = try hypervisor.define(request.spec)
+        } catch {
+            throw AgentFailure("invalidRequest", "this node cannot run \(name): \(error)")
+        }
+        reserved.insert(name)
+        activeMigrations += 1
+        logger.info(
+            "incoming migration accepted", metadata: ["vm": "\(name)", "from": "\(peer)", "id": "\(request.id)"])
+        return IncomingMigration(request: request)
+    }
+
+    /// The destination copy runs: it becomes one of this node's VMs.
+    func adopt(_ incoming: IncomingMigration, vm: HostedVM) {
+        reserved.remove(incoming.request.spec.name)
+        activeMigrations -= 1
+        vms[vm.name] = vm
+        logger.info("incoming migration committed", metadata: ["vm": "\(vm.name)", "id": "\(incoming.request.id)"])
+    }
+
+    /// Removes a destination copy that will not run; idempotent.
+    func destroy(_ incoming: IncomingMigration, reason: String) async {
+        guard await incoming.destroy() else { return }
+        reserved.remove(incoming.request.spec.name)
+        activeMigrations -= 1
+        logger.info(
+            "incoming migration destroyed", metadata: ["vm": "\(incoming.request.spec.name)", "reason": "\(reason)"])
+    }
+}
+
+/// Runs a hypervisor call, turning its error into an ``AgentFailure`` that says what QEMU said.
+func hypervisorCall<Result: Sendable>(
+    _ what: String = "QEMU", _ body: @Sendable () async throws -> Result
+) async throws -> Result {
+    do {
+        return try await body()
+    } catch let error as HypervisorError {
+        throw AgentFailure("hypervisor", "\(what): \(error)")
+    }
+}
+
+/// SHA-256 of a VM's RAM: `pmemsave` into `directory`, hashed, removed.
+func ramDigest(of machine: QEMUVirtualMachine, directory: String) async throws -> String {
+    let path = directory + "/\(machine.spec.name)-\(UUID().uuidString).ram"
+    defer { unlink(path) }
+    try await machine.saveRAM(to: path)
+    guard let handle = FileHandle(forReadingAtPath: path) else {
+        throw AgentFailure("hypervisor", "pmemsave wrote no \(path)")
+    }
+    defer { try? handle.close() }
+    var hash = SHA256()
+    while let data = try handle.read(upToCount: 4 << 20), !data.isEmpty {
+        hash.update(data: data)
+    }
+    return hash.finalize().map { String(format: "%02x", $0) }.joined()
+}

@@ -1,0 +1,433 @@
+import DWCPTransport
+import Foundation
+import Logging
+import NovaCronHypervisor
+import NovaCronMigration
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// The source side of one live migration: the I/O shell of ``MigrationMachine``. It feeds the machine
+/// what QEMU, the DWCP session and the destination agent report, and carries out its actions — QMP
+/// commands on the source QEMU, requests to the destination agent on one control connection, and the
+/// migration stream itself, which QEMU writes into a socket this agent owns and a DWCP session carries
+/// to the destination agent's receiver.
+struct OutgoingMigration: Sendable {
+    let id = UUID().uuidString
+    let request: MigrationRequest
+    let vm: QEMUVirtualMachine
+    let configuration: NodeAgent.Configuration
+    let scratchDirectory: String
+    let logger: Logger
+    let progress: @Sendable (MigrationProgress) -> Void
+    /// Ends the source QEMU once the destination runs.
+    let stopSource: @Sendable () async -> Void
+
+    /// Runs the migration to its end; never throws — the report says how it ended and where the VM runs.
+    func run() async -> MigrationReport {
+        let driver = Driver(migration: self)
+        do {
+            try await ControlChannel.withConnection(
+                host: request.host, port: request.port, security: configuration.security,
+                nodeName: configuration.nodeName
+            ) { connection in
+                driver.connection = connection
+                await driver.drive()
+                driver.connection = nil
+            }
+        } catch {
+            // The destination could not be reached or refused this node; or it closed while we drove.
+            driver.connection = nil
+            await driver.drive(
+                failure: "cannot reach the destination agent at \(request.host):\(request.port): \(error)")
+        }
+        return await driver.report()
+    }
+}
+
+/// What the driver's loop waits for besides its own actions' results.
+private enum DriverInput: Sendable {
+    case machine(MigrationMachine.Event)
+    case qemu(MigrationInfo)
+    case qemuFailed(String)
+    case streamDelivered(SendReport)
+    case streamFailed(String)
+}
+
+/// The driver's mutable state, used by one task (the migration's) only.
+private final class Driver {
+    let migration: OutgoingMigration
+    var connection: ControlConnection?
+    var machine: MigrationMachine
+    let clock = ContinuousClock()
+    let started: ContinuousClock.Instant
+    let startedAt = Date()
+    let inputs: AsyncStream<DriverInput>
+    let feed: AsyncStream<DriverInput>.Continuation
+    var background: [Task<Void, Never>] = []
+
+    var dataPort: Int?
+    var streamEnd: Int32 = -1
+    var sourceFinal: MigrationInfo?
+    var streamReport: SendReport?
+    var arrivalAsked = false
+    var pausedAt: ContinuousClock.Instant?
+    var resumedAt: ContinuousClock.Instant?
+    var resumeSent = false
+    var cancelledByUs = false
+    var failedRollbackSteps = 0
+    var abandoned = false
+    /// The first failure the machine was told of: the reason a rollback reports.
+    var firstFailure: String?
+    /// How the source QEMU ended, when it died during the migration.
+    var sourceExit: String?
+    var ramIdentical: Bool?
+    var lastHeartbeat: Int?
+    var lastReport: (transferred: UInt64, at: ContinuousClock.Instant)?
+    var lastProgressSent: ContinuousClock.Instant?
+    var phaseSent: MigrationMachine.Phase?
+
+    init(migration: OutgoingMigration) {
+        self.migration = migration
+        machine = MigrationMachine(
+            configuration: .init(
+                maximumDowntime: .milliseconds(migration.request.maximumDowntimeMilliseconds),
+                stepTimeout: .seconds(120), stallTimeout: .seconds(60)))
+        started = clock.now
+        (inputs, feed) = AsyncStream<DriverInput>.makeStream()
+    }
+
+    var now: Duration { clock.now - started }
+    var request: MigrationRequest { migration.request }
+    var vm: QEMUVirtualMachine { migration.vm }
+
+    /// Feeds the machine until it finishes. With `failure`, the migration failed before it could start.
+    func drive(failure: String? = nil) async {
+        let ticker = Task { [feed] in
+            while !Task.isCancelled {
+                try? await Task.sleep(for: .milliseconds(250))
+                feed.yield(.machine(.tick))
+            }
+        }
+        defer {
+            ticker.cancel()
+            for task in background { task.cancel() }
+        }
+        var queue: [MigrationMachine.Event] = []
+        if machine.phase == .idle { queue.append(.start) }
+        if let failure { queue.append(.failed(failure)) }
+        var iterator = inputs.makeAsyncIterator()
+        while true {
+            while !queue.isEmpty, !abandoned {
+                let event = queue.removeFirst()
+                if case .failed(let reason) = event, firstFailure == nil { firstFailure = reason }
+                for action in machine.handle(event, now: now) {
+                    queue += await perform(action)
+                }
+                announcePhase()
+            }
+            if machine.phase == .finished || abandoned { break }
+            guard let input = await iterator.next() else { break }
+            queue += await translate(input)
+        }
+        if streamEnd >= 0 {
+            close(streamEnd)
+            streamEnd = -1
+        }
+    }
+
+    // MARK: Actions
+
+    private func perform(_ action: MigrationMachine.Action) async -> [MigrationMachine.Event] {
+        do {
+            switch action {
+            case .negotiate:
+                try await ask(.negotiate(IncomingRequest(id: migration.id, spec: vm.spec)))
+                return [.negotiated]
+            case .prepareDestination:
+                guard case .incomingReady(let port) = try await ask(.prepareIncoming) else {
+                    throw AgentFailure("protocol", "the destination answered prepare with something else")
+                }
+                dataPort = port
+                return [.destinationReady]
+            case .startTransfer(let maximumDowntime):
+                try await startTransfer(maximumDowntime: maximumDowntime)
+                return []
+            case .enableAutoConverge:
+                // The auto-converge capability is on from the start (QEMU throttles only a pre-copy that
+                // does not converge); the machine's decision makes the throttle bite sooner and harder.
+                try await vm.setMigrationParameters(["cpu-throttle-initial": 50, "cpu-throttle-increment": 20])
+                migration.logger.info(
+                    "pre-copy is not converging: stronger throttle", metadata: ["vm": "\(vm.spec.name)"])
+                return []
+            case .verify:
+                return try await verify()
+            case .resumeDestination:
+                resumeSent = true
+                try await ask(.resumeIncoming)
+                resumedAt = clock.now
+                return [.destinationRunning]
+            case .stopSource, .killSource:
+                if sourceFinal?.downtimeMilliseconds ?? 0 == 0, let info = try? await vm.migrationInfo() {
+                    sourceFinal = info  // QEMU can report total time and downtime as 0 right at completion
+                }
+                lastHeartbeat = await vm.console.retained.last(where: GuestHeartbeat.matches).flatMap(
+                    GuestHeartbeat.init(line:))?.sequence
+                await migration.stopSource()
+                return [.sourceStopped]
+            case .cancelTransfer:
+                cancelledByUs = true
+                try? await vm.cancelMigration()
+                if streamEnd >= 0 { shutdown(streamEnd, Int32(SHUT_RDWR)) }
+                return []
+            case .destroyDestination:
+                do {
+                    try await ask(.destroyIncoming)
+                } catch  where !resumeSent {
+                    // Without our resume the destination copy never runs, and its agent removes it when this
+                    // connection closes (which it does when this migration ends).
+                    migration.logger.warning(
+                        "destination unreachable for the rollback; it removes its copy when the connection closes",
+                        metadata: ["error": "\(error)"])
+                }
+                return [.destinationDestroyed]
+            case .resumeSource:
+                if let exit = vm.exitDescription {
+                    // Nothing to resume: the VM died on the source (not of the migration); the destination is gone.
+                    sourceExit = exit
+                    abandoned = true
+                    return []
+                }
+                if try await !vm.status().isRunning {
+                    try await vm.resume()
+                }
+                return [.sourceResumed]
+            case .finish:
+                return []
+            }
+        } catch {
+            if machine.phase == .rollingBack {
+                failedRollbackSteps += 1
+                if failedRollbackSteps >= 3 {
+                    // The destination may be running (it took the resume but we never heard): the source stays
+                    // paused rather than risk two copies. An operator must look.
+                    abandoned = true
+                    return []
+                }
+            }
+            return [.failed("\(action): \(error)")]
+        }
+    }
+
+    /// Sends a request to the destination agent and returns its reply, within the step timeout.
+    @discardableResult
+    private func ask(_ request: AgentRequest) async throws -> AgentReply {
+        guard let connection else {
+            throw AgentFailure("connectionClosed", "no connection to the destination agent")
+        }
+        try await connection.send(request)
+        return try await connection.reply()
+    }
+
+    private func startTransfer(maximumDowntime: Duration) async throws {
+        guard let dataPort else { throw AgentFailure("protocol", "no data port") }
+        try await vm.setMigrationCapabilities(["auto-converge": true])
+        try await vm.setMigrationParameters([
+            "downtime-limit": .int(
+                Int64(
+                    maximumDowntime.components.seconds * 1000 + maximumDowntime.components.attoseconds
+                        / 1_000_000_000_000_000)),
+            // QEMU's default cap is 128 MiB/s; the link and the transport decide instead.
+            "max-bandwidth": .int(Int64(1) << 40),
+        ])
+        var ends: [Int32] = [-1, -1]
+        guard socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &ends) == 0 else {
+            throw AgentFailure("migration", "socketpair: \(String(cString: strerror(errno)))")
+        }
+        streamEnd = ends[0]
+        do {
+            defer { close(ends[1]) }
+            try await vm.migrate(toDescriptor: ends[1])
+        }
+        var send = SendConfiguration(
+            host: request.host, port: dataPort, security: migration.configuration.security,
+            nodeName: migration.configuration.nodeName)
+        send.reconnectAttempts = 0
+        send.rateLimit = request.rateLimit
+        let source = TransferSource.descriptor(streamEnd, name: "\(vm.spec.name).migration")
+        let feed = self.feed
+        let vm = self.vm
+        background.append(
+            Task {
+                do {
+                    feed.yield(.streamDelivered(try await TransferClient.send(source, configuration: send)))
+                } catch {
+                    feed.yield(.streamFailed("\(error)"))
+                }
+            })
+        background.append(
+            Task {
+                do {
+                    while !Task.isCancelled {
+                        let info = try await vm.migrationInfo()
+                        feed.yield(.qemu(info))
+                        if info.isFinished { return }
+                        try await Task.sleep(for: .milliseconds(100))
+                    }
+                } catch {
+                    feed.yield(.qemuFailed("\(error)"))
+                }
+            })
+    }
+
+    private func verify() async throws -> [MigrationMachine.Event] {
+        guard request.verifyRAM else { return [.verified] }
+        let vm = self.vm
+        let directory = migration.scratchDirectory
+        let local = Task { try await ramDigest(of: vm, directory: directory) }
+        let remote = try await ask(.digestRAM)
+        let ours = try await local.value
+        guard case .digest(let theirs) = remote else {
+            throw AgentFailure("protocol", "the destination answered digestRAM with something else")
+        }
+        ramIdentical = ours == theirs
+        guard ours == theirs else {
+            return [.failed("the destination's RAM differs from the source's (SHA-256 \(theirs) vs \(ours))")]
+        }
+        return [.verified]
+    }
+
+    // MARK: Inputs
+
+    private func translate(_ input: DriverInput) async -> [MigrationMachine.Event] {
+        switch input {
+        case .machine(let event):
+            return [event]
+        case .qemu(let info):
+            return await observed(info)
+        case .qemuFailed(let message):
+            return [.failed("source QEMU: \(message)")]
+        case .streamDelivered(let report):
+            streamReport = report
+            return sourceFinal == nil ? [] : await arrival()
+        case .streamFailed(let message):
+            return cancelledByUs ? [] : [.failed("the migration stream: \(message)")]
+        }
+    }
+
+    private func observed(_ info: MigrationInfo) async -> [MigrationMachine.Event] {
+        let at = clock.now
+        let transferred = UInt64(max(info.transferredBytes ?? 0, 0))
+        let remaining = UInt64(max(info.remainingBytes ?? 0, 0))
+        var rate = 0.0
+        if let last = lastReport, at > last.at {
+            rate = Double(transferred &- last.transferred) / (at - last.at).seconds
+        }
+        lastReport = (transferred, at)
+        let dirty = Double(info.dirtyPagesRate ?? 0) * 4096
+        sendProgress(transferred: transferred, remaining: remaining, dirty: dirty, rate: rate, force: false)
+        switch info.status {
+        case "device":
+            pausedAt = pausedAt ?? at
+            return [.sourcePaused]
+        case "completed":
+            pausedAt = pausedAt ?? at
+            sourceFinal = info
+            return [.sourcePaused] + (streamReport == nil ? [] : await arrival())
+        case "failed":
+            return [.failed("source QEMU: migration failed: \(info.errorDescription ?? "no description")")]
+        case "cancelled":
+            return cancelledByUs ? [] : [.failed("source QEMU cancelled the migration")]
+        default:
+            return [
+                .progress(
+                    .init(
+                        remainingBytes: remaining, transferredBytes: transferred, dirtyBytesPerSecond: dirty,
+                        bytesPerSecond: max(rate, 0)))
+            ]
+        }
+    }
+
+    /// QEMU finished and the stream was delivered: the destination confirms it loaded the same bytes.
+    private func arrival() async -> [MigrationMachine.Event] {
+        guard !arrivalAsked, let streamReport else { return [] }
+        arrivalAsked = true
+        do {
+            guard case .arrived(let arrived) = try await ask(.awaitArrival) else {
+                throw AgentFailure("protocol", "the destination answered awaitArrival with something else")
+            }
+            guard arrived.streamSHA256 == streamReport.sha256 else {
+                return [.failed("the destination loaded a different stream (SHA-256 \(arrived.streamSHA256))")]
+            }
+            return [.transferCompleted]
+        } catch {
+            return [.failed("the destination did not load the stream: \(error)")]
+        }
+    }
+
+    // MARK: Reporting
+
+    private func announcePhase() {
+        guard machine.phase != phaseSent else { return }
+        phaseSent = machine.phase
+        let last = machine.lastProgress
+        sendProgress(
+            transferred: last?.transferredBytes ?? 0, remaining: last?.remainingBytes ?? 0,
+            dirty: last?.dirtyBytesPerSecond ?? 0, rate: last?.bytesPerSecond ?? 0, force: true)
+    }
+
+    private func sendProgress(transferred: UInt64, remaining: UInt64, dirty: Double, rate: Double, force: Bool) {
+        let at = clock.now
+        if !force, let last = lastProgressSent, at - last < .seconds(1) { return }
+        lastProgressSent = at
+        let drain = rate - dirty
+        migration.progress(
+            MigrationProgress(
+                phase: "\(machine.phase)", seconds: now.seconds, transferredBytes: transferred,
+                remainingBytes: remaining, dirtyBytesPerSecond: dirty, bytesPerSecond: max(rate, 0),
+                etaSeconds: drain > 0 && remaining > 0 ? Double(remaining) / drain : nil))
+    }
+
+    func report() async -> MigrationReport {
+        let outcome: String
+        var reason: String?
+        let runsOn: String
+        switch machine.outcome {
+        case .migrated:
+            outcome = "migrated"
+            runsOn = "destination"
+        case .rolledBack(let why):
+            outcome = "rolled back"
+            reason = why
+            runsOn = "source"
+        case nil where sourceExit != nil:
+            outcome = "rolled back"
+            reason = firstFailure
+            runsOn = "nowhere: the source QEMU \(sourceExit!)"
+        case nil:
+            outcome = "abandoned"
+            reason = "the rollback could not confirm the destination's copy is gone; the source stays paused"
+            runsOn = "source (paused)"
+        }
+        if lastHeartbeat == nil {
+            lastHeartbeat = await vm.console.retained.last(where: GuestHeartbeat.matches).flatMap(
+                GuestHeartbeat.init(line:))?.sequence
+        }
+        return MigrationReport(
+            id: migration.id, vm: vm.spec.name, destination: "\(request.host):\(request.port)", outcome: outcome,
+            reason: reason, runsOn: runsOn, startedAt: ISO8601DateFormatter().string(from: startedAt),
+            totalSeconds: now.seconds,
+            qemuTotalMilliseconds: sourceFinal?.totalTimeMilliseconds,
+            qemuDowntimeMilliseconds: sourceFinal?.downtimeMilliseconds,
+            pausedMilliseconds: zip2(pausedAt, resumedAt).map { Int((($1 - $0).seconds * 1000).rounded()) },
+            ramBytes: vm.spec.ramBytes, streamBytes: streamReport?.bytes ?? 0,
+            wireBytes: streamReport?.sentBytes ?? 0, ramIdentical: ramIdentical, lastSourceHeartbeat: lastHeartbeat,
+            autoConverged: machine.autoConverging)
+    }
+}
+
+private func zip2<A, B>(_ a: A?, _ b: B?) -> (A, B)? {
+    guard let a, let b else { return nil }
+    return (a, b)
+}

@@ -1,0 +1,268 @@
+import ArgumentParser
+import DWCPTransport
+import Foundation
+import Logging
+import NovaCronNode
+import ServiceLifecycle
+
+/// `novacron agent --listen HOST:PORT`: the long-running process that owns this node's VMs.
+struct AgentCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "agent",
+        abstract: "Run the node agent: it owns this node's QEMU VMs and live-migrates them to and from other agents.",
+        discussion: """
+            Operators reach it with `novacron vm start|list|stop|migrate|migrations --agent HOST:PORT`; peer \
+            agents reach it for migrations. Every connection is TLS 1.3 with a certificate of the cluster CA \
+            (`novacron certs`). SIGTERM or SIGINT shut it down gracefully: migrations in flight end (commit or \
+            roll back) and every VM it owns is shut down.
+            """
+    )
+
+    @Option(help: "The control address, HOST:PORT (migration data uses the same host, a port per migration).")
+    var listen: Endpoint
+
+    @OptionGroup var options: TransferOptions
+
+    @Option(help: "The agent's state directory (scratch space for RAM comparisons).")
+    var store = "var/agent"
+
+    @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
+    var logLevel: Logger.Level = .info
+
+    func validate() throws {
+        try requireParentDirectory(of: store, option: "--store")
+    }
+
+    func run() async throws {
+        let level = logLevel
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = level
+            return handler
+        }
+        let logger = Logger(label: "novacron.agent")
+        let agent = NodeAgent(
+            configuration: .init(
+                host: listen.host, port: listen.port, security: try options.security(), nodeName: options.nodeName,
+                stateDirectory: store),
+            logger: logger)
+        let host = listen.host
+        let service = AgentService(agent: agent) { port in
+            // One line on standard output that scripts wait for (with the port when --listen asked for 0).
+            FileHandle.standardOutput.write(Data("novacron agent listening on \(host):\(port)\n".utf8))
+        }
+        let group = ServiceGroup(
+            configuration: .init(
+                services: [.init(service: service)], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+        try await group.run()
+    }
+}
+
+/// The agent as a ServiceLifecycle service: serves until graceful shutdown.
+struct AgentService: Service {
+    let agent: NodeAgent
+    let onListening: @Sendable (Int) -> Void
+
+    func run() async throws {
+        try await cancelWhenGracefulShutdown {
+            try await agent.run(onListening: onListening)
+        }
+    }
+}
+
+extension Logger.Level: @retroactive ExpressibleByArgument {}
+
+/// Where the `vm` commands find their agent, and as whom they connect.
+struct AgentOptions: ParsableArguments {
+    @Option(help: "The node agent to ask, HOST:PORT (its --listen).")
+    var agent = Endpoint(argument: "127.0.0.1:7700")!
+
+    @OptionGroup var identity: TransferOptions
+
+    func client() throws -> AgentClient {
+        AgentClient(host: agent.host, port: agent.port, security: try identity.security(), nodeName: identity.nodeName)
+    }
+}
+
+/// `novacron vm start`: boots a VM on an agent.
+struct VMStartCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "start", abstract: "Boot a VM on a node agent; it runs until stopped or migrated away.")
+
+    @OptionGroup var vm: VMOptions
+    @OptionGroup var options: AgentOptions
+
+    func run() async throws {
+        var spec = try vm.spec()
+        // The agent resolves paths from its own directory: send absolute ones.
+        let directory = FileManager.default.currentDirectoryPath
+        func absolute(_ path: String) -> String { path.hasPrefix("/") ? path : directory + "/" + path }
+        spec.kernel = absolute(spec.kernel)
+        spec.initrd = spec.initrd.map(absolute)
+        guard case .vm(let summary) = try await ask(options, .run(spec)) else { throw ExitCode.failure }
+        if options.identity.json {
+            printJSON(event: "vm", summary)
+        } else {
+            print(
+                "VM \(summary.name) \(summary.state) on \(options.agent) as QEMU pid \(summary.processID); console \(summary.consoleLog)"
+            )
+        }
+    }
+}
+
+/// `novacron vm list`.
+struct VMListCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "list", abstract: "The VMs a node agent holds.")
+
+    @OptionGroup var options: AgentOptions
+
+    func run() async throws {
+        guard case .vms(let vms) = try await ask(options, .list) else { throw ExitCode.failure }
+        if options.identity.json {
+            for vm in vms { printJSON(event: "vm", vm) }
+            return
+        }
+        print("NAME                 STATE       MEMORY   PID      HEARTBEAT")
+        for vm in vms {
+            print(
+                vm.name.padding(toLength: 20, withPad: " ", startingAt: 0) + " "
+                    + vm.state.padding(toLength: 11, withPad: " ", startingAt: 0) + " "
+                    + "\(vm.memoryMiB)M".padding(toLength: 8, withPad: " ", startingAt: 0) + " "
+                    + "\(vm.processID)".padding(toLength: 8, withPad: " ", startingAt: 0) + " "
+                    + (vm.lastHeartbeat.map(String.init) ?? "-"))
+        }
+    }
+}
+
+/// `novacron vm stop NAME`.
+struct VMStopCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "stop", abstract: "Shut a VM on a node agent down.")
+
+    @Argument(help: "The VM's name.")
+    var name: String
+
+    @OptionGroup var options: AgentOptions
+
+    func run() async throws {
+        _ = try await ask(options, .stop(name: name))
+        print("VM \(name) stopped")
+    }
+}
+
+/// `novacron vm migrate NAME --to HOST:PORT`.
+struct VMMigrateCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "migrate",
+        abstract: "Live-migrate a VM from its agent to another agent over DWCP.",
+        discussion: """
+            Pre-copy with a downtime budget; auto-converge throttles a guest that dirties memory faster than \
+            the link drains it. Any failure before the destination runs rolls back: the destination copy is \
+            removed and the VM keeps running on the source. Exits 0 when migrated, 1 when rolled back.
+            """
+    )
+
+    @Argument(help: "The VM's name on the agent (--agent).")
+    var name: String
+
+    @Option(help: "The destination agent, HOST:PORT (its --listen).")
+    var to: Endpoint
+
+    @Option(help: "The longest pause for the final copy, in milliseconds (QEMU's downtime-limit).")
+    var maxDowntime = 300
+
+    @Flag(
+        help: """
+            Before the destination runs, compare its RAM with the source's (SHA-256 of pmemsave on both). \
+            The guest stays paused meanwhile.
+            """)
+    var verifyRAM = false
+
+    @Option(help: "Cap the migration's data rate, bytes per second with K/M/G (e.g. 50M); default: none.")
+    var maxRate: ByteCount?
+
+    @OptionGroup var options: AgentOptions
+
+    func validate() throws {
+        guard (1...60_000).contains(maxDowntime) else { throw ValidationError("--max-downtime must be 1…60000 ms") }
+    }
+
+    func run() async throws {
+        let json = options.identity.json
+        let terminal = isatty(STDERR_FILENO) == 1
+        let request = MigrationRequest(
+            vm: name, host: to.host, port: to.port, maximumDowntimeMilliseconds: maxDowntime, verifyRAM: verifyRAM,
+            rateLimit: maxRate.map { Double($0.bytes) })
+        let reply = try await ask(options, .migrate(request)) { progress in
+            if json {
+                printJSON(event: "progress", progress)
+            } else {
+                var line =
+                    progress.phase.padding(toLength: 21, withPad: " ", startingAt: 0)
+                    + String(format: " %6.1f s", progress.seconds)
+                    + "  sent \(ProgressPrinter.formatBytes(progress.transferredBytes))"
+                    + "  left \(ProgressPrinter.formatBytes(progress.remainingBytes))"
+                    + "  dirty \(ProgressPrinter.formatBytes(UInt64(progress.dirtyBytesPerSecond)))/s"
+                    + String(format: "  %.0f Mbit/s", progress.bytesPerSecond * 8 / 1e6)
+                if let eta = progress.etaSeconds { line += String(format: "  ETA %.0f s", eta) }
+                FileHandle.standardError.write(
+                    Data(((terminal ? "\r\u{1B}[K" : "") + line + (terminal ? "" : "\n")).utf8))
+            }
+        }
+        if terminal && !json { FileHandle.standardError.write(Data("\n".utf8)) }
+        guard case .migration(let report) = reply else { throw ExitCode.failure }
+        if json {
+            printJSON(event: "done", report)
+        } else {
+            print(Self.describe(report))
+        }
+        if report.outcome != "migrated" { throw ExitCode.failure }
+    }
+
+    static func describe(_ report: MigrationReport) -> String {
+        var text = "\(report.vm) → \(report.destination): \(report.outcome)"
+        if let reason = report.reason { text += " (\(reason))" }
+        text += "; runs on the \(report.runsOn)\n"
+        text += String(format: "  total %.2f s", report.totalSeconds)
+        if let downtime = report.qemuDowntimeMilliseconds { text += ", QEMU downtime \(downtime) ms" }
+        if let paused = report.pausedMilliseconds { text += ", guest paused \(paused) ms" }
+        text +=
+            "\n  stream \(ProgressPrinter.formatBytes(report.streamBytes)), on the wire \(ProgressPrinter.formatBytes(report.wireBytes))"
+        text += String(
+            format: " (%.2f× the VM's %@ RAM)", Double(report.wireBytes) / Double(max(report.ramBytes, 1)),
+            ProgressPrinter.formatBytes(UInt64(report.ramBytes)) as NSString)
+        if let identical = report.ramIdentical { text += "\n  RAM identical: \(identical)" }
+        if let heartbeat = report.lastSourceHeartbeat { text += "\n  last heartbeat on the source: \(heartbeat)" }
+        return text
+    }
+}
+
+/// `novacron vm migrations`.
+struct VMMigrationsCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "migrations", abstract: "The migrations a node agent ran as the source, oldest first.")
+
+    @OptionGroup var options: AgentOptions
+
+    func run() async throws {
+        guard case .migrations(let reports) = try await ask(options, .migrations) else { throw ExitCode.failure }
+        for report in reports {
+            if options.identity.json {
+                printJSON(event: "migration", report)
+            } else {
+                print("\(report.startedAt)  \(VMMigrateCommand.describe(report))")
+            }
+        }
+    }
+}
+
+/// Sends one request to the agent; a refusal becomes a one-line error and exit status 1.
+private func ask(
+    _ options: AgentOptions, _ request: AgentRequest, progress: (MigrationProgress) -> Void = { _ in }
+) async throws -> AgentReply {
+    do {
+        return try await options.client().send(request, progress: progress)
+    } catch let failure as AgentFailure {
+        FileHandle.standardError.write(Data("novacron: the agent at \(options.agent) refused: \(failure)\n".utf8))
+        throw ExitCode.failure
+    }
+}

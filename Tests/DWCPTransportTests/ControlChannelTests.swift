@@ -1,0 +1,66 @@
+import DWCPTransport
+import Testing
+
+@Suite("Control connections")
+struct ControlChannelTests {
+    /// Runs `body` with a client connection to an echo server on a free loopback port.
+    func withEchoConnection(_ body: (ControlConnection) async throws -> Void) async throws {
+        try await withEchoServer { port in
+            try await ControlChannel.withConnection(
+                host: "127.0.0.1", port: port, security: .insecurePlaintext, nodeName: "client", body)
+        }
+    }
+
+    /// Serves an echo handler on a free loopback port for the duration of `body`.
+    func withEchoServer(_ body: (Int) async throws -> Void) async throws {
+        let (ports, continuation) = AsyncStream<Int>.makeStream()
+        let server = Task {
+            try await ControlChannel.serve(
+                host: "127.0.0.1", port: 0, security: .insecurePlaintext, nodeName: "server",
+                onListening: { continuation.yield($0) }
+            ) { connection in
+                while let message = try? await connection.receive() {
+                    try? await connection.send(Array(message.reversed()) + Array(connection.peerName.utf8))
+                }
+            }
+        }
+        defer { server.cancel() }
+        var iterator = ports.makeAsyncIterator()
+        let port = try #require(await iterator.next())
+        try await body(port)
+    }
+
+    @Test("Messages go both ways in order, and each side knows the other's node name")
+    func roundTrip() async throws {
+        try await withEchoConnection { connection in
+            #expect(connection.peerName == "server")
+            for message in [[1, 2, 3], [], Array(repeating: 7, count: ControlChannel.maximumMessageLength - 6)]
+                as [[UInt8]]
+            {
+                try await connection.send(message)
+                let answer = try await connection.receive()
+                #expect(answer == Array(message.reversed()) + Array("client".utf8))
+            }
+        }
+    }
+
+    @Test("A message over the limit is refused before it is sent; the connection stays usable")
+    func oversizedMessage() async throws {
+        try await withEchoConnection { connection in
+            await #expect(throws: TransportError.self) {
+                try await connection.send(Array(repeating: 0, count: ControlChannel.maximumMessageLength + 1))
+            }
+            try await connection.send([9])
+            #expect(try await connection.receive() == [9] + Array("client".utf8))
+        }
+    }
+
+    @Test("Nobody listening: a connection failure, not a hang")
+    func nobodyListening() async throws {
+        await #expect(throws: TransportError.self) {
+            try await ControlChannel.withConnection(
+                host: "127.0.0.1", port: 1, security: .insecurePlaintext, nodeName: "client"
+            ) { _ in }
+        }
+    }
+}

@@ -1,0 +1,326 @@
+import Foundation
+import Testing
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// Live migration between two `novacron agent` processes over loopback TLS, with a real busy guest: the
+/// successful path (RAM compared, heartbeat continuing, and back again) and each failure the agents must
+/// survive — destination killed, certificate refused, source QEMU killed, destination disk full — each
+/// asserting where the VM runs afterwards and that no QEMU is left behind.
+@Suite("novacron agent: live migration", .serialized, .timeLimit(.minutes(3)))
+struct AgentMigrationTests {
+    static let repository = URL(fileURLWithPath: #filePath)
+        .deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+
+    /// An agent process; SIGTERM (graceful: its VMs are shut down) when released, SIGKILL if it hangs.
+    final class Agent {
+        let process = Process()
+        let port: Int
+        let node: String
+        let certificates: String
+        private let errorURL: URL
+
+        init(node: String, certificates: String, directory: TemporaryDirectory, store: String? = nil) async throws {
+            self.node = node
+            self.certificates = certificates
+            let outputURL = directory.url.appendingPathComponent("\(node)-\(UUID().uuidString).stdout")
+            errorURL = directory.url.appendingPathComponent("\(node)-\(UUID().uuidString).stderr")
+            try Data().write(to: outputURL)
+            try Data().write(to: errorURL)
+            process.executableURL = NovaCronCLI.executable
+            process.arguments = [
+                "agent", "--listen", "127.0.0.1:0", "--certs", certificates, "--node", node, "--store",
+                store ?? directory.url.appendingPathComponent("\(node)-state").path,
+            ]
+            process.standardOutput = try FileHandle(forWritingTo: outputURL)
+            process.standardError = try FileHandle(forWritingTo: errorURL)
+            try process.run()
+            var bound: Int?
+            for _ in 0..<200 {
+                let text = (try? String(contentsOf: outputURL, encoding: .utf8)) ?? ""
+                if let line = text.split(separator: "\n").first(where: { $0.contains("listening on") }),
+                    let port = line.split(separator: ":").last.flatMap({ Int($0) })
+                {
+                    bound = port
+                    break
+                }
+                guard process.isRunning else { break }
+                try await Task.sleep(for: .milliseconds(50))
+            }
+            port = try #require(
+                bound, "agent \(node) never listened: \((try? String(contentsOf: errorURL, encoding: .utf8)) ?? "")")
+        }
+
+        var address: String { "127.0.0.1:\(port)" }
+        var log: String { (try? String(contentsOf: errorURL, encoding: .utf8)) ?? "" }
+
+        /// Runs `novacron vm ARGUMENTS --agent this` as the operator.
+        func vm(_ arguments: [String]) async throws -> NovaCronCLI.Result {
+            try await NovaCronCLI.runAsync(
+                ["vm"] + arguments + ["--agent", address, "--certs", certificates, "--node", "op", "--json"])
+        }
+
+        /// The VMs it holds, from `vm list --json`.
+        func list() async throws -> [[String: Any]] {
+            let result = try await vm(["list"])
+            try #require(result.status == 0, "vm list on \(node): \(result.standardError)")
+            return result.standardOutput.split(separator: "\n").compactMap {
+                try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any]
+            }
+        }
+
+        func kill() {
+            Glibc.kill(process.processIdentifier, SIGKILL)
+            process.waitUntilExit()
+        }
+
+        deinit {
+            guard process.isRunning else { return }
+            process.terminate()
+            for _ in 0..<300 where process.isRunning { usleep(50_000) }
+            if process.isRunning { Glibc.kill(process.processIdentifier, SIGKILL) }
+            process.waitUntilExit()
+        }
+    }
+
+    /// A cluster CA with agents `a` and `b` and operator `op`, all valid for 127.0.0.1.
+    static func certificates(in directory: TemporaryDirectory, cluster: String = "certs") throws -> String {
+        let path = directory.url.appendingPathComponent(cluster).path
+        var commands = [["certs", "init", "--dir", path]]
+        for node in ["a", "b", "op"] {
+            commands.append(["certs", "issue", node, "--dir", path, "--ip", "127.0.0.1"])
+        }
+        for arguments in commands {
+            let result = try NovaCronCLI.run(arguments)
+            try #require(result.status == 0, "\(arguments): \(result.standardError)")
+        }
+        return path
+    }
+
+    /// Boots the test guest on `agent` and waits for its second heartbeat.
+    static func startGuest(_ name: String, on agent: Agent, workload: String = "nc_wss_mib=64 nc_rate_mib=8")
+        async throws
+    {
+        let kernel = repository.appendingPathComponent("guest/out/vmlinuz").path
+        let initrd = repository.appendingPathComponent("guest/out/initramfs.cpio.gz").path
+        try #require(
+            FileManager.default.fileExists(atPath: kernel), "the test guest is not built: run scripts/build-guest.sh")
+        let started = try await agent.vm([
+            "start", "--name", name, "--memory", "256M", "--kernel", kernel, "--initrd", initrd, "--append",
+            "console=ttyS0 panic=-1 quiet nc_fill=text \(workload)",
+        ])
+        try #require(started.status == 0, "vm start: \(started.standardError)")
+        _ = try await waitForHeartbeat(of: name, on: agent, atLeast: 2)
+    }
+
+    /// Polls `vm list` until `name` shows a heartbeat of at least `atLeast`.
+    static func waitForHeartbeat(of name: String, on agent: Agent, atLeast: Int) async throws -> Int {
+        for _ in 0..<240 {
+            if let vm = try await agent.list().first(where: { $0["name"] as? String == name }),
+                let heartbeat = vm["lastHeartbeat"] as? Int, heartbeat >= atLeast
+            {
+                return heartbeat
+            }
+            try await Task.sleep(for: .milliseconds(250))
+        }
+        Issue.record("\(name) on \(agent.node) never reached heartbeat \(atLeast)")
+        return -1
+    }
+
+    /// Runs `vm migrate` on `source` and returns its final JSON report and exit status; `during` runs once
+    /// a progress line shows at least `afterBytes` sent.
+    static func migrate(
+        _ name: String, from source: Agent, to destination: Agent, extra: [String] = [],
+        afterBytes: Int = 0, during: (() -> Void)? = nil
+    ) async throws -> (report: [String: Any], status: Int32) {
+        let arguments =
+            ["vm", "migrate", name, "--to", destination.address] + extra
+            + ["--agent", source.address, "--certs", source.certificates, "--node", "op", "--json"]
+        let process = Process()
+        process.executableURL = NovaCronCLI.executable
+        process.arguments = arguments
+        let directory = try TemporaryDirectory()
+        let outputURL = directory.url.appendingPathComponent("stdout")
+        try Data().write(to: outputURL)
+        process.standardOutput = try FileHandle(forWritingTo: outputURL)
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        var acted = during == nil
+        func lines() -> [[String: Any]] {
+            ((try? String(contentsOf: outputURL, encoding: .utf8)) ?? "").split(separator: "\n").compactMap {
+                try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any]
+            }
+        }
+        while process.isRunning {
+            if !acted,
+                lines().contains(where: {
+                    ($0["transferredBytes"] as? Int ?? 0) >= afterBytes && $0["event"] as? String == "progress"
+                })
+            {
+                during?()
+                acted = true
+            }
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        #expect(acted, "the migration ended before \(afterBytes) bytes were sent")
+        let done = try #require(lines().last(where: { $0["event"] as? String == "done" }), "no report: \(lines())")
+        return (done, process.terminationStatus)
+    }
+
+    /// Process ids of QEMUs running VM `name` (named `-name NAME,…`).
+    static func qemuProcesses(named name: String) -> [Int32] {
+        let entries = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
+        return entries.compactMap(Int32.init).filter { pid in
+            guard let data = FileManager.default.contents(atPath: "/proc/\(pid)/cmdline") else { return false }
+            let words = data.split(separator: 0).map { String(decoding: $0, as: UTF8.self) }
+            return words.contains("\(name),process=novacron-\(name)")
+        }
+    }
+
+    /// Waits until exactly `count` QEMUs run `name` (a destination QEMU exits when its stream breaks).
+    static func expectQEMUs(named name: String, count: Int, sourceLocation: SourceLocation = #_sourceLocation)
+        async throws
+    {
+        for _ in 0..<100 where qemuProcesses(named: name).count != count {
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        #expect(qemuProcesses(named: name).count == count, "QEMUs of \(name)", sourceLocation: sourceLocation)
+    }
+
+    /// The VM still runs on `agent`: listed, and its heartbeat moves on.
+    static func expectRunning(_ name: String, on agent: Agent) async throws {
+        let vms = try await agent.list()
+        let vm = try #require(
+            vms.first(where: { $0["name"] as? String == name }), "\(name) not on \(agent.node): \(vms)")
+        #expect(vm["state"] as? String == "running")
+        let now = vm["lastHeartbeat"] as? Int ?? 0
+        _ = try await waitForHeartbeat(of: name, on: agent, atLeast: now + 2)
+    }
+
+    /// Agents `a` and `b` (b with certificates of another cluster when `foreign`, and its state in `store`),
+    /// and a busy guest `name` running on `a`.
+    struct Cluster {
+        let directory: TemporaryDirectory
+        let a: Agent
+        let b: Agent
+    }
+
+    static func cluster(
+        guest name: String, foreign: Bool = false, directory: TemporaryDirectory? = nil, store: String? = nil
+    ) async throws -> Cluster {
+        let directory = try directory ?? TemporaryDirectory()
+        let certificates = try certificates(in: directory)
+        let a = try await Agent(node: "a", certificates: certificates, directory: directory)
+        let b = try await Agent(
+            node: "b", certificates: foreign ? try Self.certificates(in: directory, cluster: "other") : certificates,
+            directory: directory, store: store)
+        try await startGuest(name, on: a)
+        return Cluster(directory: directory, a: a, b: b)
+    }
+
+    @Test("A busy guest migrates a → b with identical RAM and an unbroken heartbeat, and back b → a")
+    func migrateAndBack() async throws {
+        let name = "nctest-agent-ok"
+        let cluster = try await Self.cluster(guest: name)
+        let (a, b) = (cluster.a, cluster.b)
+
+        for (source, destination) in [(a, b), (b, a)] {
+            let (report, status) = try await Self.migrate(name, from: source, to: destination, extra: ["--verify-ram"])
+            #expect(status == 0, "\(report)")
+            #expect(report["outcome"] as? String == "migrated")
+            #expect(report["ramIdentical"] as? Bool == true)
+            #expect(try await source.list().isEmpty, "the source still holds a VM")
+            try await Self.expectQEMUs(named: name, count: 1)
+            let vms = try await destination.list()
+            let vm = try #require(vms.first { $0["name"] as? String == name })
+            #expect(vm["state"] as? String == "running")
+            // The destination console's first heartbeat is the one after the source's last: no gap.
+            let last = try #require(report["lastSourceHeartbeat"] as? Int)
+            _ = try await Self.waitForHeartbeat(of: name, on: destination, atLeast: last + 1)
+            let console = try String(contentsOfFile: try #require(vm["consoleLog"] as? String), encoding: .utf8)
+            let first = console.split(separator: "\n").first { $0.contains("NOVACRON-HEARTBEAT") }
+            #expect(
+                first?.contains("seq=\(last + 1) ") == true,
+                "source's last \(last), destination's first: \(first ?? "none")")
+            #expect(first?.contains("verify=ok") == true)
+        }
+        let history = try await a.vm(["migrations"])
+        #expect(history.standardOutput.contains("\"outcome\":\"migrated\""))
+    }
+
+    @Test("Destination agent killed mid-transfer: rolled back, the VM runs on the source, no QEMU left on b")
+    func destinationKilled() async throws {
+        let name = "nctest-agent-dstkill"
+        let cluster = try await Self.cluster(guest: name)
+        let (a, b) = (cluster.a, cluster.b)
+        let (report, status) = try await Self.migrate(
+            name, from: a, to: b, extra: ["--max-rate", "16M"], afterBytes: 20 << 20
+        ) { b.kill() }
+        #expect(status == 1)
+        #expect(report["outcome"] as? String == "rolled back")
+        #expect(report["runsOn"] as? String == "source")
+        let reason = report["reason"] as? String ?? ""
+        #expect(reason.contains("connection") && !reason.contains("authentication"), "\(reason)")
+        try await Self.expectRunning(name, on: a)
+        try await Self.expectQEMUs(named: name, count: 1)
+    }
+
+    @Test("A destination whose certificate is of another cluster is refused: nothing starts there")
+    func certificateRefused() async throws {
+        let name = "nctest-agent-tls"
+        let cluster = try await Self.cluster(guest: name, foreign: true)
+        let (a, b) = (cluster.a, cluster.b)
+        let (report, status) = try await Self.migrate(name, from: a, to: b)
+        #expect(status == 1)
+        #expect(report["outcome"] as? String == "rolled back")
+        let reason = report["reason"] as? String ?? ""
+        #expect(reason.contains("cannot reach the destination agent"), "\(reason)")
+        #expect(reason.lowercased().contains("certificate") || reason.contains("authentication"), "\(reason)")
+        try await Self.expectRunning(name, on: a)
+        try await Self.expectQEMUs(named: name, count: 1)
+    }
+
+    @Test("Source QEMU killed mid-transfer: rolled back with QEMU's error, the destination copy removed")
+    func sourceQEMUKilled() async throws {
+        let name = "nctest-agent-srckill"
+        let cluster = try await Self.cluster(guest: name)
+        let (a, b) = (cluster.a, cluster.b)
+        let source = try #require(try await a.list().first?["processID"] as? Int)
+        let (report, status) = try await Self.migrate(
+            name, from: a, to: b, extra: ["--max-rate", "16M"], afterBytes: 20 << 20
+        ) { _ = Glibc.kill(Int32(source), SIGKILL) }
+        #expect(status == 1)
+        #expect(report["outcome"] as? String == "rolled back")
+        #expect((report["reason"] as? String ?? "").contains("source QEMU"), "\(report)")
+        #expect(try await b.list().isEmpty, "the destination kept a copy")
+        try await Self.expectQEMUs(named: name, count: 0)
+        let vms = try await a.list()
+        #expect(vms.first?["state"] as? String == "exited", "\(vms)")
+    }
+
+    @Test(
+        "Destination disk full (a 16 MiB tmpfs store, RAM verification needs 256 MiB): rolled back, VM on the source",
+        .enabled(if: getuid() == 0, "mounting a tmpfs needs root")
+    )
+    func destinationDiskFull() async throws {
+        let directory = try TemporaryDirectory()
+        let store = directory.url.appendingPathComponent("small-store").path
+        try FileManager.default.createDirectory(atPath: store, withIntermediateDirectories: true)
+        let mounted = try NovaCronCLI.runTool("/bin/mount", ["-t", "tmpfs", "-o", "size=16m", "tmpfs", store])
+        try #require(mounted.status == 0, "mount: \(mounted.standardError)")
+        defer { _ = try? NovaCronCLI.runTool("/bin/umount", ["-l", store]) }
+        let name = "nctest-agent-full"
+        let cluster = try await Self.cluster(guest: name, directory: directory, store: store)
+        let (a, b) = (cluster.a, cluster.b)
+        let (report, status) = try await Self.migrate(name, from: a, to: b, extra: ["--verify-ram"])
+        #expect(status == 1)
+        #expect(report["outcome"] as? String == "rolled back")
+        #expect(report["runsOn"] as? String == "source")
+        try await Self.expectRunning(name, on: a)
+        #expect(try await b.list().isEmpty)
+        try await Self.expectQEMUs(named: name, count: 1)
+        #expect(((try? FileManager.default.contentsOfDirectory(atPath: store + "/scratch")) ?? []).isEmpty)
+    }
+}
