@@ -1,4 +1,5 @@
 import DWCPWire
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 import NIOSSL
@@ -13,15 +14,23 @@ public final class ControlConnection {
     public let peerName: String
     private var inbound: NIOAsyncChannelInboundStream<DWCPFrame>.AsyncIterator
     private let outbound: NIOAsyncChannelOutboundWriter<DWCPFrame>
+    private let channel: any Channel
     private var sequence: UInt64 = 0
 
     init(
-        peerName: String, inbound: NIOAsyncChannelInboundStream<DWCPFrame>.AsyncIterator,
+        peerName: String, channel: any Channel, inbound: NIOAsyncChannelInboundStream<DWCPFrame>.AsyncIterator,
         outbound: NIOAsyncChannelOutboundWriter<DWCPFrame>
     ) {
         self.peerName = peerName
+        self.channel = channel
         self.inbound = inbound
         self.outbound = outbound
+    }
+
+    /// Closes the connection from any task: a ``receive()`` waiting on it returns.
+    public var closer: @Sendable () -> Void {
+        let channel = self.channel
+        return { channel.close(promise: nil) }
     }
 
     /// Sends one message.
@@ -41,6 +50,33 @@ public final class ControlConnection {
             throw TransportError(
                 .connectionFailed, expected: "to send a control message to \(peerName)", found: "\(error)")
         }
+    }
+
+    /// The next message within `timeout`; after it the connection is closed (a silent peer on a cut link
+    /// sends no FIN, so without a bound the wait could last as long as TCP's own timeouts).
+    /// - Throws: ``TransportError/Code/stalled`` when nothing came in time, and what ``receive()`` throws.
+    public func receive(timeout: Duration) async throws -> [UInt8]? {
+        let channel = self.channel
+        let expired = NIOLockedValueBox(false)
+        let timer = channel.eventLoop.scheduleTask(in: TimeAmount(timeout)) {
+            expired.withLockedValue { $0 = true }
+            channel.close(promise: nil)
+        }
+        defer { timer.cancel() }
+        do {
+            let message = try await receive()
+            if message == nil && expired.withLockedValue({ $0 }) { throw timedOut(timeout) }
+            return message
+        } catch {
+            if expired.withLockedValue({ $0 }) { throw timedOut(timeout) }
+            throw error
+        }
+    }
+
+    private func timedOut(_ timeout: Duration) -> TransportError {
+        TransportError(
+            .stalled, expected: "a control message from \(peerName) within \(timeout)",
+            found: "silence: the connection was closed", advice: "check the link and that the peer is alive")
     }
 
     /// The next message, or nil once the peer closed the connection.
@@ -88,7 +124,8 @@ public enum ControlChannel {
             var iterator = inbound.makeAsyncIterator()
             let peer = try await TransportConnection.sayHello(
                 inbound: &iterator, outbound: outbound, nodeName: nodeName, peer: "\(host):\(port)")
-            return try await body(ControlConnection(peerName: peer, inbound: iterator, outbound: outbound))
+            return try await body(
+                ControlConnection(peerName: peer, channel: channel.channel, inbound: iterator, outbound: outbound))
         }
     }
 
@@ -127,7 +164,9 @@ public enum ControlChannel {
                                             inbound: &iterator, outbound: outbound, nodeName: nodeName)
                                     else { return }
                                     await handler(
-                                        ControlConnection(peerName: peer, inbound: iterator, outbound: outbound))
+                                        ControlConnection(
+                                            peerName: peer, channel: adopted.channel, inbound: iterator,
+                                            outbound: outbound))
                                 }
                             }
                         }

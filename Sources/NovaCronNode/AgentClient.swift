@@ -30,7 +30,8 @@ public struct AgentClient: Sendable {
             connection in
             try await connection.send(request)
             while true {
-                let reply = try await connection.reply()
+                // A migration reports progress at least once a second; other requests take seconds.
+                let reply = try await connection.reply(timeout: .seconds(300))
                 guard case .progress(let report) = reply else { return reply }
                 progress(report)
             }

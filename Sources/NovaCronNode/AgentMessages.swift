@@ -210,8 +210,8 @@ extension ControlConnection {
     }
 
     /// The next reply; throws ``AgentFailure`` for a `failure` reply or a closed connection.
-    func reply() async throws -> AgentReply {
-        guard let bytes = try await receive() else {
+    func reply(timeout: Duration) async throws -> AgentReply {
+        guard let bytes = try await receive(timeout: timeout) else {
             throw AgentFailure("connectionClosed", "\(peerName) closed the connection before answering")
         }
         let reply = try AgentCoding.decode(AgentReply.self, from: bytes)

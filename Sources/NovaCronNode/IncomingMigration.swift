@@ -18,12 +18,27 @@ actor IncomingMigration {
     private var receiver: Task<ReceiveReport, any Error>?
     private(set) var isCommitted = false
     private var isDestroyed = false
+    private let clock = ContinuousClock()
+    private var lastActivity = ContinuousClock.now
+    private var bytesArrived: UInt64 = 0
+
+    /// How long since the source last asked something or its data last moved.
+    var silence: Duration { clock.now - lastActivity }
+
+    private func arrived(_ bytes: UInt64) {
+        if bytes != bytesArrived {
+            bytesArrived = bytes
+            lastActivity = clock.now
+        }
+    }
 
     init(request: IncomingRequest) {
         self.request = request
     }
 
     func handle(_ request: AgentRequest, agent: NodeAgent) async throws -> AgentReply {
+        lastActivity = clock.now
+        defer { lastActivity = clock.now }
         guard !isDestroyed else { throw AgentFailure("migration", "this migration was rolled back") }
         switch request {
         case .prepareIncoming:

@@ -22,6 +22,9 @@ public actor NodeAgent {
         public var nodeName: String
         /// Where the agent keeps its state: scratch space for RAM comparisons (`DIR/scratch`).
         public var stateDirectory: String
+        /// How long a migration peer may stay silent — no reply, no migration data — before it counts as
+        /// gone: the source rolls back, the destination removes its uncommitted copy (`--peer-timeout`).
+        public var peerTimeout: Duration = .seconds(30)
 
         /// Creates an agent; ``run(onListening:)`` starts it.
         public init(host: String, port: Int, security: TransportSecurity, nodeName: String, stateDirectory: String) {
@@ -88,7 +91,9 @@ public actor NodeAgent {
 
     private nonisolated func serve(_ connection: ControlConnection) async {
         var incoming: IncomingMigration?
+        var watchdog: Task<Void, Never>?
         defer {
+            watchdog?.cancel()
             if let incoming {
                 // The source is gone: a destination copy it did not commit must never run (a committed one stays).
                 Task { await self.destroy(incoming, reason: "the source's connection closed before the commit") }
@@ -117,6 +122,31 @@ public actor NodeAgent {
                 try await connection.send(reply)
             } catch {
                 return
+            }
+            if let incoming, watchdog == nil {
+                watchdog = watch(incoming, close: connection.closer)
+            }
+        }
+    }
+
+    /// Closes the connection of an incoming migration whose source has been silent — no request, no data —
+    /// for the peer timeout (a cut link sends no FIN): the copy is then removed like after any disconnect.
+    private nonisolated func watch(_ incoming: IncomingMigration, close: @escaping @Sendable () -> Void) -> Task<
+        Void, Never
+    > {
+        let timeout = configuration.peerTimeout
+        let logger = self.logger
+        return Task {
+            while !Task.isCancelled {
+                try? await Task.sleep(for: .seconds(1))
+                guard await !incoming.isCommitted else { return }
+                if await incoming.silence > timeout {
+                    logger.warning(
+                        "migration source silent: removing the destination copy",
+                        metadata: ["vm": "\(incoming.request.spec.name)", "timeout": "\(timeout)"])
+                    close()
+                    return
+                }
             }
         }
     }

@@ -93,7 +93,7 @@ private final class Driver {
         machine = MigrationMachine(
             configuration: .init(
                 maximumDowntime: .milliseconds(migration.request.maximumDowntimeMilliseconds),
-                stepTimeout: .seconds(120), stallTimeout: .seconds(60)))
+                stepTimeout: .seconds(120), stallTimeout: migration.configuration.peerTimeout))
         started = clock.now
         (inputs, feed) = AsyncStream<DriverInput>.makeStream()
     }
@@ -227,7 +227,7 @@ private final class Driver {
             throw AgentFailure("connectionClosed", "no connection to the destination agent")
         }
         try await connection.send(request)
-        return try await connection.reply()
+        return try await connection.reply(timeout: migration.configuration.peerTimeout)
     }
 
     private func startTransfer(maximumDowntime: Duration) async throws {
@@ -255,6 +255,7 @@ private final class Driver {
             nodeName: migration.configuration.nodeName)
         send.reconnectAttempts = 0
         send.rateLimit = request.rateLimit
+        send.stallTimeout = migration.configuration.peerTimeout
         let source = TransferSource.descriptor(streamEnd, name: "\(vm.spec.name).migration")
         let feed = self.feed
         let vm = self.vm

@@ -26,11 +26,19 @@ struct AgentCommand: AsyncParsableCommand {
     @Option(help: "The agent's state directory (scratch space for RAM comparisons).")
     var store = "var/agent"
 
+    @Option(
+        help: """
+            Seconds a migration peer may stay silent (no reply, no data) before it counts as gone: the source \
+            rolls back, the destination removes its uncommitted copy.
+            """)
+    var peerTimeout: Double = 30
+
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel: Logger.Level = .info
 
     func validate() throws {
         try requireParentDirectory(of: store, option: "--store")
+        guard peerTimeout >= 1 else { throw ValidationError("--peer-timeout must be at least 1 second") }
     }
 
     func run() async throws {
@@ -41,11 +49,11 @@ struct AgentCommand: AsyncParsableCommand {
             return handler
         }
         let logger = Logger(label: "novacron.agent")
-        let agent = NodeAgent(
-            configuration: .init(
-                host: listen.host, port: listen.port, security: try options.security(), nodeName: options.nodeName,
-                stateDirectory: store),
-            logger: logger)
+        var configuration = NodeAgent.Configuration(
+            host: listen.host, port: listen.port, security: try options.security(), nodeName: options.nodeName,
+            stateDirectory: store)
+        configuration.peerTimeout = .milliseconds(Int(peerTimeout * 1000))
+        let agent = NodeAgent(configuration: configuration, logger: logger)
         let host = listen.host
         let service = AgentService(agent: agent) { port in
             // One line on standard output that scripts wait for (with the port when --listen asked for 0).

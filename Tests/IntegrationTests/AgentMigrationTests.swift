@@ -14,26 +14,42 @@ struct AgentMigrationTests {
     static let repository = URL(fileURLWithPath: #filePath)
         .deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
 
+    /// `novacron ARGUMENTS` as a process: run inside network namespace `namespace` when given.
+    static func novacron(_ arguments: [String], in namespace: String?) -> (URL, [String]) {
+        guard let namespace else { return (NovaCronCLI.executable, arguments) }
+        return (
+            URL(fileURLWithPath: "/usr/sbin/ip"), ["netns", "exec", namespace, NovaCronCLI.executable.path] + arguments
+        )
+    }
+
     /// An agent process; SIGTERM (graceful: its VMs are shut down) when released, SIGKILL if it hangs.
     final class Agent {
         let process = Process()
         let port: Int
         let node: String
         let certificates: String
+        let host: String
+        let namespace: String?
         private let errorURL: URL
 
-        init(node: String, certificates: String, directory: TemporaryDirectory, store: String? = nil) async throws {
+        init(
+            node: String, certificates: String, directory: TemporaryDirectory, store: String? = nil,
+            host: String = "127.0.0.1", namespace: String? = nil, peerTimeout: Int = 30
+        ) async throws {
             self.node = node
             self.certificates = certificates
+            self.host = host
+            self.namespace = namespace
             let outputURL = directory.url.appendingPathComponent("\(node)-\(UUID().uuidString).stdout")
             errorURL = directory.url.appendingPathComponent("\(node)-\(UUID().uuidString).stderr")
             try Data().write(to: outputURL)
             try Data().write(to: errorURL)
-            process.executableURL = NovaCronCLI.executable
-            process.arguments = [
-                "agent", "--listen", "127.0.0.1:0", "--certs", certificates, "--node", node, "--store",
-                store ?? directory.url.appendingPathComponent("\(node)-state").path,
-            ]
+            (process.executableURL, process.arguments) = AgentMigrationTests.novacron(
+                [
+                    "agent", "--listen", "\(host):0", "--certs", certificates, "--node", node, "--store",
+                    store ?? directory.url.appendingPathComponent("\(node)-state").path, "--peer-timeout",
+                    "\(peerTimeout)",
+                ], in: namespace)
             process.standardOutput = try FileHandle(forWritingTo: outputURL)
             process.standardError = try FileHandle(forWritingTo: errorURL)
             try process.run()
@@ -53,13 +69,15 @@ struct AgentMigrationTests {
                 bound, "agent \(node) never listened: \((try? String(contentsOf: errorURL, encoding: .utf8)) ?? "")")
         }
 
-        var address: String { "127.0.0.1:\(port)" }
+        var address: String { "\(host):\(port)" }
         var log: String { (try? String(contentsOf: errorURL, encoding: .utf8)) ?? "" }
 
         /// Runs `novacron vm ARGUMENTS --agent this` as the operator.
         func vm(_ arguments: [String]) async throws -> NovaCronCLI.Result {
-            try await NovaCronCLI.runAsync(
-                ["vm"] + arguments + ["--agent", address, "--certs", certificates, "--node", "op", "--json"])
+            let (executable, all) = AgentMigrationTests.novacron(
+                ["vm"] + arguments + ["--agent", address, "--certs", certificates, "--node", "op", "--json"],
+                in: namespace)
+            return try await NovaCronCLI.runToolAsync(executable.path, all)
         }
 
         /// The VMs it holds, from `vm list --json`.
@@ -85,12 +103,13 @@ struct AgentMigrationTests {
         }
     }
 
-    /// A cluster CA with agents `a` and `b` and operator `op`, all valid for 127.0.0.1.
+    /// A cluster CA with agents `a` and `b` and operator `op`, valid for 127.0.0.1 and the wanem addresses.
     static func certificates(in directory: TemporaryDirectory, cluster: String = "certs") throws -> String {
         let path = directory.url.appendingPathComponent(cluster).path
         var commands = [["certs", "init", "--dir", path]]
         for node in ["a", "b", "op"] {
-            commands.append(["certs", "issue", node, "--dir", path, "--ip", "127.0.0.1"])
+            commands.append(
+                ["certs", "issue", node, "--dir", path, "--ip", "127.0.0.1", "--ip", "10.77.0.1", "--ip", "10.77.0.2"])
         }
         for arguments in commands {
             let result = try NovaCronCLI.run(arguments)
@@ -135,12 +154,11 @@ struct AgentMigrationTests {
         _ name: String, from source: Agent, to destination: Agent, extra: [String] = [],
         afterBytes: Int = 0, during: (() -> Void)? = nil
     ) async throws -> (report: [String: Any], status: Int32) {
-        let arguments =
-            ["vm", "migrate", name, "--to", destination.address] + extra
-            + ["--agent", source.address, "--certs", source.certificates, "--node", "op", "--json"]
         let process = Process()
-        process.executableURL = NovaCronCLI.executable
-        process.arguments = arguments
+        (process.executableURL, process.arguments) = novacron(
+            ["vm", "migrate", name, "--to", destination.address] + extra
+                + ["--agent", source.address, "--certs", source.certificates, "--node", "op", "--json"],
+            in: source.namespace)
         let directory = try TemporaryDirectory()
         let outputURL = directory.url.appendingPathComponent("stdout")
         try Data().write(to: outputURL)
@@ -322,5 +340,80 @@ struct AgentMigrationTests {
         #expect(try await b.list().isEmpty)
         try await Self.expectQEMUs(named: name, count: 1)
         #expect(((try? FileManager.default.contentsOfDirectory(atPath: store + "/scratch")) ?? []).isEmpty)
+    }
+
+    @Test(
+        "Link cut mid-transfer (wanem stopped): the source rolls back after the peer timeout, the destination removes its copy",
+        .enabled(if: getuid() == 0, "network namespaces need root")
+    )
+    func linkCut() async throws {
+        let directory = try TemporaryDirectory()
+        let link = try await WANLinkProcess(name: "nccut\(getpid() % 1000)")
+        defer { link.close() }
+        let certificates = try Self.certificates(in: directory)
+        let a = try await Agent(
+            node: "a", certificates: certificates, directory: directory, host: "10.77.0.1", namespace: link.sideA,
+            peerTimeout: 4)
+        let b = try await Agent(
+            node: "b", certificates: certificates, directory: directory, host: "10.77.0.2", namespace: link.sideB,
+            peerTimeout: 4)
+        let name = "nctest-agent-cut"
+        try await Self.startGuest(name, on: a)
+        let (report, status) = try await Self.migrate(
+            name, from: a, to: b, extra: ["--max-rate", "16M"], afterBytes: 20 << 20
+        ) { link.cut() }
+        #expect(status == 1)
+        #expect(report["outcome"] as? String == "rolled back")
+        #expect(report["runsOn"] as? String == "source")
+        try await Self.expectRunning(name, on: a)
+        try await Self.expectQEMUs(named: name, count: 1)
+        link.restore()
+        #expect(try await b.list().isEmpty, "the destination kept its copy")
+    }
+}
+
+/// `wanem up --name NAME --profile lan` for one test; `close()` takes it down (namespaces, devices, and
+/// every process inside them).
+final class WANLinkProcess {
+    let name: String
+    private let process = Process()
+
+    init(name: String) async throws {
+        self.name = name
+        let wanem = NovaCronCLI.executable.deletingLastPathComponent().appendingPathComponent("wanem")
+        _ = try? NovaCronCLI.runTool(wanem.path, ["down", "--name", name])
+        process.executableURL = wanem
+        process.arguments = ["up", "--name", name, "--profile", "lan", "--duration", "600"]
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        for _ in 0..<300 {
+            let ready = (try? String(contentsOfFile: "/run/wanem/\(name)/ready", encoding: .utf8)) ?? ""
+            if ready.trimmingCharacters(in: .whitespacesAndNewlines) == "\(process.processIdentifier)" { return }
+            guard process.isRunning else { break }
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        close()
+        Issue.record("wanem up \(name) never became ready")
+        throw CancellationError()
+    }
+
+    var sideA: String { "\(name)-a" }
+    var sideB: String { "\(name)-b" }
+
+    /// Stops forwarding: no packet crosses in either direction, and nobody is told (like a pulled cable).
+    func cut() { kill(process.processIdentifier, SIGSTOP) }
+
+    /// Forwards again.
+    func restore() { kill(process.processIdentifier, SIGCONT) }
+
+    func close() {
+        restore()
+        if process.isRunning {
+            process.terminate()
+            process.waitUntilExit()
+        }
+        let wanem = NovaCronCLI.executable.deletingLastPathComponent().appendingPathComponent("wanem")
+        _ = try? NovaCronCLI.runTool(wanem.path, ["down", "--name", name])
     }
 }

@@ -33,6 +33,13 @@ struct NovaCronCLI {
         return try child.result()
     }
 
+    /// Runs another program to completion without blocking a concurrency-pool thread.
+    static func runToolAsync(_ path: String, _ arguments: [String]) async throws -> Result {
+        let child = try launch(arguments, executable: URL(fileURLWithPath: path))
+        await waitForExit(child.process)
+        return try child.result()
+    }
+
     /// Like ``run(_:sourceLocation:)``, but waits without blocking a thread of the concurrency pool
     /// (tests that run servers in this process need those threads while the child runs).
     static func runAsync(
