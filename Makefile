@@ -24,13 +24,12 @@ release: deps
 test: deps fuzz-build
 	@FUZZ_SMOKE_SECONDS=$(FUZZ_SMOKE_SECONDS) bash scripts/test.sh
 
-## demo: the best end-to-end thing NovaCron does today (see README): a busy guest live-migrated
-## between two local QEMUs through NovaCron, verified byte for byte; then the DWCP wire exchange.
+## demo: two node agents, a busy 512 MiB guest live-migrated a → b and back over DWCP, each time with the
+## destination's RAM compared to the source's and the heartbeat checked; over a wanem continental link as root,
+## loopback otherwise (it says which). ARGS passes flags to scripts/demo.py (--profile global, --loopback, …).
 demo: build
 	@bash scripts/build-guest.sh >/dev/null
-	.build/debug/novacron vm migrate-local --memory 512M \
-		--append "console=ttyS0 panic=-1 quiet nc_wss_mib=128 nc_rate_mib=16 nc_pattern=sparse nc_fill=text"
-	.build/debug/novacron wire loopback
+	python3 scripts/demo.py $(ARGS)
 
 ## fuzz: libFuzzer on every fuzz target for FUZZ_SECONDS each (default 300 s, millions of inputs).
 fuzz: fuzz-build

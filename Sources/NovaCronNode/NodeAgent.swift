@@ -4,6 +4,10 @@ import Foundation
 import Logging
 import NovaCronHypervisor
 
+#if canImport(Glibc)
+    import Glibc
+#endif
+
 /// The long-running process on each machine (`novacron agent`): it owns this node's QEMU VMs, serves
 /// operators and peer agents over authenticated control connections (``ControlChannel``), migrates its
 /// VMs to other agents (``OutgoingMigration``, the shell of `MigrationMachine`) and takes VMs migrated to
@@ -47,10 +51,31 @@ public actor NodeAgent {
     private var activeMigrations = 0
 
     /// Creates an agent; ``run(onListening:)`` starts it.
-    public init(configuration: Configuration, hypervisor: QEMUHypervisor = QEMUHypervisor(), logger: Logger) {
+    /// Creates an agent; ``run(onListening:)`` starts it. Its QEMUs' runtime directories (QMP socket,
+    /// console log) go under `STATE/run`, so a killed agent leaves them in its own state directory.
+    public init(configuration: Configuration, logger: Logger) {
         self.configuration = configuration
-        self.hypervisor = hypervisor
+        self.hypervisor = QEMUHypervisor(runtimeRoot: configuration.stateDirectory + "/run")
         self.logger = logger
+    }
+
+    /// The longest state directory: a QMP socket path (`STATE/run/novacron-NAME-XXXXXX/qmp.sock`, NAME up
+    /// to 24 characters) must fit the 107 bytes of a unix socket address.
+    public static let maximumStateDirectoryLength = 107 - "/run/novacron-".count - 24 - "-XXXXXX/qmp.sock".count
+
+    /// Removes runtime directories a previous, killed agent left: those whose QEMU is gone (its QMP socket
+    /// refuses connections). A QEMU that still runs is left alone, and logged.
+    private func sweepRuntimeDirectories() {
+        let root = hypervisor.runtimeRoot
+        for entry in (try? FileManager.default.contentsOfDirectory(atPath: root)) ?? [] {
+            let directory = root + "/" + entry
+            if isListening(unixSocket: directory + "/qmp.sock") {
+                logger.warning(
+                    "a QEMU of an earlier agent still runs; leaving it", metadata: ["runtime": "\(directory)"])
+            } else {
+                try? FileManager.default.removeItem(atPath: directory)
+            }
+        }
     }
 
     nonisolated var scratchDirectory: String { configuration.stateDirectory + "/scratch" }
@@ -60,7 +85,17 @@ public actor NodeAgent {
     /// - Parameter onListening: Called with the bound control port.
     /// - Throws: ``TransportError`` when the listener cannot start, or the state directory cannot be made.
     public func run(onListening: @escaping @Sendable (Int) -> Void = { _ in }) async throws {
+        guard configuration.stateDirectory.utf8.count <= Self.maximumStateDirectoryLength,
+            configuration.stateDirectory.hasPrefix("/")
+        else {
+            throw AgentFailure(
+                "invalidConfiguration",
+                "the state directory must be an absolute path of at most \(Self.maximumStateDirectoryLength) bytes "
+                    + "(QEMU's socket paths live under it), not \(configuration.stateDirectory)")
+        }
         try FileManager.default.createDirectory(atPath: scratchDirectory, withIntermediateDirectories: true)
+        try FileManager.default.createDirectory(atPath: hypervisor.runtimeRoot, withIntermediateDirectories: true)
+        sweepRuntimeDirectories()
         logger.info(
             "agent listening", metadata: ["address": "\(configuration.host):\(configuration.port)"])
         do {
@@ -316,6 +351,26 @@ public actor NodeAgent {
         activeMigrations -= 1
         logger.info(
             "incoming migration destroyed", metadata: ["vm": "\(incoming.request.spec.name)", "reason": "\(reason)"])
+    }
+}
+
+/// Whether something accepts connections on the unix socket at `path`.
+private func isListening(unixSocket path: String) -> Bool {
+    let descriptor = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+    guard descriptor >= 0 else { return false }
+    defer { close(descriptor) }
+    var address = sockaddr_un()
+    address.sun_family = sa_family_t(AF_UNIX)
+    let bytes = Array(path.utf8)
+    guard bytes.count < MemoryLayout.size(ofValue: address.sun_path) else { return false }
+    withUnsafeMutableBytes(of: &address.sun_path) { raw in
+        raw.copyBytes(from: bytes)
+        raw[bytes.count] = 0
+    }
+    return withUnsafePointer(to: &address) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+            connect(descriptor, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) == 0
+        }
     }
 }
 

@@ -23,7 +23,11 @@ struct AgentCommand: AsyncParsableCommand {
 
     @OptionGroup var options: TransferOptions
 
-    @Option(help: "The agent's state directory (scratch space for RAM comparisons).")
+    @Option(
+        help: """
+            The agent's state directory: its QEMUs' runtime directories (QMP sockets, console logs) and scratch \
+            space for RAM comparisons. At most \(NodeAgent.maximumStateDirectoryLength) bytes as an absolute path.
+            """)
     var store = "var/agent"
 
     @Option(
@@ -38,7 +42,17 @@ struct AgentCommand: AsyncParsableCommand {
 
     func validate() throws {
         try requireParentDirectory(of: store, option: "--store")
+        guard stateDirectory.utf8.count <= NodeAgent.maximumStateDirectoryLength else {
+            throw ValidationError(
+                "--store \(stateDirectory): longer than \(NodeAgent.maximumStateDirectoryLength) bytes; QEMU's socket "
+                    + "paths must fit 107 bytes")
+        }
         guard peerTimeout >= 1 else { throw ValidationError("--peer-timeout must be at least 1 second") }
+    }
+
+    /// `--store` as an absolute path.
+    var stateDirectory: String {
+        URL(fileURLWithPath: store).standardizedFileURL.path
     }
 
     func run() async throws {
@@ -51,7 +65,7 @@ struct AgentCommand: AsyncParsableCommand {
         let logger = Logger(label: "novacron.agent")
         var configuration = NodeAgent.Configuration(
             host: listen.host, port: listen.port, security: try options.security(), nodeName: options.nodeName,
-            stateDirectory: store)
+            stateDirectory: stateDirectory)
         configuration.peerTimeout = .milliseconds(Int(peerTimeout * 1000))
         let agent = NodeAgent(configuration: configuration, logger: logger)
         let host = listen.host

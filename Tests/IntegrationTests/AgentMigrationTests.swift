@@ -31,6 +31,8 @@ struct AgentMigrationTests {
         let host: String
         let namespace: String?
         private let errorURL: URL
+        /// The agent's state directory: short, because QEMU's socket paths live under it.
+        private let state: String
 
         init(
             node: String, certificates: String, directory: TemporaryDirectory, store: String? = nil,
@@ -40,14 +42,15 @@ struct AgentMigrationTests {
             self.certificates = certificates
             self.host = host
             self.namespace = namespace
+            state = store ?? "/tmp/nca-\(UUID().uuidString.prefix(8))"
             let outputURL = directory.url.appendingPathComponent("\(node)-\(UUID().uuidString).stdout")
             errorURL = directory.url.appendingPathComponent("\(node)-\(UUID().uuidString).stderr")
             try Data().write(to: outputURL)
             try Data().write(to: errorURL)
             (process.executableURL, process.arguments) = AgentMigrationTests.novacron(
                 [
-                    "agent", "--listen", "\(host):0", "--certs", certificates, "--node", node, "--store",
-                    store ?? directory.url.appendingPathComponent("\(node)-state").path, "--peer-timeout",
+                    "agent", "--listen", "\(host):0", "--certs", certificates, "--node", node, "--store", state,
+                    "--peer-timeout",
                     "\(peerTimeout)",
                 ], in: namespace)
             process.standardOutput = try FileHandle(forWritingTo: outputURL)
@@ -95,11 +98,14 @@ struct AgentMigrationTests {
         }
 
         deinit {
-            guard process.isRunning else { return }
-            process.terminate()
-            for _ in 0..<300 where process.isRunning { usleep(50_000) }
-            if process.isRunning { Glibc.kill(process.processIdentifier, SIGKILL) }
-            process.waitUntilExit()
+            if process.isRunning {
+                process.terminate()
+                for _ in 0..<300 where process.isRunning { usleep(50_000) }
+                if process.isRunning { Glibc.kill(process.processIdentifier, SIGKILL) }
+                process.waitUntilExit()
+            }
+            // What a killed agent leaves (its QEMUs' runtime directories) is in here.
+            try? FileManager.default.removeItem(atPath: state)
         }
     }
 
@@ -324,11 +330,14 @@ struct AgentMigrationTests {
     )
     func destinationDiskFull() async throws {
         let directory = try TemporaryDirectory()
-        let store = directory.url.appendingPathComponent("small-store").path
+        let store = "/tmp/nca-full-\(UUID().uuidString.prefix(8))"
         try FileManager.default.createDirectory(atPath: store, withIntermediateDirectories: true)
         let mounted = try NovaCronCLI.runTool("/bin/mount", ["-t", "tmpfs", "-o", "size=16m", "tmpfs", store])
         try #require(mounted.status == 0, "mount: \(mounted.standardError)")
-        defer { _ = try? NovaCronCLI.runTool("/bin/umount", ["-l", store]) }
+        defer {
+            _ = try? NovaCronCLI.runTool("/bin/umount", ["-l", store])
+            try? FileManager.default.removeItem(atPath: store)
+        }
         let name = "nctest-agent-full"
         let cluster = try await Self.cluster(guest: name, directory: directory, store: store)
         let (a, b) = (cluster.a, cluster.b)
@@ -336,6 +345,8 @@ struct AgentMigrationTests {
         #expect(status == 1)
         #expect(report["outcome"] as? String == "rolled back")
         #expect(report["runsOn"] as? String == "source")
+        let reason = report["reason"] as? String ?? ""
+        #expect(reason.contains("destination QEMU") && reason.contains("pmemsave"), "\(reason)")
         try await Self.expectRunning(name, on: a)
         #expect(try await b.list().isEmpty)
         try await Self.expectQEMUs(named: name, count: 1)
