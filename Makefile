@@ -7,7 +7,7 @@ QUICK ?=
 ARGS ?=
 
 .PHONY: all deps build release test fuzz fuzz-smoke fuzz-build demo bench bench-wire bench-wanem bench-encoding \
-	bench-transfer require-root fmt lint clean
+	bench-transfer bench-migration require-root fmt lint clean
 
 all: build
 
@@ -38,7 +38,7 @@ fuzz: fuzz-build
 fuzz-smoke: fuzz-build
 	@bash scripts/fuzz.sh $(FUZZ_SMOKE_SECONDS)
 
-FUZZ_TARGETS := WireFrameFuzzer ImageDecoderFuzzer ChunkSummaryFuzzer SegmentRecoveryFuzzer
+FUZZ_TARGETS := WireFrameFuzzer ImageDecoderFuzzer ChunkSummaryFuzzer SegmentRecoveryFuzzer StreamDecoderFuzzer
 
 fuzz-build: deps
 	for target in $(FUZZ_TARGETS); do \
@@ -46,7 +46,7 @@ fuzz-build: deps
 	done
 
 ## bench: every benchmark (long). QUICK=1 for a short version; ARGS passes flags through.
-bench: bench-wire bench-wanem bench-encoding bench-transfer
+bench: bench-wire bench-wanem bench-encoding bench-transfer bench-migration
 
 bench-wire: release
 	python3 Benchmarks/bench_wire.py $(if $(QUICK),--quick) $(ARGS)
@@ -67,6 +67,13 @@ bench-encoding: release
 ## Needs root; QUICK=1: 128 MiB, 2 runs, lan only (ARGS="--profiles continental" for other links).
 bench-transfer: require-root release
 	python3 Benchmarks/bench_transfer.py $(if $(QUICK),--quick) $(ARGS)
+
+## bench-migration: a 512 MiB test guest live-migrated over wanem links (continental, global, lossy-edge) with
+## three workloads: novacron (two agents, there and back) against QEMU's own TCP migration and QEMU multifd + zstd
+## (docs/migration.md). Needs root; QUICK=1: continental, sparse16, 1 run, multifd 8 channels.
+bench-migration: require-root release
+	@bash scripts/build-guest.sh >/dev/null
+	python3 Benchmarks/bench_migration.py $(if $(QUICK),--quick) $(ARGS)
 
 require-root:
 	@if [ "$$(id -u)" -ne 0 ]; then \

@@ -258,7 +258,7 @@ if Context.environment["FUZZ"] != nil {
             swiftSettings: strictSettings + [.unsafeFlags(["-parse-as-library"])]
         )
     )
-    for name in ["ImageDecoderFuzzer", "ChunkSummaryFuzzer", "SegmentRecoveryFuzzer"] {
+    for name in ["ImageDecoderFuzzer", "ChunkSummaryFuzzer", "SegmentRecoveryFuzzer", "StreamDecoderFuzzer"] {
         package.targets.append(
             .executableTarget(
                 name: name,

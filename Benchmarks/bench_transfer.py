@@ -222,14 +222,7 @@ def progress_trace(text):
     """[seconds, Mbit/s, streams, retransmits, send-buffer-limited share] of every progress line a novacron
     process printed."""
     trace = []
-    for line in text.splitlines():
-        line = line.strip()
-        if not line.startswith("{"):
-            continue
-        try:
-            event = json.loads(line)
-        except ValueError:
-            continue
+    for event in benchlib.json_events(text):
         if event.get("event") == "progress":
             trace.append([round(event.get("seconds", 0), 1), round(event.get("bytesPerSecond", 0) * 8 / 1e6, 1),
                           event.get("streams"), event.get("retransmits"),

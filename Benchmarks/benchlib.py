@@ -15,6 +15,18 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(REPO, "docs", "benchmarks")
 
 
+def json_events(text):
+    """The JSON objects among the lines of `text` (what `--json` commands print), in order."""
+    for line in text.splitlines():
+        line = line.strip()
+        if not line.startswith("{"):
+            continue
+        try:
+            yield json.loads(line)
+        except ValueError:
+            continue
+
+
 def machine():
     cpu = "unknown"
     try:

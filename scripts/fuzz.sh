@@ -4,9 +4,9 @@
 set -euo pipefail
 seconds=${1:?usage: fuzz.sh SECONDS}
 cd "$(dirname "$0")/.."
-targets=(WireFrameFuzzer ImageDecoderFuzzer ChunkSummaryFuzzer SegmentRecoveryFuzzer)
+targets=(WireFrameFuzzer ImageDecoderFuzzer ChunkSummaryFuzzer SegmentRecoveryFuzzer StreamDecoderFuzzer)
 # Longest input per target: frames are small; seed image streams reach ~25 KB.
-declare -A max_len=([WireFrameFuzzer]=8192 [ImageDecoderFuzzer]=65536 [ChunkSummaryFuzzer]=4096 [SegmentRecoveryFuzzer]=8192)
+declare -A max_len=([WireFrameFuzzer]=8192 [ImageDecoderFuzzer]=65536 [ChunkSummaryFuzzer]=4096 [SegmentRecoveryFuzzer]=8192 [StreamDecoderFuzzer]=16384)
 
 corpus=.build-fuzz/corpus
 mkdir -p fuzz-artifacts
@@ -23,7 +23,7 @@ rm "$corpus/WireFrameFuzzer/sample.dwcp"
 # Seed the encoding corpora with valid streams and summaries (every record kind, stored and compressed).
 swift build --product encoding-bench >/dev/null
 .build/debug/encoding-bench --fuzz-seeds "$corpus/ImageDecoderFuzzer" "$corpus/ChunkSummaryFuzzer" \
-    "$corpus/SegmentRecoveryFuzzer" >/dev/null
+    "$corpus/SegmentRecoveryFuzzer" "$corpus/StreamDecoderFuzzer" >/dev/null
 
 for target in "${targets[@]}"; do
     log=$(mktemp)

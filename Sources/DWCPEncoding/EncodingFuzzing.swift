@@ -217,4 +217,72 @@ public enum EncodingFuzzing {
             if name != "." && name != ".." { unlink(directory + "/" + name) }
         }
     }
+
+    // MARK: Opaque streams
+
+    /// The chunker the stream fixtures use (small, so short inputs hold several chunks).
+    private static let streamChunker = try! Chunker.FastCDC(minimumSize: 64, averageSize: 256, maximumSize: 1024)
+
+    /// The chunk a stream decoder's receiver holds.
+    public static let heldStreamChunk: [UInt8] = pattern(300, seed: 11)
+
+    /// Valid opaque streams: raw and compressed batches, a reference to ``heldStreamChunk`` and a delta against
+    /// it, empty.
+    public static func streamSeeds() throws(EncodingError) -> [[UInt8]] {
+        let held = ChunkKey(of: heldStreamChunk)
+        var seeds: [[UInt8]] = []
+        var nearlyHeld = heldStreamChunk
+        nearlyHeld[100] ^= 1
+        let inputs = [
+            pattern(3000, seed: 12), [UInt8](repeating: 65, count: 2000) + heldStreamChunk + pattern(500, seed: 13), [],
+            nearlyHeld,
+        ]
+        for (index, input) in inputs.enumerated() {
+            var encoder = try StreamEncoder(
+                chunker: streamChunker, level: index == 0 ? nil : 3, batchBytes: 1024,
+                hooks: .init(
+                    receiverHolds: { $0 == held }, similar: { _ in [held] },
+                    content: { $0 == held ? heldStreamChunk : nil }))
+            try withBytes(of: input) { (raw) throws(EncodingError) in try encoder.append(raw) }
+            try encoder.finish()
+            seeds.append(encoder.takeOutput())
+        }
+        return seeds
+    }
+
+    /// Decodes `input` as an opaque HDE stream, in two pieces, against a store holding ``heldStreamChunk``,
+    /// and traps when a promise breaks: decoding either throws an ``EncodingError`` or yields bytes whose
+    /// count is what the decoder reports, that encode and decode back to themselves.
+    /// - Parameter input: Arbitrary bytes.
+    public static func exerciseStreamDecoder(_ input: UnsafeRawBufferPointer) {
+        let held = ChunkKey(of: heldStreamChunk)
+        var output: [UInt8] = []
+        do {
+            var decoder = try StreamDecoder()
+            let split = input.isEmpty ? 0 : Int(input[0]) % (input.count + 1)
+            for piece in [input[..<split], input[split...]] {
+                try decoder.append(
+                    UnsafeRawBufferPointer(rebasing: piece), lookup: { $0 == held ? heldStreamChunk : nil },
+                    storing: { _ in }, output: { output += $0 })
+            }
+            try decoder.finish()
+            precondition(decoder.decodedBytes == UInt64(output.count), "the decoder miscounted its output")
+        } catch {
+            return  // a typed error: the promise holds
+        }
+        do {
+            var encoder = try StreamEncoder(chunker: streamChunker, level: 1, batchBytes: 1024)
+            try output.withUnsafeBytes { raw in try encoder.append(raw) }
+            try encoder.finish()
+            var again: [UInt8] = []
+            var decoder = try StreamDecoder()
+            try encoder.takeOutput().withUnsafeBytes { raw in
+                try decoder.append(raw, lookup: { _ in nil }, storing: { _ in }, output: { again += $0 })
+            }
+            try decoder.finish()
+            precondition(again == output, "decoded bytes did not survive encoding and decoding again")
+        } catch {
+            preconditionFailure("decoded bytes failed to encode and decode again: \(error)")
+        }
+    }
 }

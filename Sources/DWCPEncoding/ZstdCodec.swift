@@ -172,6 +172,19 @@ public enum ZstdCodec {
             return result
         }
 
+        /// Compresses `input` into one frame that may refer to `prefix` (its previous version, say): the
+        /// decompressor needs the same prefix (``Decompressor/decompress(_:limit:prefix:)``).
+        /// - Throws: ``EncodingError/Code/compressionFailed`` when libzstd fails.
+        public func compress(_ input: [UInt8], prefix: [UInt8]) throws(EncodingError) -> [UInt8] {
+            let referenced = prefix.withUnsafeBytes { ZSTD_CCtx_refPrefix(context, $0.baseAddress, $0.count) }
+            guard !ZstdCodec.isError(referenced) else {
+                throw EncodingError(
+                    .compressionFailed, expected: "a prefix libzstd accepts", found: ZstdCodec.errorName(referenced))
+            }
+            // The prefix is referenced, not copied: it must stay put until the frame is made.
+            return try withExtendedLifetime(prefix) { () throws(EncodingError) in try compress(input) }
+        }
+
         /// Compresses `input` into one frame.
         /// - Parameter input: The bytes to compress.
         /// - Returns: The frame.
@@ -276,6 +289,19 @@ public enum ZstdCodec {
                     .decompressionFailed, expected: "a valid frame of \(size) bytes", found: found)
             }
             return size
+        }
+
+        /// Decompresses one frame made by ``Compressor/compress(_:prefix:)`` with the same prefix.
+        /// - Throws: As ``decompress(_:limit:into:)``.
+        public func decompress(_ frame: [UInt8], limit: Int, prefix: [UInt8]) throws(EncodingError) -> [UInt8] {
+            precondition(dictionary == nil, "a prefix replaces the dictionary")
+            let referenced = prefix.withUnsafeBytes { ZSTD_DCtx_refPrefix(context, $0.baseAddress, $0.count) }
+            guard !ZstdCodec.isError(referenced) else {
+                throw EncodingError(
+                    .decompressionFailed, expected: "a prefix libzstd accepts", found: ZstdCodec.errorName(referenced))
+            }
+            defer { _ = ZSTD_DCtx_reset(context, ZSTD_reset_session_only) }  // a refused frame leaves it referenced
+            return try withExtendedLifetime(prefix) { () throws(EncodingError) in try decompress(frame, limit: limit) }
         }
 
         /// Decompresses exactly one frame under a hard limit.

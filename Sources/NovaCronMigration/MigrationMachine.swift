@@ -100,6 +100,10 @@ public struct MigrationMachine: Sendable {
         case destinationReady
         /// A progress report during the transfer.
         case progress(Progress)
+        /// The transport confirmed this many bytes of the stream arrived (every second or so). After the
+        /// source paused, QEMU has nothing more to report while the stream's tail crosses the link: this is
+        /// the progress the stall timeout watches then.
+        case delivered(UInt64)
         /// The source QEMU paused the guest for the final pages (stop-and-copy).
         case sourcePaused
         /// The source QEMU reports the migration completed; the destination holds the state, paused.
@@ -172,6 +176,8 @@ public struct MigrationMachine: Sendable {
     public private(set) var autoConverging = false
     /// The last progress report.
     public private(set) var lastProgress: Progress?
+    /// The most stream bytes the transport confirmed delivered.
+    public private(set) var deliveredBytes: UInt64 = 0
 
     private var deadline: Duration?
     private var nonConverging = 0
@@ -212,9 +218,18 @@ public struct MigrationMachine: Sendable {
             return [.startTransfer(maximumDowntime: configuration.maximumDowntime)]
         case (.transferring, .progress(let progress)):
             return progressed(progress, now: now)
+        case (.transferring, .delivered(let bytes)), (.cuttingOver, .delivered(let bytes)):
+            if bytes > deliveredBytes {
+                deliveredBytes = bytes
+                deadline = max(deadline ?? now, now + configuration.stallTimeout)
+            }
+            return []
         case (.transferring, .sourcePaused):
             source = .paused
-            return enter(.cuttingOver, now: now, [])
+            // The tail of the stream may still be in flight: waiting for it is a transfer, with its stall timeout.
+            phase = .cuttingOver
+            deadline = now + configuration.stallTimeout
+            return []
         case (.cuttingOver, .progress(let progress)):
             lastProgress = progress
             return []

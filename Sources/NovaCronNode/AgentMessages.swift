@@ -82,12 +82,16 @@ public struct MigrationRequest: Codable, Sendable, Equatable {
     public var verifyRAM: Bool
     /// A cap on the migration's data rate, bytes per second (leaves headroom for other traffic), or nil.
     public var rateLimit: Double?
+    /// HDE on the migration stream (``EncodingMode``'s text): `auto` (zstd 1 and references to the
+    /// destination's store), `raw` (references only), a zstd level, or `none` (QEMU's stream as it is).
+    public var encoding: String
 
     /// Creates it.
     public init(
         vm: String, host: String, port: Int, maximumDowntimeMilliseconds: Int = 300, verifyRAM: Bool = false,
-        rateLimit: Double? = nil
+        rateLimit: Double? = nil, encoding: String = "auto"
     ) {
+        self.encoding = encoding
         self.vm = vm
         self.host = host
         self.port = port
@@ -186,6 +190,12 @@ public struct MigrationReport: Codable, Sendable, Equatable {
     public var lastSourceHeartbeat: Int?
     /// Whether the machine switched on auto-converge's stronger throttle.
     public var autoConverged: Bool
+    /// The stream's HDE (`none` when sent as it is).
+    public var encoding: String
+    /// Stream bytes sent as references to chunks the destination held (before or from earlier in the stream).
+    public var referencedBytes: UInt64
+    /// Stream bytes sent as deltas against resembling chunks the destination held.
+    public var deltaBytes: UInt64
 }
 
 /// JSON on a control connection.

@@ -16,6 +16,8 @@ public final class SharedChunkStore: @unchecked Sendable {
     private let lock = NIOLock()
     private let store: PersistentChunkStore
     private let manifestDirectory: String
+    /// Resemblance features of the stream chunks kept since this process opened the store (memory only).
+    private var similarity = SimilarityIndex()
     /// How many manifests are kept (the newest).
     public static let keptManifests = 8
 
@@ -52,6 +54,26 @@ public final class SharedChunkStore: @unchecked Sendable {
 
     func sync() throws {
         try lock.withLock { try store.sync() }
+    }
+
+    /// Keeps a chunk of a migration stream, indexed by its resemblance features so a later stream can send
+    /// its next version as a delta.
+    /// - Throws: The store's error (a full disk, say).
+    func keep(_ bytes: UnsafeRawBufferPointer, key: ChunkKey?, features: ChunkFeatures?) throws {
+        try lock.withLock {
+            let stored = try store.put(bytes)
+            if let features { similarity.insert(features, key: key ?? stored) }
+        }
+    }
+
+    /// Chunks held that resemble one with `features`.
+    func similar(to features: ChunkFeatures) -> [ChunkKey] {
+        lock.withLock { similarity.candidates(for: features) }
+    }
+
+    /// A Bloom filter of the chunks held, for a sender to refer to them.
+    func summary(falsePositiveRate: Double) -> ChunkSummary {
+        lock.withLock { store.summary(falsePositiveRate: falsePositiveRate) }
     }
 
     /// Keeps `manifest` (written to a temporary file, synced, renamed), and drops the oldest beyond

@@ -90,6 +90,7 @@ actor IncomingMigration {
             host: agent.configuration.host, port: 0, security: agent.configuration.security,
             nodeName: agent.configuration.nodeName, destination: .descriptor(streamEnd))
         configuration.overwrite = true
+        configuration.consumers = MigrationStreamConsumerFactory(store: agent.store)
         let (ports, portContinuation) = AsyncStream<Int>.makeStream()
         receiver = Task {
             defer { portContinuation.finish() }

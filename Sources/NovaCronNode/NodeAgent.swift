@@ -24,8 +24,11 @@ public actor NodeAgent {
         public var security: TransportSecurity
         /// This node's name (its certificate's).
         public var nodeName: String
-        /// Where the agent keeps its state: scratch space for RAM comparisons (`DIR/scratch`).
+        /// Where the agent keeps its state: its QEMUs' runtime directories (`DIR/run`), the chunk store of
+        /// migration streams (`DIR/chunks`), scratch space for RAM comparisons (`DIR/scratch`).
         public var stateDirectory: String
+        /// The most bytes the chunk store keeps before it evicts its oldest chunks (`--store-capacity`).
+        public var storeCapacity = 8 << 30
         /// How long a migration peer may stay silent — no reply, no migration data — before it counts as
         /// gone: the source rolls back, the destination removes its uncommitted copy (`--peer-timeout`).
         public var peerTimeout: Duration = .seconds(30)
@@ -50,13 +53,33 @@ public actor NodeAgent {
     private var history: [MigrationReport] = []
     private var activeMigrations = 0
 
-    /// Creates an agent; ``run(onListening:)`` starts it.
-    /// Creates an agent; ``run(onListening:)`` starts it. Its QEMUs' runtime directories (QMP socket,
-    /// console log) go under `STATE/run`, so a killed agent leaves them in its own state directory.
-    public init(configuration: Configuration, logger: Logger) {
+    /// Every migration stream chunk this node sent or received, so the next migration either way can refer
+    /// to them.
+    nonisolated let store: SharedChunkStore
+
+    /// Creates an agent and opens its state directory; ``run(onListening:)`` starts it. Its QEMUs' runtime
+    /// directories (QMP socket, console log) go under `STATE/run`, so a killed agent leaves them in its own
+    /// state directory.
+    /// - Throws: ``AgentFailure`` for a state directory that is not absolute or too long, a file-system error,
+    ///   or the store's (`storeInUse` when another agent has it open).
+    public init(configuration: Configuration, logger: Logger) throws {
+        guard configuration.stateDirectory.utf8.count <= Self.maximumStateDirectoryLength,
+            configuration.stateDirectory.hasPrefix("/")
+        else {
+            throw AgentFailure(
+                "invalidConfiguration",
+                "the state directory must be an absolute path of at most \(Self.maximumStateDirectoryLength) bytes "
+                    + "(QEMU's socket paths live under it), not \(configuration.stateDirectory)")
+        }
         self.configuration = configuration
         self.hypervisor = QEMUHypervisor(runtimeRoot: configuration.stateDirectory + "/run")
         self.logger = logger
+        for directory in ["/scratch", "/run"] {
+            try FileManager.default.createDirectory(
+                atPath: configuration.stateDirectory + directory, withIntermediateDirectories: true)
+        }
+        store = try SharedChunkStore(
+            directory: configuration.stateDirectory + "/chunks", capacity: configuration.storeCapacity)
     }
 
     /// The longest state directory: a QMP socket path (`STATE/run/novacron-NAME-XXXXXX/qmp.sock`, NAME up
@@ -85,16 +108,6 @@ public actor NodeAgent {
     /// - Parameter onListening: Called with the bound control port.
     /// - Throws: ``TransportError`` when the listener cannot start, or the state directory cannot be made.
     public func run(onListening: @escaping @Sendable (Int) -> Void = { _ in }) async throws {
-        guard configuration.stateDirectory.utf8.count <= Self.maximumStateDirectoryLength,
-            configuration.stateDirectory.hasPrefix("/")
-        else {
-            throw AgentFailure(
-                "invalidConfiguration",
-                "the state directory must be an absolute path of at most \(Self.maximumStateDirectoryLength) bytes "
-                    + "(QEMU's socket paths live under it), not \(configuration.stateDirectory)")
-        }
-        try FileManager.default.createDirectory(atPath: scratchDirectory, withIntermediateDirectories: true)
-        try FileManager.default.createDirectory(atPath: hypervisor.runtimeRoot, withIntermediateDirectories: true)
         sweepRuntimeDirectories()
         logger.info(
             "agent listening", metadata: ["address": "\(configuration.host):\(configuration.port)"])
@@ -288,7 +301,8 @@ public actor NodeAgent {
         reserved.insert(request.vm)
         activeMigrations += 1
         let migration = OutgoingMigration(
-            request: request, vm: vm.machine, configuration: configuration, scratchDirectory: scratchDirectory,
+            request: request, vm: vm.machine, configuration: configuration, store: store,
+            scratchDirectory: scratchDirectory,
             logger: logger, progress: { progress.yield($0) }, stopSource: { await vm.release() })
         logger.info(
             "migration started",

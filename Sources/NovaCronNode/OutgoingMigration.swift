@@ -18,6 +18,8 @@ struct OutgoingMigration: Sendable {
     let request: MigrationRequest
     let vm: QEMUVirtualMachine
     let configuration: NodeAgent.Configuration
+    /// This node's chunk store (every chunk of an encoded stream goes in it).
+    let store: SharedChunkStore
     let scratchDirectory: String
     let logger: Logger
     let progress: @Sendable (MigrationProgress) -> Void
@@ -71,6 +73,7 @@ private final class Driver {
     var streamEnd: Int32 = -1
     var sourceFinal: MigrationInfo?
     var streamReport: SendReport?
+    var producer: MigrationStreamProducer?
     var arrivalAsked = false
     var pausedAt: ContinuousClock.Instant?
     var resumedAt: ContinuousClock.Instant?
@@ -256,13 +259,28 @@ private final class Driver {
         send.reconnectAttempts = 0
         send.rateLimit = request.rateLimit
         send.stallTimeout = migration.configuration.peerTimeout
-        let source = TransferSource.descriptor(streamEnd, name: "\(vm.spec.name).migration")
+        let source: TransferSource
+        switch EncodingMode(request.encoding) ?? .auto {
+        case .none:
+            source = .descriptor(streamEnd, name: "\(vm.spec.name).migration")
+        case .auto:
+            producer = MigrationStreamProducer(
+                name: "\(vm.spec.name).migration", descriptor: streamEnd, store: migration.store, level: 1)
+            source = .producer(producer!)
+        case .level(let level):
+            producer = MigrationStreamProducer(
+                name: "\(vm.spec.name).migration", descriptor: streamEnd, store: migration.store, level: level)
+            source = .producer(producer!)
+        }
         let feed = self.feed
         let vm = self.vm
         background.append(
             Task {
                 do {
-                    feed.yield(.streamDelivered(try await TransferClient.send(source, configuration: send)))
+                    let report = try await TransferClient.send(
+                        source, configuration: send,
+                        progress: { feed.yield(.machine(.delivered($0.bytesDone))) })
+                    feed.yield(.streamDelivered(report))
                 } catch {
                     feed.yield(.streamFailed("\(error)"))
                 }
@@ -422,9 +440,12 @@ private final class Driver {
             qemuTotalMilliseconds: sourceFinal?.totalTimeMilliseconds,
             qemuDowntimeMilliseconds: sourceFinal?.downtimeMilliseconds,
             pausedMilliseconds: zip2(pausedAt, resumedAt).map { Int((($1 - $0).seconds * 1000).rounded()) },
-            ramBytes: vm.spec.ramBytes, streamBytes: streamReport?.bytes ?? 0,
+            ramBytes: vm.spec.ramBytes,
+            streamBytes: producer?.statistics?.inputBytes ?? streamReport?.bytes ?? 0,
             wireBytes: streamReport?.sentBytes ?? 0, ramIdentical: ramIdentical, lastSourceHeartbeat: lastHeartbeat,
-            autoConverged: machine.autoConverging)
+            autoConverged: machine.autoConverging, encoding: producer == nil ? "none" : request.encoding,
+            referencedBytes: producer?.statistics?.referencedBytes ?? 0,
+            deltaBytes: producer?.statistics?.deltaBytes ?? 0)
     }
 }
 

@@ -3,7 +3,7 @@
 //
 //   encoding-bench [--runs N] [--levels 1,3] [--no-cli] [--zstd19] IMAGE [IMAGE2]
 //   encoding-bench --chunk-store DIR [--runs N] [--chunks N]   (see ChunkStoreBench.swift)
-//   encoding-bench --fuzz-seeds IMAGE_DIR SUMMARY_DIR SEGMENT_DIR   (seed corpora for `make fuzz`)
+//   encoding-bench --fuzz-seeds IMAGE_DIR SUMMARY_DIR SEGMENT_DIR STREAM_DIR   (seed corpora for `make fuzz`)
 //
 // --zstd19 adds `zstd -19 --long=27` for the first image (it runs at a few MB/s). With two images the second
 // is also encoded against the first as its baseline (the pages the receiver already holds), next to
@@ -51,7 +51,9 @@ func writeFile(_ path: String, _ bytes: [UInt8]) {
 }
 
 /// Writes the encoding fuzzers' seed corpora (valid image streams and chunk summaries) and exits.
-func writeFuzzSeeds(imageDirectory: String, summaryDirectory: String, segmentDirectory: String) -> Never {
+func writeFuzzSeeds(
+    imageDirectory: String, summaryDirectory: String, segmentDirectory: String, streamDirectory: String
+) -> Never {
     var template = Array("/tmp/nc-segment-seeds-XXXXXX".utf8CString)
     guard let scratch = mkdtemp(&template).map({ String(cString: $0) }) else {
         fail("cannot create a scratch directory")
@@ -62,6 +64,9 @@ func writeFuzzSeeds(imageDirectory: String, summaryDirectory: String, segmentDir
         }
         for (index, seed) in try EncodingFuzzing.segmentSeeds(scratch: scratch).enumerated() {
             writeFile("\(segmentDirectory)/seed-\(index)", seed)
+        }
+        for (index, seed) in try EncodingFuzzing.streamSeeds().enumerated() {
+            writeFile("\(streamDirectory)/seed-\(index)", seed)
         }
     } catch {
         fail("cannot build the seeds: \(error)")
@@ -181,7 +186,7 @@ while !arguments.isEmpty {
     case "--fuzz-seeds":
         writeFuzzSeeds(
             imageDirectory: arguments.removeFirst(), summaryDirectory: arguments.removeFirst(),
-            segmentDirectory: arguments.removeFirst())
+            segmentDirectory: arguments.removeFirst(), streamDirectory: arguments.removeFirst())
     default: paths.append(argument)
     }
 }

@@ -37,6 +37,9 @@ struct AgentCommand: AsyncParsableCommand {
             """)
     var peerTimeout: Double = 30
 
+    @Option(help: "The most bytes the chunk store of migration streams keeps (e.g. 8G); the oldest go first.")
+    var storeCapacity = ByteCount(bytes: 8 << 30)
+
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel: Logger.Level = .info
 
@@ -48,6 +51,7 @@ struct AgentCommand: AsyncParsableCommand {
                     + "paths must fit 107 bytes")
         }
         guard peerTimeout >= 1 else { throw ValidationError("--peer-timeout must be at least 1 second") }
+        guard storeCapacity.bytes >= 256 << 20 else { throw ValidationError("--store-capacity must be at least 256M") }
     }
 
     /// `--store` as an absolute path.
@@ -67,7 +71,8 @@ struct AgentCommand: AsyncParsableCommand {
             host: listen.host, port: listen.port, security: try options.security(), nodeName: options.nodeName,
             stateDirectory: stateDirectory)
         configuration.peerTimeout = .milliseconds(Int(peerTimeout * 1000))
-        let agent = NodeAgent(configuration: configuration, logger: logger)
+        configuration.storeCapacity = storeCapacity.bytes
+        let agent = try NodeAgent(configuration: configuration, logger: logger)
         let host = listen.host
         let service = AgentService(agent: agent) { port in
             // One line on standard output that scripts wait for (with the port when --listen asked for 0).
@@ -202,6 +207,13 @@ struct VMMigrateCommand: AsyncParsableCommand {
     @Option(help: "Cap the migration's data rate, bytes per second with K/M/G (e.g. 50M); default: none.")
     var maxRate: ByteCount?
 
+    @Option(
+        help: """
+            HDE on the migration stream: auto (zstd 1, and references to chunks the destination's store holds), \
+            raw (references only), a zstd level 1…19, or none (QEMU's stream as it is).
+            """)
+    var encode: EncodingMode = .auto
+
     @OptionGroup var options: AgentOptions
 
     func validate() throws {
@@ -213,7 +225,7 @@ struct VMMigrateCommand: AsyncParsableCommand {
         let terminal = isatty(STDERR_FILENO) == 1
         let request = MigrationRequest(
             vm: name, host: to.host, port: to.port, maximumDowntimeMilliseconds: maxDowntime, verifyRAM: verifyRAM,
-            rateLimit: maxRate.map { Double($0.bytes) })
+            rateLimit: maxRate.map { Double($0.bytes) }, encoding: encode.description)
         let reply = try await ask(options, .migrate(request)) { progress in
             if json {
                 printJSON(event: "progress", progress)
@@ -252,6 +264,11 @@ struct VMMigrateCommand: AsyncParsableCommand {
         text += String(
             format: " (%.2f× the VM's %@ RAM)", Double(report.wireBytes) / Double(max(report.ramBytes, 1)),
             ProgressPrinter.formatBytes(UInt64(report.ramBytes)) as NSString)
+        if report.encoding != "none" {
+            text +=
+                "\n  HDE \(report.encoding): of the stream, \(ProgressPrinter.formatBytes(report.referencedBytes)) went as "
+                + "references and \(ProgressPrinter.formatBytes(report.deltaBytes)) as deltas to chunks the destination held"
+        }
         if let identical = report.ramIdentical { text += "\n  RAM identical: \(identical)" }
         if let heartbeat = report.lastSourceHeartbeat { text += "\n  last heartbeat on the source: \(heartbeat)" }
         return text

@@ -172,4 +172,27 @@ struct MigrationMachineTests {
             #expect(finishes <= 1)
         }
     }
+
+    @Test("After the source paused, the stream's tail keeps the migration alive only while the transport delivers it")
+    func cutOverWaitsOnDelivery() {
+        let configuration = Machine.Configuration(stepTimeout: .seconds(120), stallTimeout: .seconds(10))
+        // Delivery goes on: no timeout although cut-over lasts 30 s; then the transfer completes.
+        var machine = Machine(configuration: configuration)
+        _ = Self.drive(&machine, Array(Self.happyPath.prefix(6)))  // … sourcePaused at t = 5
+        for second in stride(from: 6, through: 35, by: 3) {
+            #expect(machine.handle(.delivered(UInt64(second) << 20), now: .seconds(second)).isEmpty)
+            #expect(machine.handle(.tick, now: .seconds(second + 1)).isEmpty)
+        }
+        #expect(machine.phase == .cuttingOver)
+        #expect(machine.handle(.transferCompleted, now: .seconds(36)) == [.verify])
+        // The link goes silent: the stall timeout, not the 120 s step timeout, ends it.
+        machine = Machine(configuration: configuration)
+        _ = Self.drive(&machine, Array(Self.happyPath.prefix(6)))
+        _ = machine.handle(.delivered(1 << 20), now: .seconds(6))
+        _ = machine.handle(.delivered(1 << 20), now: .seconds(12))  // nothing new
+        #expect(machine.handle(.tick, now: .seconds(15)).isEmpty)
+        let actions = machine.handle(.tick, now: .seconds(17))
+        #expect(machine.phase == .rollingBack, "\(machine.phase)")
+        #expect(actions.contains(.destroyDestination))
+    }
 }
