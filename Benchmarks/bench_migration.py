@@ -120,11 +120,14 @@ def proc_cpu(pid, children=False):
 
 
 def heartbeats(path):
-    """(last heartbeat seq, first heartbeat line) of a guest console log."""
+    """(last heartbeat seq, first heartbeat line) of a guest console log; a line still being written (no
+    newline yet) does not count."""
     last, first = None, None
     try:
         with open(path, errors="replace") as f:
             for line in f:
+                if not line.endswith("\n"):
+                    break
                 match = HEARTBEAT.search(line)
                 if match:
                     last = int(match.group(1))

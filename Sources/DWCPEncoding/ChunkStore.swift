@@ -226,7 +226,14 @@ public final class PersistentChunkStore: KnownChunks, ChunkProvider {
     ///   if the write fails (the store then holds nothing partial and stays usable).
     @discardableResult
     public func put(_ bytes: UnsafeRawBufferPointer) throws(EncodingError) -> ChunkKey {
-        let key = ChunkKey(of: bytes)
+        try put(bytes, key: ChunkKey(of: bytes))
+    }
+
+    /// Stores a chunk whose SHA-256 the caller computed already (an encoder that identified it); the key is
+    /// trusted, not computed again. A chunk already held is not written again (it counts as a use).
+    /// - Throws: As ``put(_:)-(UnsafeRawBufferPointer)``.
+    @discardableResult
+    public func put(_ bytes: UnsafeRawBufferPointer, key: ChunkKey) throws(EncodingError) -> ChunkKey {
         if index[key] != nil {
             touch(key)
             return key

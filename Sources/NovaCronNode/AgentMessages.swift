@@ -19,13 +19,15 @@ public enum AgentRequest: Codable, Sendable, Equatable {
     case migrations
 
     // MARK: Peer (the source agent of a migration, on one connection for the whole migration)
-    /// Whether this node takes the VM: its name is free and its kernel is here. Reply: ``AgentReply/done``.
+    /// Whether this node takes the VM (its name is free, its kernel is here); if so it opens a DWCP receiver
+    /// for the migration stream at once, so the source sets the data session up while the destination QEMU
+    /// starts. Reply: ``AgentReply/incomingReady(dataPort:)``.
     case negotiate(IncomingRequest)
-    /// Start the destination QEMU (`-incoming`, paused) and a DWCP receiver for its migration stream.
-    /// Reply: ``AgentReply/incomingReady(dataPort:)``.
+    /// Start the destination QEMU (`-incoming`, paused) reading from the receiver. Reply: ``AgentReply/done``.
     case prepareIncoming
-    /// Wait until the whole stream was received and loaded. Reply: ``AgentReply/arrived(_:)``.
-    case awaitArrival
+    /// Wait until the whole stream was received and loaded; with `resume`, then run the destination (the
+    /// commit point, when there is nothing to verify first). Reply: ``AgentReply/arrived(_:)``.
+    case awaitArrival(resume: Bool)
     /// The SHA-256 of the paused destination's RAM (`pmemsave`). Reply: ``AgentReply/digest(_:)``.
     case digestRAM
     /// Run the destination: the commit point. Reply: ``AgentReply/done``.
@@ -115,6 +117,8 @@ public struct IncomingArrival: Codable, Sendable, Equatable {
     public var streamBytes: UInt64
     /// Their SHA-256, as the transport verified it end to end.
     public var streamSHA256: String
+    /// Whether the destination runs (it was asked to resume on arrival).
+    public var resumed: Bool
 }
 
 /// One VM an agent holds.
@@ -175,9 +179,13 @@ public struct MigrationReport: Codable, Sendable, Equatable {
     public var qemuTotalMilliseconds: Int?
     /// QEMU's own downtime figure: the guest stopped until the source finished writing the stream.
     public var qemuDowntimeMilliseconds: Int?
-    /// From the source agent seeing the guest paused to the destination confirming it runs: what the guest
-    /// sees as its pause (includes the final bytes' trip, loading and any RAM verification).
+    /// The guest's pause: QEMU's downtime (stop → its last write into the agent's socket) plus the source
+    /// agent's time from QEMU's completion to the destination confirming it runs (the stream's tail, loading,
+    /// any RAM verification, the round trip of the confirmation).
     public var pausedMilliseconds: Int?
+    /// The guest's pause, piece by piece: QEMU's final copy into the agent's socket (QEMU's downtime), then
+    /// until the transport confirmed the whole stream arrived, then until the destination confirmed it runs.
+    public var pauseTimeline: [String: Int]?
     /// The VM's RAM size.
     public var ramBytes: Int
     /// Bytes of QEMU's migration stream.

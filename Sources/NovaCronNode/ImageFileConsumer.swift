@@ -61,8 +61,8 @@ public final class SharedChunkStore: @unchecked Sendable {
     /// - Throws: The store's error (a full disk, say).
     func keep(_ bytes: UnsafeRawBufferPointer, key: ChunkKey?, features: ChunkFeatures?) throws {
         try lock.withLock {
-            let stored = try store.put(bytes)
-            if let features { similarity.insert(features, key: key ?? stored) }
+            let stored = try key.map { key throws(EncodingError) in try store.put(bytes, key: key) } ?? store.put(bytes)
+            if let features { similarity.insert(features, key: stored) }
         }
     }
 

@@ -13,8 +13,9 @@ import NovaCronHypervisor
 actor IncomingMigration {
     let request: IncomingRequest
     private var vm: HostedVM?
-    /// The agent's end of the socket pair QEMU reads its stream from.
+    /// The agent's end of the socket pair QEMU reads its stream from, and QEMU's end until QEMU has it.
     private var streamEnd: Int32 = -1
+    private var qemuEnd: Int32 = -1
     private var receiver: Task<ReceiveReport, any Error>?
     private(set) var isCommitted = false
     private var isDestroyed = false
@@ -42,9 +43,15 @@ actor IncomingMigration {
         guard !isDestroyed else { throw AgentFailure("migration", "this migration was rolled back") }
         switch request {
         case .prepareIncoming:
-            return .incomingReady(dataPort: try await prepare(agent: agent))
-        case .awaitArrival:
-            return .arrived(try await arrival())
+            try await prepare(agent: agent)
+            return .done
+        case .awaitArrival(let resume):
+            var arrived = try await arrival()
+            if resume, let vm {
+                try await commit(vm, agent: agent)
+                arrived.resumed = true
+            }
+            return .arrived(arrived)
         case .digestRAM:
             guard let vm else { throw AgentFailure("invalidRequest", "no destination VM yet") }
             let directory = agent.scratchDirectory
@@ -54,9 +61,7 @@ actor IncomingMigration {
                 })
         case .resumeIncoming:
             guard let vm else { throw AgentFailure("invalidRequest", "no destination VM yet") }
-            try await hypervisorCall("destination QEMU") { try await vm.machine.resume() }
-            isCommitted = true
-            await agent.adopt(self, vm: vm)
+            try await commit(vm, agent: agent)
             return .done
         case .destroyIncoming:
             await agent.destroy(self, reason: "the source rolled back")
@@ -66,45 +71,63 @@ actor IncomingMigration {
         }
     }
 
-    private func prepare(agent: NodeAgent) async throws -> Int {
-        guard vm == nil else { throw AgentFailure("invalidRequest", "the destination is already prepared") }
-        let spec = request.spec
-        let hypervisor = agent.hypervisor
-        let machine = try await hypervisorCall("destination QEMU") {
-            try await HostedVM.launch(spec, mode: .incoming(paused: true), hypervisor: hypervisor)
-        }
-        vm = machine
+    /// Opens the socket pair QEMU will read its stream from and a DWCP receiver writing into it, at once when
+    /// the migration is accepted: the source sets the data session up while this node starts QEMU.
+    /// - Returns: The receiver's port.
+    func openReceiver(agent: NodeAgent) async throws -> Int {
+        guard receiver == nil else { throw AgentFailure("invalidRequest", "the receiver is already open") }
         var ends: [Int32] = [-1, -1]
         guard socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &ends) == 0 else {
             throw AgentFailure("migration", "socketpair: \(String(cString: strerror(errno)))")
         }
         streamEnd = ends[0]
-        let qemuEnd = ends[1]
-        do {
-            defer { close(qemuEnd) }
-            try await hypervisorCall("destination QEMU") {
-                try await machine.machine.acceptIncoming(fromDescriptor: qemuEnd)
-            }
-        }
+        qemuEnd = ends[1]
         var configuration = ReceiveConfiguration(
             host: agent.configuration.host, port: 0, security: agent.configuration.security,
             nodeName: agent.configuration.nodeName, destination: .descriptor(streamEnd))
         configuration.overwrite = true
+        configuration.windowBytes = agent.configuration.migrationWindow
         configuration.consumers = MigrationStreamConsumerFactory(store: agent.store)
         let (ports, portContinuation) = AsyncStream<Int>.makeStream()
         receiver = Task {
             defer { portContinuation.finish() }
             return try await TransferServer.receive(
-                configuration: configuration,
-                onListening: { port in
-                    portContinuation.yield(port)
-                })
+                configuration: configuration, onListening: { port in portContinuation.yield(port) },
+                progress: { progress in Task { await self.arrived(progress.bytesDone) } })
         }
         for await port in ports {
             return port
         }
         _ = try await receiver!.value
         throw AgentFailure("migration", "the data receiver did not start")
+    }
+
+    /// Starts the destination QEMU (`-incoming defer -S`) reading from the socket pair.
+    private func prepare(agent: NodeAgent) async throws {
+        guard vm == nil, qemuEnd >= 0 else {
+            throw AgentFailure("invalidRequest", "the destination is already prepared, or has no receiver")
+        }
+        let spec = request.spec
+        let hypervisor = agent.hypervisor
+        let machine = try await hypervisorCall("destination QEMU") {
+            try await HostedVM.launch(spec, mode: .incoming(paused: true), hypervisor: hypervisor)
+        }
+        vm = machine
+        let descriptor = qemuEnd
+        defer {
+            close(descriptor)
+            qemuEnd = -1
+        }
+        try await hypervisorCall("destination QEMU") {
+            try await machine.machine.acceptIncoming(fromDescriptor: descriptor)
+        }
+    }
+
+    /// Runs the destination: the VM is this node's from here on.
+    private func commit(_ vm: HostedVM, agent: NodeAgent) async throws {
+        try await hypervisorCall("destination QEMU") { try await vm.machine.resume() }
+        isCommitted = true
+        await agent.adopt(self, vm: vm)
     }
 
     private func arrival() async throws -> IncomingArrival {
@@ -118,13 +141,25 @@ actor IncomingMigration {
         // Every byte is in the socket: QEMU reads what is buffered after our end closes.
         close(streamEnd)
         streamEnd = -1
-        let info = try await hypervisorCall("destination QEMU") {
-            try await vm.machine.waitForMigration(timeout: .seconds(120))
+        // The guest is paused until this returns: ask often (QEMU loads the last bytes in milliseconds).
+        let clock = ContinuousClock()
+        let deadline = clock.now + .seconds(120)
+        while true {
+            let info = try await hypervisorCall("destination QEMU") { try await vm.machine.migrationInfo() }
+            switch info.status {
+            case "completed":
+                return IncomingArrival(streamBytes: report.bytes, streamSHA256: report.sha256, resumed: false)
+            case "failed", "cancelled":
+                throw AgentFailure(
+                    "migration",
+                    "the destination QEMU did not load the stream: \(info.errorDescription ?? info.status)")
+            default:
+                guard clock.now < deadline else {
+                    throw AgentFailure("migration", "the destination QEMU did not load the stream within 120 s")
+                }
+                try await Task.sleep(for: .milliseconds(5))
+            }
         }
-        guard info.status == "completed" else {
-            throw AgentFailure("migration", "the destination QEMU did not load the stream: \(info.status)")
-        }
-        return IncomingArrival(streamBytes: report.bytes, streamSHA256: report.sha256)
     }
 
     /// Stops the receiver and the destination QEMU and closes the stream socket.
@@ -140,6 +175,10 @@ actor IncomingMigration {
         if streamEnd >= 0 {
             close(streamEnd)
             streamEnd = -1
+        }
+        if qemuEnd >= 0 {
+            close(qemuEnd)
+            qemuEnd = -1
         }
         await vm?.release()
         return true

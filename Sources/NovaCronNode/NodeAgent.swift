@@ -29,6 +29,10 @@ public actor NodeAgent {
         public var stateDirectory: String
         /// The most bytes the chunk store keeps before it evicts its oldest chunks (`--store-capacity`).
         public var storeCapacity = 8 << 30
+        /// The transport window of a migration's data session, both ways (`--migration-window`). Small on
+        /// purpose: what sits in buffers between the two QEMUs makes the source's QEMU overestimate the rate,
+        /// stop the guest too early and leave a longer tail for the pause.
+        public var migrationWindow = 16 << 20
         /// How long a migration peer may stay silent — no reply, no migration data — before it counts as
         /// gone: the source rolls back, the destination removes its uncommitted copy (`--peer-timeout`).
         public var peerTimeout: Duration = .seconds(30)
@@ -223,8 +227,9 @@ public actor NodeAgent {
             guard incoming == nil else {
                 throw AgentFailure("invalidRequest", "one migration per connection")
             }
-            incoming = try await accept(request, from: connection.peerName)
-            return .done
+            let accepted = try await accept(request, from: connection.peerName)
+            incoming = accepted
+            return .incomingReady(dataPort: try await accepted.openReceiver(agent: self))
         default:
             guard let current = incoming else {
                 throw AgentFailure("invalidRequest", "\(request) needs a negotiated migration on this connection")
@@ -316,6 +321,7 @@ public actor NodeAgent {
     }
 
     private func migrationEnded(_ report: MigrationReport, vm: HostedVM) async {
+        syncStoreLater()
         if report.runsOn == "destination" {
             vms[report.vm] = nil
             await vm.release()
@@ -350,8 +356,22 @@ public actor NodeAgent {
         return IncomingMigration(request: request)
     }
 
+    /// Makes the chunks a migration kept durable, off the migration's path (the chunk store is a cache).
+    nonisolated func syncStoreLater() {
+        let store = self.store
+        let logger = self.logger
+        Task.detached(priority: .background) {
+            do {
+                try store.sync()
+            } catch {
+                logger.warning("chunk store sync failed", metadata: ["error": "\(error)"])
+            }
+        }
+    }
+
     /// The destination copy runs: it becomes one of this node's VMs.
     func adopt(_ incoming: IncomingMigration, vm: HostedVM) {
+        syncStoreLater()
         reserved.remove(incoming.request.spec.name)
         activeMigrations -= 1
         vms[vm.name] = vm

@@ -69,14 +69,18 @@ private final class Driver {
     let feed: AsyncStream<DriverInput>.Continuation
     var background: [Task<Void, Never>] = []
 
-    var dataPort: Int?
     var streamEnd: Int32 = -1
+    /// QEMU's end of the socket pair, until QEMU has it.
+    var qemuEnd: Int32 = -1
     var sourceFinal: MigrationInfo?
     var streamReport: SendReport?
     var producer: MigrationStreamProducer?
     var arrivalAsked = false
     var pausedAt: ContinuousClock.Instant?
     var resumedAt: ContinuousClock.Instant?
+    /// When the source QEMU reported completion, and when the transport confirmed the stream delivered.
+    var completedAt: ContinuousClock.Instant?
+    var deliveredAt: ContinuousClock.Instant?
     var resumeSent = false
     var cancelledByUs = false
     var failedRollbackSteps = 0
@@ -113,10 +117,7 @@ private final class Driver {
                 feed.yield(.machine(.tick))
             }
         }
-        defer {
-            ticker.cancel()
-            for task in background { task.cancel() }
-        }
+        defer { ticker.cancel() }
         var queue: [MigrationMachine.Event] = []
         if machine.phase == .idle { queue.append(.start) }
         if let failure { queue.append(.failed(failure)) }
@@ -134,10 +135,39 @@ private final class Driver {
             guard let input = await iterator.next() else { break }
             queue += await translate(input)
         }
-        if streamEnd >= 0 {
-            close(streamEnd)
-            streamEnd = -1
+        await stopBackground()
+    }
+
+    /// Ends the session and the QEMU poller, then closes the socket pair. A reader blocked on the socket is
+    /// woken by `shutdown` first, and the descriptors are closed only once the tasks that use them ended (a
+    /// descriptor closed under a reader could be reused by another open meanwhile); a task that does not end
+    /// within 10 s leaves its descriptor open rather than risk that.
+    private func stopBackground() async {
+        if streamEnd >= 0 { shutdown(streamEnd, Int32(SHUT_RDWR)) }
+        for task in background { task.cancel() }
+        let tasks = background
+        let ended = await withTaskGroup(of: Bool.self) { group in
+            group.addTask {
+                for task in tasks { await task.value }
+                return true
+            }
+            group.addTask {
+                try? await Task.sleep(for: .seconds(10))
+                return false
+            }
+            let first = await group.next() ?? false
+            group.cancelAll()
+            return first
         }
+        if !ended {
+            migration.logger.warning("the migration's session did not stop within 10 s; leaving its socket open")
+            return
+        }
+        for descriptor in [streamEnd, qemuEnd] where descriptor >= 0 {
+            close(descriptor)
+        }
+        streamEnd = -1
+        qemuEnd = -1
     }
 
     // MARK: Actions
@@ -146,13 +176,17 @@ private final class Driver {
         do {
             switch action {
             case .negotiate:
-                try await ask(.negotiate(IncomingRequest(id: migration.id, spec: vm.spec)))
+                guard
+                    case .incomingReady(let port) = try await ask(
+                        .negotiate(IncomingRequest(id: migration.id, spec: vm.spec)))
+                else {
+                    throw AgentFailure("protocol", "the destination answered negotiate with something else")
+                }
+                // The data session's handshakes happen while the destination starts its QEMU.
+                try openSession(port: port)
                 return [.negotiated]
             case .prepareDestination:
-                guard case .incomingReady(let port) = try await ask(.prepareIncoming) else {
-                    throw AgentFailure("protocol", "the destination answered prepare with something else")
-                }
-                dataPort = port
+                try await ask(.prepareIncoming)
                 return [.destinationReady]
             case .startTransfer(let maximumDowntime):
                 try await startTransfer(maximumDowntime: maximumDowntime)
@@ -167,9 +201,11 @@ private final class Driver {
             case .verify:
                 return try await verify()
             case .resumeDestination:
-                resumeSent = true
-                try await ask(.resumeIncoming)
-                resumedAt = clock.now
+                if resumedAt == nil {
+                    resumeSent = true
+                    try await ask(.resumeIncoming)
+                    resumedAt = clock.now
+                }
                 return [.destinationRunning]
             case .stopSource, .killSource:
                 if sourceFinal?.downtimeMilliseconds ?? 0 == 0, let info = try? await vm.migrationInfo() {
@@ -233,47 +269,35 @@ private final class Driver {
         return try await connection.reply(timeout: migration.configuration.peerTimeout)
     }
 
-    private func startTransfer(maximumDowntime: Duration) async throws {
-        guard let dataPort else { throw AgentFailure("protocol", "no data port") }
-        try await vm.setMigrationCapabilities(["auto-converge": true])
-        try await vm.setMigrationParameters([
-            "downtime-limit": .int(
-                Int64(
-                    maximumDowntime.components.seconds * 1000 + maximumDowntime.components.attoseconds
-                        / 1_000_000_000_000_000)),
-            // QEMU's default cap is 128 MiB/s; the link and the transport decide instead.
-            "max-bandwidth": .int(Int64(1) << 40),
-        ])
+    /// Opens the socket pair QEMU will migrate into and starts the DWCP session that carries what it yields
+    /// to the destination's receiver at `port` (it waits for QEMU's first bytes once connected).
+    private func openSession(port: Int) throws {
         var ends: [Int32] = [-1, -1]
         guard socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &ends) == 0 else {
             throw AgentFailure("migration", "socketpair: \(String(cString: strerror(errno)))")
         }
         streamEnd = ends[0]
-        do {
-            defer { close(ends[1]) }
-            try await vm.migrate(toDescriptor: ends[1])
-        }
+        qemuEnd = ends[1]
         var send = SendConfiguration(
-            host: request.host, port: dataPort, security: migration.configuration.security,
+            host: request.host, port: port, security: migration.configuration.security,
             nodeName: migration.configuration.nodeName)
         send.reconnectAttempts = 0
         send.rateLimit = request.rateLimit
         send.stallTimeout = migration.configuration.peerTimeout
+        send.windowBytes = migration.configuration.migrationWindow
         let source: TransferSource
+        let name = "\(vm.spec.name).migration"
         switch EncodingMode(request.encoding) ?? .auto {
         case .none:
-            source = .descriptor(streamEnd, name: "\(vm.spec.name).migration")
+            source = .descriptor(streamEnd, name: name)
         case .auto:
-            producer = MigrationStreamProducer(
-                name: "\(vm.spec.name).migration", descriptor: streamEnd, store: migration.store, level: 1)
+            producer = MigrationStreamProducer(name: name, descriptor: streamEnd, store: migration.store, level: 1)
             source = .producer(producer!)
         case .level(let level):
-            producer = MigrationStreamProducer(
-                name: "\(vm.spec.name).migration", descriptor: streamEnd, store: migration.store, level: level)
+            producer = MigrationStreamProducer(name: name, descriptor: streamEnd, store: migration.store, level: level)
             source = .producer(producer!)
         }
         let feed = self.feed
-        let vm = self.vm
         background.append(
             Task {
                 do {
@@ -285,6 +309,28 @@ private final class Driver {
                     feed.yield(.streamFailed("\(error)"))
                 }
             })
+    }
+
+    /// Sets QEMU's migration parameters, hands it its end of the socket pair, and watches `query-migrate`.
+    private func startTransfer(maximumDowntime: Duration) async throws {
+        guard qemuEnd >= 0 else { throw AgentFailure("protocol", "no data session") }
+        try await vm.setMigrationCapabilities(["auto-converge": true])
+        try await vm.setMigrationParameters([
+            "downtime-limit": .int(
+                Int64(
+                    maximumDowntime.components.seconds * 1000 + maximumDowntime.components.attoseconds
+                        / 1_000_000_000_000_000)),
+            // QEMU's default cap is 128 MiB/s; the link and the transport decide instead.
+            "max-bandwidth": .int(Int64(1) << 40),
+        ])
+        let descriptor = qemuEnd
+        defer {
+            close(descriptor)
+            qemuEnd = -1
+        }
+        try await vm.migrate(toDescriptor: descriptor)
+        let feed = self.feed
+        let vm = self.vm
         background.append(
             Task {
                 do {
@@ -292,7 +338,8 @@ private final class Driver {
                         let info = try await vm.migrationInfo()
                         feed.yield(.qemu(info))
                         if info.isFinished { return }
-                        try await Task.sleep(for: .milliseconds(100))
+                        // The guest is paused during `device`: its end is worth noticing at once.
+                        try await Task.sleep(for: .milliseconds(info.status == "device" ? 5 : 100))
                     }
                 } catch {
                     feed.yield(.qemuFailed("\(error)"))
@@ -329,6 +376,7 @@ private final class Driver {
             return [.failed("source QEMU: \(message)")]
         case .streamDelivered(let report):
             streamReport = report
+            deliveredAt = clock.now
             return sourceFinal == nil ? [] : await arrival()
         case .streamFailed(let message):
             return cancelledByUs ? [] : [.failed("the migration stream: \(message)")]
@@ -352,6 +400,7 @@ private final class Driver {
             return [.sourcePaused]
         case "completed":
             pausedAt = pausedAt ?? at
+            completedAt = completedAt ?? at
             sourceFinal = info
             return [.sourcePaused] + (streamReport == nil ? [] : await arrival())
         case "failed":
@@ -368,17 +417,22 @@ private final class Driver {
         }
     }
 
-    /// QEMU finished and the stream was delivered: the destination confirms it loaded the same bytes.
+    /// QEMU finished and the stream was delivered: the destination confirms it loaded the same bytes — and,
+    /// with nothing to verify first, runs the guest at once (the resume rides on this request: one round
+    /// trip less in the guest's pause).
     private func arrival() async -> [MigrationMachine.Event] {
         guard !arrivalAsked, let streamReport else { return [] }
         arrivalAsked = true
+        let resume = !request.verifyRAM
+        if resume { resumeSent = true }
         do {
-            guard case .arrived(let arrived) = try await ask(.awaitArrival) else {
+            guard case .arrived(let arrived) = try await ask(.awaitArrival(resume: resume)) else {
                 throw AgentFailure("protocol", "the destination answered awaitArrival with something else")
             }
             guard arrived.streamSHA256 == streamReport.sha256 else {
                 return [.failed("the destination loaded a different stream (SHA-256 \(arrived.streamSHA256))")]
             }
+            if arrived.resumed { resumedAt = clock.now }
             return [.transferCompleted]
         } catch {
             return [.failed("the destination did not load the stream: \(error)")]
@@ -439,13 +493,32 @@ private final class Driver {
             totalSeconds: now.seconds,
             qemuTotalMilliseconds: sourceFinal?.totalTimeMilliseconds,
             qemuDowntimeMilliseconds: sourceFinal?.downtimeMilliseconds,
-            pausedMilliseconds: zip2(pausedAt, resumedAt).map { Int((($1 - $0).seconds * 1000).rounded()) },
+            pausedMilliseconds: zip2(completedAt ?? pausedAt, resumedAt).map {
+                // QEMU's downtime covers stop → its last write; from then on the agents carry the tail.
+                (sourceFinal?.downtimeMilliseconds ?? 0) + Int((($1 - $0).seconds * 1000).rounded())
+            },
+            pauseTimeline: pauseTimeline(),
             ramBytes: vm.spec.ramBytes,
             streamBytes: producer?.statistics?.inputBytes ?? streamReport?.bytes ?? 0,
             wireBytes: streamReport?.sentBytes ?? 0, ramIdentical: ramIdentical, lastSourceHeartbeat: lastHeartbeat,
             autoConverged: machine.autoConverging, encoding: producer == nil ? "none" : request.encoding,
             referencedBytes: producer?.statistics?.referencedBytes ?? 0,
             deltaBytes: producer?.statistics?.deltaBytes ?? 0)
+    }
+}
+
+extension Driver {
+    /// Milliseconds between the cut-over's events, as far as they happened.
+    func pauseTimeline() -> [String: Int]? {
+        guard let pausedAt else { return nil }
+        func milliseconds(_ from: ContinuousClock.Instant?, _ to: ContinuousClock.Instant?) -> Int? {
+            zip2(from, to).map { Int((($1 - $0).seconds * 1000).rounded()) }
+        }
+        var timeline: [String: Int] = [:]
+        timeline["pausedToSourceCompleted"] = milliseconds(pausedAt, completedAt)
+        timeline["sourceCompletedToDelivered"] = milliseconds(completedAt, deliveredAt)
+        timeline["deliveredToRunning"] = milliseconds(deliveredAt, resumedAt)
+        return timeline
     }
 }
 

@@ -3,6 +3,7 @@
 //
 //   encoding-bench [--runs N] [--levels 1,3] [--no-cli] [--zstd19] IMAGE [IMAGE2]
 //   encoding-bench --chunk-store DIR [--runs N] [--chunks N]   (see ChunkStoreBench.swift)
+//   encoding-bench --stream STREAM [STREAM2]   (the opaque-stream codec on a migration-stream capture)
 //   encoding-bench --fuzz-seeds IMAGE_DIR SUMMARY_DIR SEGMENT_DIR STREAM_DIR   (seed corpora for `make fuzz`)
 //
 // --zstd19 adds `zstd -19 --long=27` for the first image (it runs at a few MB/s). With two images the second
@@ -171,6 +172,7 @@ var hashOnly = false
 var chunkStoreDirectory: String?
 var storeChunks = 100_000
 var paths: [String] = []
+var streamMode = false
 while !arguments.isEmpty {
     let argument = arguments.removeFirst()
     switch argument {
@@ -180,6 +182,7 @@ while !arguments.isEmpty {
     case "--zstd19": zstd19 = true
     case "--hash": hashOnly = true
     case "--chunk-store": chunkStoreDirectory = arguments.removeFirst()
+    case "--stream": streamMode = true
     case "--chunks": storeChunks = number(arguments.removeFirst())
     case "--chunk-store-writer":
         runChunkStoreWriter(directory: arguments.removeFirst(), seed: UInt64(number(arguments.removeFirst())))
@@ -194,7 +197,12 @@ if let chunkStoreDirectory {
     runChunkStoreBench(directory: chunkStoreDirectory, runs: runs, chunks: storeChunks)
 }
 guard (1...2).contains(paths.count) else {
-    fail("usage: encoding-bench [--runs N] [--levels 1,3] [--no-cli] [--zstd19] IMAGE [IMAGE2]")
+    fail(
+        "usage: encoding-bench [--runs N] [--levels 1,3] [--no-cli] [--zstd19] [--stream] IMAGE|STREAM [IMAGE2|STREAM2]"
+    )
+}
+if streamMode {
+    runStreamBench(paths: paths, runs: runs)
 }
 
 if hashOnly {

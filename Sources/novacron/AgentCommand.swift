@@ -40,6 +40,13 @@ struct AgentCommand: AsyncParsableCommand {
     @Option(help: "The most bytes the chunk store of migration streams keeps (e.g. 8G); the oldest go first.")
     var storeCapacity = ByteCount(bytes: 8 << 30)
 
+    @Option(
+        help: """
+            The transport window of a migration's data session (e.g. 16M). Larger fills a long fat link sooner; \
+            smaller keeps less of the stream in buffers, which the guest's final pause has to wait for.
+            """)
+    var migrationWindow = ByteCount(bytes: 16 << 20)
+
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel: Logger.Level = .info
 
@@ -52,6 +59,7 @@ struct AgentCommand: AsyncParsableCommand {
         }
         guard peerTimeout >= 1 else { throw ValidationError("--peer-timeout must be at least 1 second") }
         guard storeCapacity.bytes >= 256 << 20 else { throw ValidationError("--store-capacity must be at least 256M") }
+        guard migrationWindow.bytes >= 1 << 20 else { throw ValidationError("--migration-window must be at least 1M") }
     }
 
     /// `--store` as an absolute path.
@@ -72,6 +80,7 @@ struct AgentCommand: AsyncParsableCommand {
             stateDirectory: stateDirectory)
         configuration.peerTimeout = .milliseconds(Int(peerTimeout * 1000))
         configuration.storeCapacity = storeCapacity.bytes
+        configuration.migrationWindow = migrationWindow.bytes
         let agent = try NodeAgent(configuration: configuration, logger: logger)
         let host = listen.host
         let service = AgentService(agent: agent) { port in
