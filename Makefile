@@ -26,10 +26,11 @@ test: deps fuzz-build
 
 ## demo: two node agents, a busy 512 MiB guest live-migrated a → b and back over DWCP, each time with the
 ## destination's RAM compared to the source's and the heartbeat checked; over a wanem continental link as root,
-## loopback otherwise (it says which). ARGS passes flags to scripts/demo.py (--profile global, --loopback, …).
-demo: build
+## loopback otherwise (it says which). Release build (the stream encoder is several times slower in debug).
+## ARGS passes flags to scripts/demo.py (--profile global, --loopback, …).
+demo: release
 	@bash scripts/build-guest.sh >/dev/null
-	python3 scripts/demo.py $(ARGS)
+	python3 scripts/demo.py --build .build-release/release $(ARGS)
 
 ## fuzz: libFuzzer on every fuzz target for FUZZ_SECONDS each (default 300 s, millions of inputs).
 fuzz: fuzz-build

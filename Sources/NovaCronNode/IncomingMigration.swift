@@ -46,11 +46,19 @@ actor IncomingMigration {
             try await prepare(agent: agent)
             return .done
         case .awaitArrival(let resume):
+            let started = clock.now
             var arrived = try await arrival()
+            let loaded = clock.now
             if resume, let vm {
                 try await commit(vm, agent: agent)
                 arrived.resumed = true
             }
+            agent.logger.debug(
+                "the stream arrived: seconds until the destination QEMU loaded it and until it ran",
+                metadata: [
+                    "vm": "\(self.request.spec.name)", "loaded": "\(loaded - started)",
+                    "running": "\(clock.now - started)",
+                ])
             return .arrived(arrived)
         case .digestRAM:
             guard let vm else { throw AgentFailure("invalidRequest", "no destination VM yet") }
