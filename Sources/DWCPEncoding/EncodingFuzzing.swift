@@ -275,9 +275,12 @@ public enum EncodingFuzzing {
             try output.withUnsafeBytes { raw in try encoder.append(raw) }
             try encoder.finish()
             var again: [UInt8] = []
+            var kept: [ChunkKey: [UInt8]] = [:]  // the receiver keeps what arrives: a repeat refers back to it
             var decoder = try StreamDecoder()
             try encoder.takeOutput().withUnsafeBytes { raw in
-                try decoder.append(raw, lookup: { _ in nil }, storing: { _ in }, output: { again += $0 })
+                try decoder.append(
+                    raw, lookup: { kept[$0] }, storing: { kept[ChunkKey(of: $0)] = Array($0) },
+                    output: { again += $0 })
             }
             try decoder.finish()
             precondition(again == output, "decoded bytes did not survive encoding and decoding again")

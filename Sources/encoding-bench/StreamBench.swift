@@ -90,6 +90,17 @@ func runStreamBench(paths: [String], runs: Int) -> Never {
             "| \(name) | \(format(Double(first.count) / Double(encodedCount), 2)) | \(format(megabytes / median(times))) "
                 + "| \(format(megabytes / median(decodeTimes))) |")
     }
+    for (name, compress, decompress) in [
+        ("`zstd -3 -T1` (whole stream)", "zstd -q -T1 -3 -c", "zstd -q -d -c"),
+        ("`zstd -1 -T1` (whole stream)", "zstd -q -T1 -1 -c", "zstd -q -d -c"),
+        ("`lz4`", "lz4 -q -c", "lz4 -q -d -c"),
+    ] {
+        let row = measureCLI(path: paths[0], name: name, compress: compress, decompress: decompress, runs: runs)
+        let ratio = Double(row.originalBytes) / Double(max(row.encodedBytes, 1))
+        print(
+            "| \(name) | \(format(ratio, 2)) | \(format(megabytes / row.compressSeconds)) "
+                + "| \(format(megabytes / row.decompressSeconds)) |")
+    }
     if paths.count == 2 {
         // A migration back: the receiver holds the chunks of the first stream (it sent them); the sender holds
         // them too (it received them) and finds resembling ones by feature.

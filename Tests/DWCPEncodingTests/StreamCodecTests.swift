@@ -278,8 +278,20 @@ struct StreamCodecTests {
         #expect(throws: EncodingError.self) { _ = try Self.decode(header + record + corrupt) }
     }
 
-    @Test("The fuzz entry point survives its seeds and their truncations")
+    @Test("The fuzz entry point survives its seeds and their truncations, and a batch that repeats a chunk")
     func fuzzSeeds() throws {
+        // What libFuzzer found first: a raw batch holding one chunk twice decodes, and re-encoding it refers the
+        // second copy back to the first, which the re-decoding side must have kept.
+        let chunk = TestData.random(4096, seed: 12)  // long enough for the fuzz chunker to cut inside it
+        var repeated = StreamFormat.magic + [StreamFormat.version, 0, 0, 0, 1, 2]
+        repeated.appendVarint(4096)
+        repeated.appendVarint(4096)
+        repeated += [0]
+        repeated.appendVarint(8192)
+        repeated += chunk + chunk + [0]
+        repeated.appendLittleEndian(UInt64(8192))
+        #expect(try Self.decode(repeated).bytes == chunk + chunk)
+        repeated.withUnsafeBytes { EncodingFuzzing.exerciseStreamDecoder($0) }
         for seed in try EncodingFuzzing.streamSeeds() {
             for cut in [seed.count, seed.count / 2, 9, 1] {
                 seed.prefix(cut).withUnsafeBytes { EncodingFuzzing.exerciseStreamDecoder($0) }
