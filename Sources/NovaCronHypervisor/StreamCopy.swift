@@ -5,8 +5,9 @@ import NIOPosix
     import Glibc
 #endif
 
-/// Blocking copies between descriptors, run on NIO's thread pool so no event loop or task blocks.
-enum StreamCopy {
+/// Blocking copies between descriptors, run on NIO's thread pool so no event loop or task blocks, and the
+/// socket pairs they run between.
+public enum StreamCopy {
     /// Copies from `source` until end of file into `destination`, then shuts down `destination`'s
     /// writing side if it is a socket. Returns the bytes copied. Neither descriptor is closed.
     static func copy(from source: CInt, to destination: CInt, what: String) async throws -> Int {
@@ -46,8 +47,10 @@ enum StreamCopy {
         }
     }
 
-    /// A connected pair of unix stream sockets, close-on-exec.
-    static func socketPair() throws -> (CInt, CInt) {
+    /// A connected pair of unix stream sockets, close-on-exec: one end for NovaCron, the other for QEMU
+    /// (`migrate fd:` / `migrate-incoming fd:` after ``QMPClient/passDescriptor(_:named:)``).
+    /// - Throws: ``HypervisorError/Code/streamFailed``.
+    public static func socketPair() throws -> (CInt, CInt) {
         var descriptors: [CInt] = [-1, -1]
         guard socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &descriptors) == 0
         else {

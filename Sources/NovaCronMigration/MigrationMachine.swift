@@ -9,7 +9,9 @@
 /// Phases: negotiate → prepare the destination → transfer (pre-copy, QEMU's own) → cut-over (the source
 /// paused, the last pages sent) → verify (the destination, still paused, holds the source's state) →
 /// commit (resume the destination, then stop the source) — or roll back: cancel the transfer, destroy the
-/// destination, and only once it is gone resume the source. The shell carries out a step's actions in order. The commit point is the destination reporting that it runs; before it
+/// destination, and only once it is gone resume the source. Without a verification the resume rides on the
+/// destination's confirmation that it loaded the stream. The shell carries out a step's actions in order. The
+/// commit point is the destination reporting that it runs; before it
 /// every failure rolls back, after it the VM stays on the destination and the source is stopped, by force
 /// if need be. At no step do both copies run, and at no step does neither hold the VM.
 public struct MigrationMachine: Sendable {
@@ -24,18 +26,27 @@ public struct MigrationMachine: Sendable {
         /// Progress reports in a row in which the remaining bytes do not shrink before auto-converge
         /// (QEMU throttling the guest's vCPUs) is switched on.
         public var nonConvergingReports: Int
+        /// Whether the destination's state is verified before it runs. Without a verification the resume rides
+        /// on the arrival confirmation (``Action/confirmArrival(resume:)``): one round trip less in the pause.
+        public var verifyBeforeCommit: Bool
+        /// How many failed rollback steps in a row end the rollback as ``Outcome/abandoned(_:)``.
+        public var rollbackAttempts: Int
 
         /// Creates a configuration.
         public init(
             maximumDowntime: Duration = .milliseconds(300),
             stepTimeout: Duration = .seconds(60),
             stallTimeout: Duration = .seconds(60),
-            nonConvergingReports: Int = 5
+            nonConvergingReports: Int = 5,
+            verifyBeforeCommit: Bool = true,
+            rollbackAttempts: Int = 3
         ) {
             self.maximumDowntime = maximumDowntime
             self.stepTimeout = stepTimeout
             self.stallTimeout = stallTimeout
             self.nonConvergingReports = nonConvergingReports
+            self.verifyBeforeCommit = verifyBeforeCommit
+            self.rollbackAttempts = rollbackAttempts
         }
     }
 
@@ -61,6 +72,8 @@ public struct MigrationMachine: Sendable {
         case running
         /// Quit or killed after the VM moved away.
         case stopped
+        /// Gone on its own (the source QEMU crashed or was killed): it holds nothing any more.
+        case lost
     }
 
     /// A progress report from the source QEMU (`query-migrate`).
@@ -106,7 +119,9 @@ public struct MigrationMachine: Sendable {
         case delivered(UInt64)
         /// The source QEMU paused the guest for the final pages (stop-and-copy).
         case sourcePaused
-        /// The source QEMU reports the migration completed; the destination holds the state, paused.
+        /// The transport delivered the whole stream and both sides matched its SHA-256.
+        case streamDelivered
+        /// The destination loaded the stream and holds the state, paused.
         case transferCompleted
         /// The destination's state matches the source's.
         case verified
@@ -118,6 +133,11 @@ public struct MigrationMachine: Sendable {
         case sourceResumed
         /// The destination QEMU is gone (after a rollback).
         case destinationDestroyed
+        /// The destination agent cannot be reached to destroy its copy. Its copy runs only if it was asked
+        /// to resume; otherwise it removes the copy itself when its source goes silent.
+        case destinationUnreachable
+        /// The source QEMU exited on its own (crashed, killed): why.
+        case sourceLost(String)
         /// A step failed: what, in words for the operator.
         case failed(String)
         /// The operator cancelled.
@@ -136,6 +156,10 @@ public struct MigrationMachine: Sendable {
         case startTransfer(maximumDowntime: Duration)
         /// Pre-copy does not converge: let QEMU throttle the guest (`auto-converge`).
         case enableAutoConverge
+        /// Ask the destination to confirm it loaded the stream — and, with `resume`, to run the guest at once
+        /// (the commit point when nothing is verified first). Answered by ``Event/transferCompleted`` or, after a
+        /// resume, ``Event/destinationRunning``.
+        case confirmArrival(resume: Bool)
         /// Check the destination's state against the source's.
         case verify
         /// Resume the guest on the destination (`cont`).
@@ -160,6 +184,11 @@ public struct MigrationMachine: Sendable {
         case migrated
         /// The VM runs on the source; the destination is clean. Why it was rolled back.
         case rolledBack(String)
+        /// The rollback could not confirm that the destination's copy is gone after it was asked to run: the
+        /// source stays as it is (paused) rather than risk two running copies; an operator must look.
+        case abandoned(String)
+        /// The source QEMU died during the migration (why); the destination's copy was removed. Nothing runs.
+        case sourceLost(String)
     }
 
     /// The budgets in force.
@@ -183,6 +212,12 @@ public struct MigrationMachine: Sendable {
     private var nonConverging = 0
     private var rollbackReason: String?
     private var transferStarted = false
+    private var streamDelivered = false
+    private var arrivalAsked = false
+    /// Whether the destination was ever asked to run the guest: from then on only its own word that the copy
+    /// is gone allows the source to run again.
+    public private(set) var resumeRequested = false
+    private var failedRollbackSteps = 0
 
     /// Creates the machine for one migration of a running VM.
     public init(configuration: Configuration = Configuration()) {
@@ -190,7 +225,7 @@ public struct MigrationMachine: Sendable {
     }
 
     /// Whether the VM is in a consistent place: never two running copies, and never neither holding it
-    /// (the source is stopped only once the destination runs).
+    /// (the source is stopped only once the destination runs; a source that died on its own is exempt).
     public var isConsistent: Bool {
         !(source == .running && destination == .running) && (source != .stopped || destination == .running)
     }
@@ -200,6 +235,7 @@ public struct MigrationMachine: Sendable {
         if case .finished = phase { return [] }
         if case .failed(let reason) = event { return fail(reason, now: now) }
         if case .cancel = event { return fail("cancelled by the operator", now: now) }
+        if case .sourceLost(let reason) = event { return sourceLost(reason, now: now) }
         if case .tick = event {
             guard let deadline, now >= deadline else { return [] }
             return fail("\(phase) took longer than its timeout", now: now)
@@ -229,7 +265,14 @@ public struct MigrationMachine: Sendable {
             // The tail of the stream may still be in flight: waiting for it is a transfer, with its stall timeout.
             phase = .cuttingOver
             deadline = now + configuration.stallTimeout
-            return []
+            return confirmArrivalIfDelivered()
+        case (.transferring, .streamDelivered), (.cuttingOver, .streamDelivered):
+            streamDelivered = true
+            return phase == .cuttingOver ? confirmArrivalIfDelivered() : []
+        case (.cuttingOver, .destinationRunning) where resumeRequested:
+            // The resume rode on the arrival confirmation: the commit point.
+            destination = .running
+            return enter(.stoppingSource, now: now, [.stopSource])
         case (.cuttingOver, .progress(let progress)):
             lastProgress = progress
             return []
@@ -240,6 +283,7 @@ public struct MigrationMachine: Sendable {
             guard source != .running else {
                 return fail("the source runs the guest again before the commit", now: now)
             }
+            resumeRequested = true
             return enter(.committing, now: now, [.resumeDestination])
         case (.committing, .destinationRunning):
             destination = .running
@@ -250,6 +294,17 @@ public struct MigrationMachine: Sendable {
         case (.rollingBack, .destinationDestroyed):
             destination = .absent
             // Only now may the source run again: the destination can no longer run the guest.
+            return source == .paused ? [.resumeSource] : finishRollbackIfDone()
+        case (.rollingBack, .destinationUnreachable):
+            guard !resumeRequested else {
+                // It may run (the resume went out, its answer did not come back): the source must not.
+                return finish(
+                    .abandoned(
+                        "\(rollbackReason ?? "rolled back"); the destination, asked to run the guest, cannot be reached"
+                    ))
+            }
+            // Never asked to run, its copy never will, and its agent removes it when this source goes silent.
+            destination = .absent
             return source == .paused ? [.resumeSource] : finishRollbackIfDone()
         case (.rollingBack, .sourceResumed), (.transferring, .sourceResumed), (.cuttingOver, .sourceResumed):
             // Also QEMU's own doing after a cancelled or failed migration; before a commit that is harmless.
@@ -281,6 +336,41 @@ public struct MigrationMachine: Sendable {
         return [.enableAutoConverge]
     }
 
+    /// Asks the destination to confirm the arrival once the source paused and the stream was delivered.
+    private mutating func confirmArrivalIfDelivered() -> [Action] {
+        guard streamDelivered, !arrivalAsked else { return [] }
+        arrivalAsked = true
+        let resume = !configuration.verifyBeforeCommit
+        if resume { resumeRequested = true }
+        return [.confirmArrival(resume: resume)]
+    }
+
+    /// The source QEMU died: after the commit that is the stop it was going to get; before it, the destination's
+    /// copy (if any) is removed and the migration ends with nothing running.
+    private mutating func sourceLost(_ reason: String, now: Duration) -> [Action] {
+        switch phase {
+        case .finished:
+            return []
+        case .stoppingSource:
+            source = .stopped
+            return finish(.migrated)
+        case .idle:
+            source = .lost
+            return finish(.sourceLost(reason))
+        default:
+            source = .lost
+            if resumeRequested && phase != .rollingBack {
+                // The destination was asked to run the guest: its answer decides (running: migrated; a failure
+                // rolls back its copy).
+                return []
+            }
+            if rollbackReason == nil { rollbackReason = reason }
+            phase = .rollingBack
+            deadline = now + configuration.stepTimeout
+            return destination == .absent ? finish(.sourceLost(rollbackReason!)) : [.destroyDestination]
+        }
+    }
+
     /// A failure: before the commit point, roll back; after it, make sure the source is stopped.
     private mutating func fail(_ reason: String, now: Duration) -> [Action] {
         switch phase {
@@ -291,7 +381,11 @@ public struct MigrationMachine: Sendable {
             deadline = now + configuration.stepTimeout
             return [.killSource]
         case .rollingBack:
-            // A rollback step itself failed or timed out: retry what is still open.
+            // A rollback step itself failed or timed out: retry what is still open, a few times.
+            failedRollbackSteps += 1
+            guard failedRollbackSteps < configuration.rollbackAttempts else {
+                return finish(.abandoned("\(rollbackReason ?? "rolled back"); the rollback itself failed: \(reason)"))
+            }
             deadline = now + configuration.stepTimeout
             return rollbackActions(cancel: false)
         case .finished:
@@ -320,7 +414,9 @@ public struct MigrationMachine: Sendable {
     }
 
     private mutating func finishRollbackIfDone() -> [Action] {
-        guard destination == .absent, source == .running else { return [] }
+        guard destination == .absent else { return [] }
+        if source == .lost { return finish(.sourceLost(rollbackReason ?? "the source QEMU exited")) }
+        guard source == .running else { return [] }
         return finish(.rolledBack(rollbackReason ?? "rolled back"))
     }
 

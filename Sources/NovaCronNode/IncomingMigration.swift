@@ -84,12 +84,7 @@ actor IncomingMigration {
     /// - Returns: The receiver's port.
     func openReceiver(agent: NodeAgent) async throws -> Int {
         guard receiver == nil else { throw AgentFailure("invalidRequest", "the receiver is already open") }
-        var ends: [Int32] = [-1, -1]
-        guard socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &ends) == 0 else {
-            throw AgentFailure("migration", "socketpair: \(String(cString: strerror(errno)))")
-        }
-        streamEnd = ends[0]
-        qemuEnd = ends[1]
+        (streamEnd, qemuEnd) = try StreamCopy.socketPair()
         var configuration = ReceiveConfiguration(
             host: agent.configuration.host, port: 0, security: agent.configuration.security,
             nodeName: agent.configuration.nodeName, destination: .descriptor(streamEnd))

@@ -75,20 +75,12 @@ private final class Driver {
     var sourceFinal: MigrationInfo?
     var streamReport: SendReport?
     var producer: MigrationStreamProducer?
-    var arrivalAsked = false
     var pausedAt: ContinuousClock.Instant?
     var resumedAt: ContinuousClock.Instant?
     /// When the source QEMU reported completion, and when the transport confirmed the stream delivered.
     var completedAt: ContinuousClock.Instant?
     var deliveredAt: ContinuousClock.Instant?
-    var resumeSent = false
     var cancelledByUs = false
-    var failedRollbackSteps = 0
-    var abandoned = false
-    /// The first failure the machine was told of: the reason a rollback reports.
-    var firstFailure: String?
-    /// How the source QEMU ended, when it died during the migration.
-    var sourceExit: String?
     var ramIdentical: Bool?
     var lastHeartbeat: Int?
     var lastReport: (transferred: UInt64, at: ContinuousClock.Instant)?
@@ -100,7 +92,8 @@ private final class Driver {
         machine = MigrationMachine(
             configuration: .init(
                 maximumDowntime: .milliseconds(migration.request.maximumDowntimeMilliseconds),
-                stepTimeout: .seconds(120), stallTimeout: migration.configuration.peerTimeout))
+                stepTimeout: .seconds(120), stallTimeout: migration.configuration.peerTimeout,
+                verifyBeforeCommit: migration.request.verifyRAM))
         started = clock.now
         (inputs, feed) = AsyncStream<DriverInput>.makeStream()
     }
@@ -123,15 +116,14 @@ private final class Driver {
         if let failure { queue.append(.failed(failure)) }
         var iterator = inputs.makeAsyncIterator()
         while true {
-            while !queue.isEmpty, !abandoned {
+            while !queue.isEmpty {
                 let event = queue.removeFirst()
-                if case .failed(let reason) = event, firstFailure == nil { firstFailure = reason }
                 for action in machine.handle(event, now: now) {
                     queue += await perform(action)
                 }
                 announcePhase()
             }
-            if machine.phase == .finished || abandoned { break }
+            if machine.phase == .finished { break }
             guard let input = await iterator.next() else { break }
             queue += await translate(input)
         }
@@ -198,14 +190,13 @@ private final class Driver {
                 migration.logger.info(
                     "pre-copy is not converging: stronger throttle", metadata: ["vm": "\(vm.spec.name)"])
                 return []
+            case .confirmArrival(let resume):
+                return try await confirmArrival(resume: resume)
             case .verify:
                 return try await verify()
             case .resumeDestination:
-                if resumedAt == nil {
-                    resumeSent = true
-                    try await ask(.resumeIncoming)
-                    resumedAt = clock.now
-                }
+                try await ask(.resumeIncoming)
+                resumedAt = clock.now
                 return [.destinationRunning]
             case .stopSource, .killSource:
                 if sourceFinal?.downtimeMilliseconds ?? 0 == 0, let info = try? await vm.migrationInfo() {
@@ -223,21 +214,17 @@ private final class Driver {
             case .destroyDestination:
                 do {
                     try await ask(.destroyIncoming)
-                } catch  where !resumeSent {
-                    // Without our resume the destination copy never runs, and its agent removes it when this
-                    // connection closes (which it does when this migration ends).
+                } catch let failure as AgentFailure where failure.code != "connectionClosed" {
+                    throw failure  // it answered, and could not: a failed step
+                } catch {
+                    // The machine decides what an unreachable destination means (whether it was asked to run).
                     migration.logger.warning(
-                        "destination unreachable for the rollback; it removes its copy when the connection closes",
-                        metadata: ["error": "\(error)"])
+                        "destination unreachable for the rollback", metadata: ["error": "\(error)"])
+                    return [.destinationUnreachable]
                 }
                 return [.destinationDestroyed]
             case .resumeSource:
-                if let exit = vm.exitDescription {
-                    // Nothing to resume: the VM died on the source (not of the migration); the destination is gone.
-                    sourceExit = exit
-                    abandoned = true
-                    return []
-                }
+                if let exit = vm.exitDescription { return [.sourceLost("the source QEMU \(exit)")] }
                 if try await !vm.status().isRunning {
                     try await vm.resume()
                 }
@@ -246,15 +233,6 @@ private final class Driver {
                 return []
             }
         } catch {
-            if machine.phase == .rollingBack {
-                failedRollbackSteps += 1
-                if failedRollbackSteps >= 3 {
-                    // The destination may be running (it took the resume but we never heard): the source stays
-                    // paused rather than risk two copies. An operator must look.
-                    abandoned = true
-                    return []
-                }
-            }
             return [.failed("\(action): \(error)")]
         }
     }
@@ -272,12 +250,7 @@ private final class Driver {
     /// Opens the socket pair QEMU will migrate into and starts the DWCP session that carries what it yields
     /// to the destination's receiver at `port` (it waits for QEMU's first bytes once connected).
     private func openSession(port: Int) throws {
-        var ends: [Int32] = [-1, -1]
-        guard socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &ends) == 0 else {
-            throw AgentFailure("migration", "socketpair: \(String(cString: strerror(errno)))")
-        }
-        streamEnd = ends[0]
-        qemuEnd = ends[1]
+        (streamEnd, qemuEnd) = try StreamCopy.socketPair()
         var send = SendConfiguration(
             host: request.host, port: port, security: migration.configuration.security,
             nodeName: migration.configuration.nodeName)
@@ -373,13 +346,17 @@ private final class Driver {
         case .qemu(let info):
             return await observed(info)
         case .qemuFailed(let message):
+            if let exit = vm.exitDescription { return [.sourceLost("source QEMU \(exit): \(message)")] }
             return [.failed("source QEMU: \(message)")]
         case .streamDelivered(let report):
             streamReport = report
             deliveredAt = clock.now
-            return sourceFinal == nil ? [] : await arrival()
+            return [.streamDelivered]
         case .streamFailed(let message):
-            return cancelledByUs ? [] : [.failed("the migration stream: \(message)")]
+            if cancelledByUs { return [] }
+            // A source QEMU that died closes the stream too: say which came first in substance.
+            if let exit = vm.exitDescription { return [.sourceLost("source QEMU \(exit): the stream ended early")] }
+            return [.failed("the migration stream: \(message)")]
         }
     }
 
@@ -402,7 +379,7 @@ private final class Driver {
             pausedAt = pausedAt ?? at
             completedAt = completedAt ?? at
             sourceFinal = info
-            return [.sourcePaused] + (streamReport == nil ? [] : await arrival())
+            return [.sourcePaused]
         case "failed":
             return [.failed("source QEMU: migration failed: \(info.errorDescription ?? "no description")")]
         case "cancelled":
@@ -417,26 +394,19 @@ private final class Driver {
         }
     }
 
-    /// QEMU finished and the stream was delivered: the destination confirms it loaded the same bytes — and,
-    /// with nothing to verify first, runs the guest at once (the resume rides on this request: one round
-    /// trip less in the guest's pause).
-    private func arrival() async -> [MigrationMachine.Event] {
-        guard !arrivalAsked, let streamReport else { return [] }
-        arrivalAsked = true
-        let resume = !request.verifyRAM
-        if resume { resumeSent = true }
-        do {
-            guard case .arrived(let arrived) = try await ask(.awaitArrival(resume: resume)) else {
-                throw AgentFailure("protocol", "the destination answered awaitArrival with something else")
-            }
-            guard arrived.streamSHA256 == streamReport.sha256 else {
-                return [.failed("the destination loaded a different stream (SHA-256 \(arrived.streamSHA256))")]
-            }
-            if arrived.resumed { resumedAt = clock.now }
-            return [.transferCompleted]
-        } catch {
-            return [.failed("the destination did not load the stream: \(error)")]
+    /// The destination confirms it loaded the stream the transport delivered — and, when the machine says so,
+    /// that it runs the guest.
+    private func confirmArrival(resume: Bool) async throws -> [MigrationMachine.Event] {
+        guard let streamReport else { throw AgentFailure("protocol", "no delivered stream to confirm") }
+        guard case .arrived(let arrived) = try await ask(.awaitArrival(resume: resume)) else {
+            throw AgentFailure("protocol", "the destination answered awaitArrival with something else")
         }
+        guard arrived.streamSHA256 == streamReport.sha256 else {
+            return [.failed("the destination loaded a different stream (SHA-256 \(arrived.streamSHA256))")]
+        }
+        guard arrived.resumed else { return [.transferCompleted] }
+        resumedAt = clock.now
+        return [.destinationRunning]
     }
 
     // MARK: Reporting
@@ -473,14 +443,19 @@ private final class Driver {
         case .rolledBack(let why):
             outcome = "rolled back"
             reason = why
-            runsOn = "source"
-        case nil where sourceExit != nil:
+            // What the machine saw last; a source QEMU that died afterwards is reported as it is.
+            runsOn = vm.exitDescription.map { "nowhere: the source QEMU \($0)" } ?? "source"
+        case .sourceLost(let why):
             outcome = "rolled back"
-            reason = firstFailure
-            runsOn = "nowhere: the source QEMU \(sourceExit!)"
+            reason = why
+            runsOn = "nowhere: \(vm.exitDescription.map { "the source QEMU \($0)" } ?? "the source QEMU exited")"
+        case .abandoned(let why):
+            outcome = "abandoned"
+            reason = why
+            runsOn = machine.source == .running ? "source" : "source (paused)"
         case nil:
             outcome = "abandoned"
-            reason = "the rollback could not confirm the destination's copy is gone; the source stays paused"
+            reason = "the migration's events stopped before it finished"
             runsOn = "source (paused)"
         }
         if lastHeartbeat == nil {

@@ -155,11 +155,13 @@ struct MigrationMachineTests {
         let events: [Machine.Event] = [
             .start, .negotiated, .destinationReady, Self.progress(remaining: 1 << 20, sent: 1 << 20), .sourcePaused,
             .transferCompleted, .verified, .destinationRunning, .sourceStopped, .sourceResumed, .destinationDestroyed,
-            .failed("x"), .cancel, .tick,
+            .failed("x"), .cancel, .tick, .streamDelivered, .destinationUnreachable, .sourceLost("crash"),
         ]
         var state: UInt64 = 0x9E37_79B9_7F4A_7C15
         for _ in 0..<2_000 {
-            var machine = Machine(configuration: .init(stepTimeout: .seconds(3), stallTimeout: .seconds(3)))
+            let verify = state & 1 == 0
+            var machine = Machine(
+                configuration: .init(stepTimeout: .seconds(3), stallTimeout: .seconds(3), verifyBeforeCommit: verify))
             var finishes = 0
             for step in 0..<40 {
                 state = state &* 6_364_136_223_846_793_005 &+ 1_442_695_040_888_963_407
@@ -194,5 +196,83 @@ struct MigrationMachineTests {
         let actions = machine.handle(.tick, now: .seconds(17))
         #expect(machine.phase == .rollingBack, "\(machine.phase)")
         #expect(actions.contains(.destroyDestination))
+    }
+
+    /// The events up to the source's pause, then the transport's delivery of the whole stream.
+    static let untilDelivered: [Machine.Event] = Array(happyPath.prefix(6)) + [.streamDelivered]
+
+    @Test("Without verification the resume rides on the arrival confirmation, which is then the commit point")
+    func resumeOnArrival() {
+        var machine = Machine(configuration: .init(verifyBeforeCommit: false))
+        let actions = Self.drive(&machine, Self.untilDelivered)
+        #expect(actions.last == .confirmArrival(resume: true) && machine.resumeRequested)
+        #expect(machine.handle(.destinationRunning, now: .seconds(10)) == [.stopSource])
+        #expect(machine.destination == .running && machine.phase == .stoppingSource)
+        #expect(machine.handle(.sourceStopped, now: .seconds(11)) == [.finish(.migrated)])
+        // Delivery reported before QEMU's pause: the confirmation waits for the pause.
+        var early = Machine(configuration: .init(verifyBeforeCommit: false))
+        #expect(
+            !Self.drive(&early, Array(Self.happyPath.prefix(5)) + [.streamDelivered]).contains(
+                .confirmArrival(resume: true)))
+        #expect(early.handle(.sourcePaused, now: .seconds(9)) == [.confirmArrival(resume: true)])
+        // With verification the arrival is only confirmed; the resume comes after `verified`.
+        var verifying = Machine()
+        #expect(Self.drive(&verifying, Self.untilDelivered).last == .confirmArrival(resume: false))
+        #expect(!verifying.resumeRequested)
+        #expect(verifying.handle(.transferCompleted, now: .seconds(10)) == [.verify])
+    }
+
+    @Test("An unreachable destination never asked to run counts as gone; one asked to run abandons the rollback")
+    func unreachableDestination() {
+        var never = Machine()
+        _ = Self.drive(&never, Array(Self.happyPath.prefix(6)))  // cutting over: the source is paused
+        #expect(never.handle(.failed("link cut"), now: .seconds(9)) == [.cancelTransfer, .destroyDestination])
+        #expect(never.handle(.destinationUnreachable, now: .seconds(10)) == [.resumeSource])
+        #expect(never.handle(.sourceResumed, now: .seconds(11)) == [.finish(.rolledBack("link cut"))])
+
+        var asked = Machine(configuration: .init(verifyBeforeCommit: false))
+        _ = Self.drive(&asked, Self.untilDelivered)
+        #expect(asked.handle(.failed("no answer to the arrival"), now: .seconds(9)).contains(.destroyDestination))
+        let actions = asked.handle(.destinationUnreachable, now: .seconds(10))
+        #expect(!actions.contains(.resumeSource), "the destination may run: the source must not")
+        guard case .finish(.abandoned) = actions.last else {
+            Issue.record("expected an abandoned rollback, got \(actions)")
+            return
+        }
+        #expect(asked.source == .paused && asked.isConsistent)
+    }
+
+    @Test("A rollback whose steps keep failing ends as abandoned after the configured attempts")
+    func rollbackAttempts() {
+        var machine = Machine(configuration: .init(rollbackAttempts: 3))
+        _ = Self.drive(&machine, Array(Self.happyPath.prefix(6)))
+        _ = machine.handle(.failed("link cut"), now: .seconds(9))
+        #expect(machine.handle(.failed("destroy refused"), now: .seconds(10)) == [.destroyDestination])
+        #expect(machine.handle(.failed("destroy refused"), now: .seconds(11)) == [.destroyDestination])
+        guard case .finish(.abandoned) = machine.handle(.failed("destroy refused"), now: .seconds(12)).last else {
+            Issue.record("expected an abandoned rollback after three failed attempts")
+            return
+        }
+        #expect(machine.source == .paused)
+    }
+
+    @Test("A source QEMU that dies: before the commit the destination's copy goes; after it, the VM is migrated")
+    func sourceLost() {
+        var transferring = Machine()
+        _ = Self.drive(&transferring, Array(Self.happyPath.prefix(4)))
+        #expect(transferring.handle(.sourceLost("killed"), now: .seconds(5)) == [.destroyDestination])
+        #expect(transferring.handle(.destinationDestroyed, now: .seconds(6)) == [.finish(.sourceLost("killed"))])
+        #expect(transferring.isConsistent)
+
+        var committed = Machine()
+        _ = Self.drive(&committed, Array(Self.happyPath.prefix(9)))
+        #expect(committed.handle(.sourceLost("quit"), now: .seconds(10)) == [.finish(.migrated)])
+
+        // Asked to run already: its answer decides.
+        var asked = Machine(configuration: .init(verifyBeforeCommit: false))
+        _ = Self.drive(&asked, Self.untilDelivered)
+        #expect(asked.handle(.sourceLost("killed"), now: .seconds(9)).isEmpty)
+        #expect(asked.handle(.destinationRunning, now: .seconds(10)) == [.stopSource])
+        #expect(asked.handle(.sourceStopped, now: .seconds(11)) == [.finish(.migrated)])
     }
 }
