@@ -437,7 +437,13 @@ class Run:
             "completed": migrated, "outcome": report.get("outcome"), "reason": report.get("reason"),
             "runs_on": report.get("runsOn"), "seconds": report.get("totalSeconds"),
             "qemu_total_ms": report.get("qemuTotalMilliseconds"),
-            "downtime_ms": report.get("qemuDowntimeMilliseconds"), "paused_ms": report.get("pausedMilliseconds"),
+            "downtime_ms": report.get("qemuDowntimeMilliseconds"),
+            # The guest's pause measured as for QEMU's baselines: the source's STOP event to the destination's
+            # RESUME event (QMP timestamps; both agents share this host's clock). The agent's own figure (until the
+            # source hears the destination runs, half a round trip later) is kept as paused_agent_ms.
+            "paused_ms": report.get("guestPauseByQEMUEventsMilliseconds", report.get("pausedMilliseconds")),
+            "paused_agent_ms": report.get("pausedMilliseconds"),
+            "qemu_downtime_limit_ms": report.get("qemuDowntimeLimitMilliseconds"),
             "stream_bytes": report.get("streamBytes"), "report_wire_bytes": report.get("wireBytes"),
             "ram_bytes": report.get("ramBytes"), "last_source_heartbeat": report.get("lastSourceHeartbeat"),
             "auto_converged": report.get("autoConverged"), "report": report,
@@ -765,9 +771,10 @@ def markdown(document):
         "the destination's RESUME event). QEMU's total-time ends when the source has written its last bytes into "
         "the socket, which can be before they crossed the link.",
         "- **downtime**: QEMU's own downtime figure on the source (both systems; it too ends at the source's last "
-        "write). **guest pause**: novacron = the report's pausedMilliseconds (the source agent seeing the guest "
-        "paused → the destination confirming it runs); QEMU = the source's STOP event → the destination's RESUME "
-        "event (QMP timestamps, one host clock).",
+        "write); for novacron QEMU's `downtime-limit` is the report's qemuDowntimeLimitMilliseconds (the budget "
+        "less the cut-over's round trips, docs/migration.md). **guest pause**, every system alike: the source "
+        "QEMU's STOP event → the destination QEMU's RESUME event (QMP timestamps, one host clock; for novacron the "
+        "report's guestPauseByQEMUEventsMilliseconds, the agents' own figure kept as paused_agent_ms in the JSON).",
         "- **wire**: IP bytes the link forwarded in the migration's direction (wanem counters read before and "
         "after). **CPU**: user+system seconds from /proc/PID/stat during the migration: for novacron both agents, "
         "the source QEMU and the destination QEMU's whole life; for QEMU both QEMUs likewise (TCG: includes the "

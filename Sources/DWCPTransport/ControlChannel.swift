@@ -27,6 +27,11 @@ public final class ControlConnection {
         self.outbound = outbound
     }
 
+    /// The kernel's smoothed round-trip time of the connection (`TCP_INFO`), or nil where it says nothing.
+    public func roundTrip() async -> Duration? {
+        await TCPStatistics.read(channel)?.roundTrip
+    }
+
     /// Closes the connection from any task: a ``receive()`` waiting on it returns.
     public var closer: @Sendable () -> Void {
         let channel = self.channel

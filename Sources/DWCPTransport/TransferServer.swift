@@ -1,6 +1,7 @@
 import DWCPWire
 import NIOCore
 import NIOPosix
+import Synchronization
 
 /// Receives one session over DWCP — one object, or several sharing the session's data streams:
 /// listens, accepts the sender's control stream and data streams, stores and acknowledges chunks,
@@ -25,33 +26,30 @@ public enum TransferServer {
             host: configuration.host, port: configuration.port, security: configuration.security)
         onListening(listener.channel.localAddress?.port ?? configuration.port)
         let registry = SessionRegistry(configuration: configuration)
+        let handlers = ConnectionHandlers()
         try await listener.executeThenClose { connections in
             // The accept loop runs in its own task, shielded from this task's cancellation, and ends when
             // the listener is closed and its sequence drained; connections accepted after the result are
-            // closed at once.
+            // closed at once. Each connection is served by a task of its own (see `handlers` below).
             let acceptor = Task {
-                await withDiscardingTaskGroup { handlers in
-                    do {
-                        for try await connection in connections {
-                            if await registry.isFinished {
-                                connection.close(promise: nil)
-                            } else {
-                                handlers.addTask {
-                                    guard
-                                        let adopted = await TransportConnection.adoptOrClose(
-                                            connection, tlsContext: tlsContext)
-                                    else { return }
-                                    await serve(adopted, registry: registry)
-                                }
+                do {
+                    for try await connection in connections {
+                        if await registry.isFinished {
+                            connection.close(promise: nil)
+                        } else {
+                            handlers.add {
+                                guard
+                                    let adopted = await TransportConnection.adoptOrClose(
+                                        connection, tlsContext: tlsContext)
+                                else { return }
+                                await serve(adopted, registry: registry)
                             }
                         }
-                    } catch {
-                        await registry.finish(
-                            .failure(
-                                TransportError(.connectionFailed, expected: "to accept connections", found: "\(error)")
-                            ))
                     }
-                    handlers.cancelAll()
+                } catch {
+                    await registry.finish(
+                        .failure(
+                            TransportError(.connectionFailed, expected: "to accept connections", found: "\(error)")))
                 }
             }
             await withTaskGroup(of: Void.self) { group in
@@ -81,6 +79,15 @@ public enum TransferServer {
             }
             try? await listener.channel.close()
             await acceptor.value
+        }
+        // After a success every object is committed and acknowledged, and the connections' goodbyes do not
+        // hold up the caller: closing a TLS connection waits for the peer's close_notify, up to NIOSSL's 5 s,
+        // which on a lossy link showed as 5 s added to a migration's pause. After a failure every connection
+        // is stopped first, so that nothing writes while the partial output is removed.
+        if await registry.succeeded {
+            handlers.cancelAll()
+        } else {
+            await handlers.cancelAndWait()
         }
         // A failed or stopped receive leaves no consumer's partial output behind (a file's partial copy
         // and journal stay for a resume), before the caller, often about to exit, sees the outcome.
@@ -235,6 +242,8 @@ actor SessionRegistry {
     private var sessions: [UInt64: Session] = [:]
     private var outcome: Result<ReceiveReport, any Error>?
     var isFinished: Bool { outcome != nil }
+    /// Whether the session ended with every object committed.
+    var succeeded: Bool { (try? outcome?.get()) != nil }
     private var waiters: [CheckedContinuation<Void, Never>] = []
     private var dataStreams = 0
     private var corruptChunks = 0
@@ -382,5 +391,26 @@ actor SessionRegistry {
             throw TransportError(.cancelled, expected: "a completed transfer", found: "the receiver was stopped")
         }
         return try outcome.get()
+    }
+}
+
+/// The tasks serving a listener's connections, one per connection.
+private final class ConnectionHandlers: Sendable {
+    private let tasks = Mutex<[Task<Void, Never>]>([])
+
+    func add(_ body: @escaping @Sendable () async -> Void) {
+        let task = Task { await body() }
+        tasks.withLock { $0.append(task) }
+    }
+
+    func cancelAll() {
+        for task in tasks.withLock({ $0 }) { task.cancel() }
+    }
+
+    /// Cancels every handler and waits until each has ended.
+    func cancelAndWait() async {
+        let running = tasks.withLock { $0 }
+        for task in running { task.cancel() }
+        for task in running { await task.value }
     }
 }

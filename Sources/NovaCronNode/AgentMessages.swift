@@ -66,6 +66,9 @@ public struct AgentFailure: Error, Codable, Sendable, Equatable, CustomStringCon
 
     /// `code: message`.
     public var description: String { "\(code): \(message)" }
+
+    /// The code of a destination asked to destroy a copy that already runs the guest.
+    public static let committed = "committed"
 }
 
 /// What `vm migrate` asks for.
@@ -109,6 +112,9 @@ public struct IncomingRequest: Codable, Sendable, Equatable {
     public var id: String
     /// The VM's spec; its kernel and initrd paths must exist on the destination too.
     public var spec: VMSpec
+    /// Whether the destination runs the guest as soon as it loaded the whole, verified stream, without waiting
+    /// for the source's word (nil: no).
+    public var runOnArrival: Bool?
 }
 
 /// What the destination reports once the stream was loaded.
@@ -117,8 +123,10 @@ public struct IncomingArrival: Codable, Sendable, Equatable {
     public var streamBytes: UInt64
     /// Their SHA-256, as the transport verified it end to end.
     public var streamSHA256: String
-    /// Whether the destination runs (it was asked to resume on arrival).
+    /// Whether the destination runs (it was asked to resume on arrival, or ran on arrival by itself).
     public var resumed: Bool
+    /// The destination QEMU's `RESUME` event: its QMP timestamp, seconds since 1970 on the destination's clock.
+    public var resumedAtEpochSeconds: Double?
 }
 
 /// One VM an agent holds.
@@ -179,6 +187,13 @@ public struct MigrationReport: Codable, Sendable, Equatable {
     public var qemuTotalMilliseconds: Int?
     /// QEMU's own downtime figure: the guest stopped until the source finished writing the stream.
     public var qemuDowntimeMilliseconds: Int?
+    /// The `downtime-limit` QEMU was given: the pause budget less the cut-over's round trips (docs/migration.md).
+    public var qemuDowntimeLimitMilliseconds: Int?
+    /// The round trip to the destination agent measured at negotiation.
+    public var roundTripMilliseconds: Int?
+    /// False when the cut-over's round trips on this path alone take (nearly) the whole `--max-downtime`: QEMU
+    /// then keeps the whole budget and the pause will be longer (docs/migration.md).
+    public var pauseBudgetAttainable: Bool?
     /// The guest's pause: QEMU's downtime (stop → its last write into the agent's socket) plus the source
     /// agent's time from QEMU's completion to the destination confirming it runs (the stream's tail, loading,
     /// any RAM verification, the round trip of the confirmation).
@@ -186,6 +201,10 @@ public struct MigrationReport: Codable, Sendable, Equatable {
     /// The guest's pause, piece by piece: QEMU's final copy into the agent's socket (QEMU's downtime), then
     /// until the transport confirmed the whole stream arrived, then until the destination confirmed it runs.
     public var pauseTimeline: [String: Int]?
+    /// The guest's pause as the two QEMUs saw it: the source's `STOP` event to the destination's `RESUME` event
+    /// (their QMP timestamps). Two hosts' clocks: exact when both agents share one (tests, benchmarks), otherwise
+    /// off by their offset.
+    public var guestPauseByQEMUEventsMilliseconds: Int?
     /// The VM's RAM size.
     public var ramBytes: Int
     /// Bytes of QEMU's migration stream.

@@ -7,10 +7,39 @@ import NovaCronHypervisor
 final class HostedVM: Sendable {
     let machine: QEMUVirtualMachine
     private let lifetime: Lifetime
+    /// When QEMU last reported each event (its QMP timestamp: the host's wall clock, seconds since 1970).
+    private let eventTimes = NIOLockedValueBox<[String: Double]>([:])
 
     private init(machine: QEMUVirtualMachine, lifetime: Lifetime) {
         self.machine = machine
         self.lifetime = lifetime
+    }
+
+    /// The QMP timestamp of the last `name` event (`STOP`, `RESUME`, …) QEMU sent, if any.
+    func lastEvent(_ name: String) -> Double? {
+        eventTimes.withLockedValue { $0[name] }
+    }
+
+    /// Waits up to `timeout` for a `name` event at or after `notBefore` (QEMU sends a command's events before its
+    /// reply, but they are read on their own path).
+    func event(_ name: String, notBefore: Double, timeout: Duration = .milliseconds(200)) async -> Double? {
+        let deadline = ContinuousClock.now + timeout
+        while true {
+            if let time = lastEvent(name), time >= notBefore { return time }
+            guard ContinuousClock.now < deadline else { return nil }
+            try? await Task.sleep(for: .milliseconds(2))
+        }
+    }
+
+    private func recordEvents() {
+        let events = machine.events
+        let times = eventTimes
+        Task {
+            for await event in events {
+                guard let timestamp = event.timestamp else { continue }
+                times.withLockedValue { $0[event.name] = timestamp }
+            }
+        }
     }
 
     var name: String { machine.spec.name }
@@ -25,8 +54,9 @@ final class HostedVM: Sendable {
             Task {
                 do {
                     try await hypervisor.withVirtualMachine(spec, mode: mode) { machine in
-                        handover.withLockedValue { $0.take() }?.resume(
-                            returning: HostedVM(machine: machine, lifetime: lifetime))
+                        let hosted = HostedVM(machine: machine, lifetime: lifetime)
+                        hosted.recordEvents()
+                        handover.withLockedValue { $0.take() }?.resume(returning: hosted)
                         while !lifetime.isReleased && machine.exitDescription == nil {
                             try? await Task.sleep(for: .milliseconds(100))
                         }

@@ -8,11 +8,19 @@ import NovaCronHypervisor
 
 /// The destination side of one migration, driven by the source agent's requests on one connection: a
 /// QEMU started with `-incoming` and `-S` reads the migration stream from a socket whose other end a
-/// DWCP receiver writes; it runs only when the source says so (``AgentRequest/resumeIncoming``), which
-/// is the migration's commit point.
+/// DWCP receiver writes; it runs when the source says so (``AgentRequest/resumeIncoming``, or the resume
+/// riding on ``AgentRequest/awaitArrival(resume:)``) or, when the request allows it
+/// (``IncomingRequest/runOnArrival``), as soon as QEMU loaded the whole stream the transport verified. Running
+/// is the migration's commit point: from then on this copy is never destroyed at the source's request (the
+/// answer is ``AgentFailure/committed``).
 actor IncomingMigration {
     let request: IncomingRequest
     private var vm: HostedVM?
+    /// The stream's arrival, awaited once whoever asks first (the source's request or the run on arrival).
+    private var arrivalTask: Task<IncomingArrival, any Error>?
+    /// The resume, once started: it is the commit point, so it happens once.
+    private var commitTask: Task<Void, any Error>?
+    private var resumedAtEpochSeconds: Double?
     /// The agent's end of the socket pair QEMU reads its stream from, and QEMU's end until QEMU has it.
     private var streamEnd: Int32 = -1
     private var qemuEnd: Int32 = -1
@@ -47,12 +55,13 @@ actor IncomingMigration {
             return .done
         case .awaitArrival(let resume):
             let started = clock.now
-            var arrived = try await arrival()
+            var arrived = try await awaitArrival()
             let loaded = clock.now
             if resume, let vm {
                 try await commit(vm, agent: agent)
-                arrived.resumed = true
             }
+            arrived.resumed = isCommitted
+            arrived.resumedAtEpochSeconds = resumedAtEpochSeconds
             agent.logger.debug(
                 "the stream arrived: seconds until the destination QEMU loaded it and until it ran",
                 metadata: [
@@ -72,6 +81,9 @@ actor IncomingMigration {
             try await commit(vm, agent: agent)
             return .done
         case .destroyIncoming:
+            guard commitTask == nil else {
+                throw AgentFailure(AgentFailure.committed, "the VM already runs on this node: its copy stays")
+            }
             await agent.destroy(self, reason: "the source rolled back")
             return .done
         default:
@@ -124,13 +136,56 @@ actor IncomingMigration {
         try await hypervisorCall("destination QEMU") {
             try await machine.machine.acceptIncoming(fromDescriptor: descriptor)
         }
+        if request.runOnArrival == true {
+            Task { await self.runOnArrival(agent: agent) }
+        }
     }
 
-    /// Runs the destination: the VM is this node's from here on.
+    /// Runs the destination: the VM is this node's from here on. Once started it is never destroyed at the
+    /// source's request; a `cont` that fails leaves it destroyable again (the guest did not run).
     private func commit(_ vm: HostedVM, agent: NodeAgent) async throws {
-        try await hypervisorCall("destination QEMU") { try await vm.machine.resume() }
+        if commitTask == nil {
+            let wallClock = Date().timeIntervalSince1970
+            commitTask = Task {
+                do {
+                    try await hypervisorCall("destination QEMU") { try await vm.machine.resume() }
+                } catch {
+                    self.commitFailed()
+                    throw error
+                }
+                self.committed(resumedAt: await vm.event("RESUME", notBefore: wallClock - 1))
+                await agent.adopt(self, vm: vm)
+            }
+        }
+        try await commitTask!.value
+    }
+
+    private func commitFailed() { commitTask = nil }
+
+    private func committed(resumedAt: Double?) {
         isCommitted = true
-        await agent.adopt(self, vm: vm)
+        resumedAtEpochSeconds = resumedAt
+    }
+
+    /// With ``IncomingRequest/runOnArrival``: runs the guest as soon as the stream arrived whole and QEMU loaded
+    /// it. A failure here is left to the source's own ``AgentRequest/awaitArrival(resume:)``, which meets it too.
+    private func runOnArrival(agent: NodeAgent) async {
+        guard (try? await awaitArrival()) != nil, let vm, !isDestroyed else { return }
+        do {
+            try await commit(vm, agent: agent)
+            agent.logger.info("the stream arrived: running the guest", metadata: ["vm": "\(request.spec.name)"])
+        } catch {
+            agent.logger.warning(
+                "the stream arrived but the guest could not run",
+                metadata: ["vm": "\(request.spec.name)", "error": "\(error)"])
+        }
+    }
+
+    private func awaitArrival() async throws -> IncomingArrival {
+        if arrivalTask == nil {
+            arrivalTask = Task { try await self.arrival() }
+        }
+        return try await arrivalTask!.value
     }
 
     private func arrival() async throws -> IncomingArrival {
@@ -168,7 +223,7 @@ actor IncomingMigration {
     /// Stops the receiver and the destination QEMU and closes the stream socket.
     /// - Returns: Whether this call destroyed it (false: already destroyed or committed).
     func destroy() async -> Bool {
-        guard !isDestroyed, !isCommitted else { return false }
+        guard !isDestroyed, commitTask == nil else { return false }
         isDestroyed = true
         receiver?.cancel()
         if streamEnd >= 0 {

@@ -308,7 +308,8 @@ public actor NodeAgent {
         let migration = OutgoingMigration(
             request: request, vm: vm.machine, configuration: configuration, store: store,
             scratchDirectory: scratchDirectory,
-            logger: logger, progress: { progress.yield($0) }, stopSource: { await vm.release() })
+            logger: logger, progress: { progress.yield($0) }, stopSource: { await vm.release() },
+            sourceEvent: { vm.lastEvent($0) })
         logger.info(
             "migration started",
             metadata: ["vm": "\(request.vm)", "to": "\(request.host):\(request.port)", "id": "\(migration.id)"])

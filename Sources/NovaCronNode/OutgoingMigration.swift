@@ -25,6 +25,8 @@ struct OutgoingMigration: Sendable {
     let progress: @Sendable (MigrationProgress) -> Void
     /// Ends the source QEMU once the destination runs.
     let stopSource: @Sendable () async -> Void
+    /// The QMP timestamp of the source QEMU's last event of a name (``HostedVM/lastEvent(_:)``).
+    let sourceEvent: @Sendable (String) -> Double?
 
     /// Runs the migration to its end; never throws — the report says how it ended and where the VM runs.
     func run() async -> MigrationReport {
@@ -80,6 +82,8 @@ private final class Driver {
     /// When the source QEMU reported completion, and when the transport confirmed the stream delivered.
     var completedAt: ContinuousClock.Instant?
     var deliveredAt: ContinuousClock.Instant?
+    /// The destination QEMU's `RESUME` event (QMP timestamp, the destination's clock).
+    var destinationResumedAtEpoch: Double?
     var cancelledByUs = false
     var ramIdentical: Bool?
     var lastHeartbeat: Int?
@@ -93,7 +97,8 @@ private final class Driver {
             configuration: .init(
                 maximumDowntime: .milliseconds(migration.request.maximumDowntimeMilliseconds),
                 stepTimeout: .seconds(120), stallTimeout: migration.configuration.peerTimeout,
-                verifyBeforeCommit: migration.request.verifyRAM))
+                verifyBeforeCommit: migration.request.verifyRAM,
+                destinationRunsOnArrival: !migration.request.verifyRAM))
         started = clock.now
         (inputs, feed) = AsyncStream<DriverInput>.makeStream()
     }
@@ -168,15 +173,26 @@ private final class Driver {
         do {
             switch action {
             case .negotiate:
+                // The kernel's smoothed round trip of the control connection; failing that, this request's (the
+                // destination answers at once, but it opens a listener first).
+                let asked = clock.now
                 guard
                     case .incomingReady(let port) = try await ask(
-                        .negotiate(IncomingRequest(id: migration.id, spec: vm.spec)))
+                        .negotiate(
+                            IncomingRequest(
+                                id: migration.id, spec: vm.spec,
+                                runOnArrival: machine.configuration.destinationRunsOnArrival)))
                 else {
                     throw AgentFailure("protocol", "the destination answered negotiate with something else")
                 }
+                let answered = clock.now - asked
+                let roundTrip = await connection?.roundTrip() ?? answered
+                migration.logger.debug(
+                    "path to the destination",
+                    metadata: ["kernel round trip": "\(roundTrip)", "negotiation's round trip": "\(answered)"])
                 // The data session's handshakes happen while the destination starts its QEMU.
                 try openSession(port: port)
-                return [.negotiated]
+                return [.pathMeasured(roundTrip: roundTrip), .negotiated]
             case .prepareDestination:
                 try await ask(.prepareIncoming)
                 return [.destinationReady]
@@ -214,6 +230,8 @@ private final class Driver {
             case .destroyDestination:
                 do {
                     try await ask(.destroyIncoming)
+                } catch let failure as AgentFailure where failure.code == AgentFailure.committed {
+                    return [.destinationRunning]
                 } catch let failure as AgentFailure where failure.code != "connectionClosed" {
                     throw failure  // it answered, and could not: a failed step
                 } catch {
@@ -289,10 +307,7 @@ private final class Driver {
         guard qemuEnd >= 0 else { throw AgentFailure("protocol", "no data session") }
         try await vm.setMigrationCapabilities(["auto-converge": true])
         try await vm.setMigrationParameters([
-            "downtime-limit": .int(
-                Int64(
-                    maximumDowntime.components.seconds * 1000 + maximumDowntime.components.attoseconds
-                        / 1_000_000_000_000_000)),
+            "downtime-limit": .int(Int64(maximumDowntime.milliseconds)),
             // QEMU's default cap is 128 MiB/s; the link and the transport decide instead.
             "max-bandwidth": .int(Int64(1) << 40),
         ])
@@ -406,6 +421,7 @@ private final class Driver {
         }
         guard arrived.resumed else { return [.transferCompleted] }
         resumedAt = clock.now
+        destinationResumedAtEpoch = arrived.resumedAtEpochSeconds
         return [.destinationRunning]
     }
 
@@ -468,11 +484,18 @@ private final class Driver {
             totalSeconds: now.seconds,
             qemuTotalMilliseconds: sourceFinal?.totalTimeMilliseconds,
             qemuDowntimeMilliseconds: sourceFinal?.downtimeMilliseconds,
+            qemuDowntimeLimitMilliseconds: machine.phase == .idle ? nil : machine.qemuDowntime.milliseconds,
+            roundTripMilliseconds: machine.roundTrip?.milliseconds,
+            pauseBudgetAttainable: machine.isBudgetAttainable,
             pausedMilliseconds: zip2(completedAt ?? pausedAt, resumedAt).map {
                 // QEMU's downtime covers stop → its last write; from then on the agents carry the tail.
                 (sourceFinal?.downtimeMilliseconds ?? 0) + Int((($1 - $0).seconds * 1000).rounded())
             },
             pauseTimeline: pauseTimeline(),
+            guestPauseByQEMUEventsMilliseconds: outcome == "migrated"
+                ? zip2(migration.sourceEvent("STOP"), destinationResumedAtEpoch).map {
+                    Int((($1 - $0) * 1000).rounded())
+                } : nil,
             ramBytes: vm.spec.ramBytes,
             streamBytes: producer?.statistics?.inputBytes ?? streamReport?.bytes ?? 0,
             wireBytes: streamReport?.sentBytes ?? 0, ramIdentical: ramIdentical, lastSourceHeartbeat: lastHeartbeat,

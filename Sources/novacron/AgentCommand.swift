@@ -266,8 +266,21 @@ struct VMMigrateCommand: AsyncParsableCommand {
         if let reason = report.reason { text += " (\(reason))" }
         text += "; runs on the \(report.runsOn)\n"
         text += String(format: "  total %.2f s", report.totalSeconds)
-        if let downtime = report.qemuDowntimeMilliseconds { text += ", QEMU downtime \(downtime) ms" }
+        if let downtime = report.qemuDowntimeMilliseconds {
+            text += ", QEMU downtime \(downtime) ms"
+            if let limit = report.qemuDowntimeLimitMilliseconds { text += " (limit \(limit) ms)" }
+        }
         if let paused = report.pausedMilliseconds { text += ", guest paused \(paused) ms" }
+        if let byEvents = report.guestPauseByQEMUEventsMilliseconds {
+            text += " (\(byEvents) ms from the source QEMU's STOP to the destination's RESUME)"
+        }
+        if let roundTrip = report.roundTripMilliseconds {
+            text += ", round trip \(roundTrip) ms"
+            if report.pauseBudgetAttainable == false {
+                text += "\n  note: on this path the cut-over's round trips alone take most of --max-downtime; "
+                text += "QEMU was given the whole budget and the pause is longer"
+            }
+        }
         text +=
             "\n  stream \(ProgressPrinter.formatBytes(report.streamBytes)), on the wire \(ProgressPrinter.formatBytes(report.wireBytes))"
         text += String(

@@ -111,6 +111,42 @@ struct MigrationMachineTests {
         #expect(transferring.handle(.tick, now: .seconds(131)).first == .cancelTransfer)
     }
 
+    @Test(
+        "QEMU's downtime limit is the pause budget less the cut-over's round trips; all of it if they leave < 1/4",
+        arguments: [
+            // (round trip ms, verify first, QEMU's limit ms) for a 300 ms budget
+            (nil, false, 300), (1, false, 298), (100, false, 100), (112, false, 76), (113, false, 300),
+            (250, false, 300), (50, true, 150), (100, true, 300),
+        ] as [(Int?, Bool, Int)])
+    func qemuDowntimeShare(roundTrip: Int?, verify: Bool, expected: Int) {
+        var machine = Machine(configuration: .init(maximumDowntime: .milliseconds(300), verifyBeforeCommit: verify))
+        var events: [Machine.Event] = [.start]
+        if let roundTrip { events.append(.pathMeasured(roundTrip: .milliseconds(roundTrip))) }
+        let actions = Self.drive(&machine, events + [.negotiated, .destinationReady])
+        #expect(actions.contains(.startTransfer(maximumDowntime: .milliseconds(expected))), "\(actions)")
+        #expect(machine.qemuDowntime == .milliseconds(expected))
+        #expect(machine.isBudgetAttainable == roundTrip.map { _ in expected < 300 })
+        // A round trip measured once the transfer runs changes nothing QEMU was told.
+        _ = machine.handle(.pathMeasured(roundTrip: .seconds(2)), now: .seconds(9))
+        #expect(machine.qemuDowntime == .milliseconds(expected))
+    }
+
+    @Test("Convergence is judged against QEMU's limit, not the whole pause budget")
+    func convergenceAgainstQEMULimit() {
+        var machine = Machine(
+            configuration: .init(
+                maximumDowntime: .milliseconds(300), nonConvergingReports: 3, verifyBeforeCommit: false))
+        _ = Self.drive(
+            &machine, [.start, .pathMeasured(roundTrip: .milliseconds(100)), .negotiated, .destinationReady])
+        // 20 MB at 100 MB/s: 200 ms, within the 300 ms budget but not within QEMU's 100 ms, and not shrinking.
+        var actions: [Machine.Action] = []
+        for round in 0..<4 {
+            actions += machine.handle(
+                Self.progress(remaining: 20_000_000, sent: UInt64(round + 1) << 28), now: .seconds(10 + round))
+        }
+        #expect(actions == [.enableAutoConverge])
+    }
+
     @Test("Pre-copy that does not converge switches auto-converge on, once")
     func autoConverge() {
         var machine = Machine(configuration: .init(maximumDowntime: .milliseconds(300), nonConvergingReports: 3))
@@ -159,9 +195,12 @@ struct MigrationMachineTests {
         ]
         var state: UInt64 = 0x9E37_79B9_7F4A_7C15
         for _ in 0..<2_000 {
-            let verify = state & 1 == 0
+            // Three modes: verified first; resumed on the arrival confirmation; running on arrival by itself.
+            let mode = Int(state >> 40) % 3
             var machine = Machine(
-                configuration: .init(stepTimeout: .seconds(3), stallTimeout: .seconds(3), verifyBeforeCommit: verify))
+                configuration: .init(
+                    stepTimeout: .seconds(3), stallTimeout: .seconds(3), verifyBeforeCommit: mode == 0,
+                    destinationRunsOnArrival: mode == 2))
             var finishes = 0
             for step in 0..<40 {
                 state = state &* 6_364_136_223_846_793_005 &+ 1_442_695_040_888_963_407
@@ -173,6 +212,54 @@ struct MigrationMachineTests {
             }
             #expect(finishes <= 1)
         }
+    }
+
+    @Test("A destination that runs on arrival: after the source paused, only its word lets the source run again")
+    func destinationRunsOnArrival() {
+        let configuration = Machine.Configuration(verifyBeforeCommit: false, destinationRunsOnArrival: true)
+        let beforePause: [Machine.Event] = [
+            .start, .negotiated, .destinationReady, Self.progress(remaining: 20 << 20, sent: 500 << 20),
+        ]
+        // Before the pause the stream cannot be whole: an unreachable destination never ran, the source resumes.
+        var early = Machine(configuration: configuration)
+        _ = Self.drive(&early, beforePause)
+        #expect(early.handle(.failed("link cut"), now: .seconds(10)) == [.cancelTransfer, .destroyDestination])
+        #expect(early.handle(.destinationUnreachable, now: .seconds(11)) == [.finish(.rolledBack("link cut"))])
+        #expect(early.source == .running)
+        // After the pause it may have run: unreachable means abandoned, the source stays paused.
+        var cut = Machine(configuration: configuration)
+        _ = Self.drive(&cut, beforePause + [.sourcePaused])
+        #expect(cut.resumeRequested)
+        _ = cut.handle(.failed("link cut"), now: .seconds(10))
+        let abandoned = cut.handle(.destinationUnreachable, now: .seconds(11))
+        #expect(abandoned.count == 1 && !abandoned.contains(.resumeSource), "\(abandoned)")
+        guard case .abandoned = cut.outcome else {
+            Issue.record("expected abandoned, got \(String(describing: cut.outcome))")
+            return
+        }
+        #expect(cut.source == .paused)
+        // Asked to destroy its copy, it says it runs: the migration went through, the source is stopped.
+        var ran = Machine(configuration: configuration)
+        _ = Self.drive(&ran, beforePause + [.sourcePaused])
+        #expect(
+            ran.handle(.failed("the transport's confirmation never came"), now: .seconds(10)).last
+                == .destroyDestination)
+        #expect(ran.handle(.destinationRunning, now: .seconds(11)) == [.stopSource])
+        #expect(ran.destination == .running && ran.isConsistent)
+        #expect(ran.handle(.sourceStopped, now: .seconds(12)) == [.finish(.migrated)])
+        // Said to have destroyed it: the source runs again.
+        var destroyed = Machine(configuration: configuration)
+        _ = Self.drive(&destroyed, beforePause + [.sourcePaused])
+        _ = destroyed.handle(.failed("stall"), now: .seconds(10))
+        #expect(destroyed.handle(.destinationDestroyed, now: .seconds(11)) == [.resumeSource])
+        // A destination that says it runs while the source runs too (it cannot have had the whole stream):
+        // nothing is stopped or resumed, the migration ends abandoned and says why.
+        var both = Machine(configuration: configuration)
+        _ = Self.drive(&both, beforePause)
+        _ = both.handle(.failed("stall"), now: .seconds(10))
+        #expect(
+            both.handle(.destinationRunning, now: .seconds(11))
+                == [.finish(.abandoned("stall; both copies run the guest"))])
     }
 
     @Test("After the source paused, the stream's tail keeps the migration alive only while the transport delivers it")
