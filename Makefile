@@ -60,7 +60,7 @@ bench-wanem: release
 bench-encoding: release
 	@test -f var/corpus/random-full-64/ram-1.img || bash scripts/capture-guest-ram.sh var/corpus 2 5
 	python3 Benchmarks/bench_encoding.py --corpus var/corpus --workloads idle,text-sparse-16,random-full-64 \
-		$(if $(QUICK),--quick) $(ARGS)
+		$(if $(QUICK),--quick,--zstd19) $(ARGS)
 	@if [ "$$(id -u)" -eq 0 ]; then python3 Benchmarks/bench_encoding_wan.py --corpus var/corpus $(if $(QUICK),--quick); \
 	else echo "bench-encoding: the end-to-end part over wanem needs root (sudo make bench-encoding); skipped"; fi
 
@@ -78,7 +78,7 @@ bench-migration: require-root release
 
 require-root:
 	@if [ "$$(id -u)" -ne 0 ]; then \
-		echo "bench-transfer: needs root (network namespaces, TUN devices, sshd): run sudo make $(MAKECMDGOALS)" >&2; \
+		echo "$(MAKECMDGOALS): needs root (network namespaces, TUN devices; bench-transfer also sshd): run sudo make $(MAKECMDGOALS)" >&2; \
 		exit 1; fi
 
 fmt:

@@ -350,7 +350,8 @@ class Run:
         out = os.path.join(self.dir, f"agent-{node}.out")
         err = os.path.join(self.dir, f"agent-{node}.log")
         process = spawn(namespace, [self.args.novacron, "agent", "--listen", f"{address}:{AGENT_PORT}",
-                                    "--certs", self.bench.certs, "--node", node, "--store", store], err, out)
+                                    "--certs", self.bench.certs, "--node", node, "--store", store]
+                        + shlex.split(self.args.agent_flags), err, out)
         deadline = time.monotonic() + 60
         while True:
             with open(out, errors="replace") as f:
@@ -918,6 +919,7 @@ def main():
                                                                    "not completed (QEMU: migrate_cancel)")
     parser.add_argument("--boot-timeout", type=float, default=120, help="seconds for the guest's 3rd heartbeat")
     parser.add_argument("--max-downtime", type=int, default=300, help="downtime limit, ms (both systems)")
+    parser.add_argument("--agent-flags", default="", help="more `novacron agent` flags (e.g. \"--migration-window 8M\")")
     parser.add_argument("--migrate-flags", default="",
                         help="more `novacron vm migrate` flags (e.g. \"--encode none\"); recorded in the JSON")
     parser.add_argument("--tcp-buffer-mib", type=int, default=64,
@@ -979,7 +981,7 @@ def main():
         "command": " ".join(shlex.quote(a) for a in ["python3", os.path.relpath(sys.argv[0], ROOT)] + sys.argv[1:]),
         "machine": benchlib.machine(), "novacron": args.novacron, "wanem": args.wanem, "qemu": args.qemu,
         "qemu_version": qemu_version, "runs": args.runs, "quick": args.quick, "timeout_seconds": args.timeout,
-        "max_downtime_ms": args.max_downtime, "migrate_flags": args.migrate_flags, "zstd_level": args.zstd_level,
+        "max_downtime_ms": args.max_downtime, "migrate_flags": args.migrate_flags, "agent_flags": args.agent_flags, "zstd_level": args.zstd_level,
         "qemu_auto_converge": args.qemu_auto_converge, "tcp_buffer_mib": args.tcp_buffer_mib, "cc": args.cc,
         "tcp_settings": None, "memory_mib": MEMORY_MIB, "guest_launch_kib": LAUNCH_KIB, "cases": [],
         "notes": [
