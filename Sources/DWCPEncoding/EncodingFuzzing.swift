@@ -263,7 +263,7 @@ public enum EncodingFuzzing {
             for piece in [input[..<split], input[split...]] {
                 try decoder.append(
                     UnsafeRawBufferPointer(rebasing: piece), lookup: { $0 == held ? heldStreamChunk : nil },
-                    storing: { _ in }, output: { output += $0 })
+                    storing: { _, _ in }, output: { output += $0 })
             }
             try decoder.finish()
             precondition(decoder.decodedBytes == UInt64(output.count), "the decoder miscounted its output")
@@ -279,7 +279,7 @@ public enum EncodingFuzzing {
             var decoder = try StreamDecoder()
             try encoder.takeOutput().withUnsafeBytes { raw in
                 try decoder.append(
-                    raw, lookup: { kept[$0] }, storing: { kept[ChunkKey(of: $0)] = Array($0) },
+                    raw, lookup: { kept[$0] }, storing: { chunk, _ in kept[ChunkKey(of: chunk)] = Array(chunk) },
                     output: { again += $0 })
             }
             try decoder.finish()

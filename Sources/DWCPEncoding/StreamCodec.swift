@@ -293,14 +293,15 @@ public struct StreamDecoder {
     /// - Parameters:
     ///   - bytes: The next encoded bytes.
     ///   - lookup: A chunk of the receiver's store by key (nil if it does not hold it).
-    ///   - storing: Each chunk that arrived as content (the receiver keeps it for the next transfer).
+    ///   - storing: Each chunk that arrived as content (the receiver keeps it for the next transfer), with its key
+    ///     when the decoder already computed it from these bytes (a delta's check), so it need not be hashed again.
     ///   - output: The decoded bytes, in order.
     /// - Throws: ``EncodingError`` — `badMagic`/`unsupportedVersion`, `malformedRecord`, `limitExceeded`,
     ///   `decompressionFailed`, `unknownChunk` (a reference the store cannot resolve), `trailingBytes`.
     public mutating func append(
         _ bytes: UnsafeRawBufferPointer,
         lookup: (ChunkKey) -> [UInt8]?,
-        storing: (UnsafeRawBufferPointer) -> Void,
+        storing: (UnsafeRawBufferPointer, ChunkKey?) -> Void,
         output: (UnsafeRawBufferPointer) -> Void
     ) throws(EncodingError) {
         guard !ended || bytes.isEmpty else {
@@ -327,7 +328,7 @@ public struct StreamDecoder {
     /// Decodes one record at `start` if it is complete. - Returns: Its length, or nil when more bytes are needed.
     private mutating func decodeRecord(
         lookup: (ChunkKey) -> [UInt8]?,
-        storing: (UnsafeRawBufferPointer) -> Void,
+        storing: (UnsafeRawBufferPointer, ChunkKey?) -> Void,
         output: (UnsafeRawBufferPointer) -> Void
     ) throws(EncodingError) -> Int? {
         let available = buffer.count - start
@@ -386,7 +387,7 @@ public struct StreamDecoder {
                     throw EncodingError(
                         .checksumMismatch, expected: "a delta that rebuilds chunk \(key)", found: "other bytes")
                 }
-                storing(raw)
+                storing(raw, key)
                 output(raw)
             }
             decodedBytes += UInt64(chunkLength)
@@ -416,7 +417,7 @@ public struct StreamDecoder {
             decoded.withUnsafeBytes { raw in
                 var offset = 0
                 for length in lengths {
-                    storing(UnsafeRawBufferPointer(rebasing: raw[offset..<(offset + length)]))
+                    storing(UnsafeRawBufferPointer(rebasing: raw[offset..<(offset + length)]), nil)
                     offset += length
                 }
                 output(raw)

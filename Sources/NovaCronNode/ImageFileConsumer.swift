@@ -18,6 +18,8 @@ public final class SharedChunkStore: @unchecked Sendable {
     private let manifestDirectory: String
     /// Resemblance features of the stream chunks kept since this process opened the store (memory only).
     private var similarity = SimilarityIndex()
+    /// Chunks kept without their features yet (``keepUnindexed(_:)``), oldest first.
+    private var unindexed: [ChunkKey] = []
     /// How many manifests are kept (the newest).
     public static let keptManifests = 8
 
@@ -63,6 +65,32 @@ public final class SharedChunkStore: @unchecked Sendable {
         try lock.withLock {
             let stored = try key.map { key throws(EncodingError) in try store.put(bytes, key: key) } ?? store.put(bytes)
             if let features { similarity.insert(features, key: stored) }
+        }
+    }
+
+    /// Keeps a chunk that arrived in a migration stream now, and leaves its resemblance features to
+    /// ``indexUnindexed()``: the destination's guest is paused while the stream arrives, and the features only
+    /// matter when this node sends the VM on.
+    /// - Throws: The store's error (a full disk, say).
+    /// - Parameter key: The chunk's key if the caller computed it from these bytes (else the store hashes them).
+    func keepUnindexed(_ bytes: UnsafeRawBufferPointer, key: ChunkKey? = nil) throws {
+        try lock.withLock {
+            unindexed.append(
+                try key.map { key throws(EncodingError) in try store.put(bytes, key: key) } ?? store.put(bytes))
+        }
+    }
+
+    /// Computes and indexes the features of the chunks ``keepUnindexed(_:)`` kept (one at a time, so the lock
+    /// is never held for long). Chunks evicted meanwhile are skipped.
+    func indexUnindexed() {
+        let keys = lock.withLock {
+            defer { unindexed = [] }
+            return unindexed
+        }
+        for key in keys {
+            guard let bytes = contents(of: key) else { continue }
+            let features = bytes.withUnsafeBytes { ChunkFeatures(of: $0) }
+            lock.withLock { similarity.insert(features, key: key) }
         }
     }
 

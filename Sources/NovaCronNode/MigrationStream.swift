@@ -192,12 +192,12 @@ final class MigrationStreamConsumer: TransferConsumer, @unchecked Sendable {
         try bytes.withUnsafeReadableBytes { raw in
             try decoder.append(
                 raw, lookup: { store?.contents(of: $0) },
-                storing: { chunk in
+                storing: { chunk, key in
                     // The sender refers to every chunk it sent earlier in the stream: one not kept fails the
                     // migration later and obscurely, so a store that cannot keep it fails it now, saying why.
                     guard failure == nil else { return }
                     do {
-                        try store?.keep(chunk, key: nil, features: ChunkFeatures(of: chunk))
+                        try store?.keepUnindexed(chunk, key: key)
                     } catch {
                         failure = TransportError(
                             .destinationFailed, expected: "to keep the stream's chunks in the chunk store",

@@ -357,11 +357,14 @@ public actor NodeAgent {
         return IncomingMigration(request: request)
     }
 
-    /// Makes the chunks a migration kept durable, off the migration's path (the chunk store is a cache).
+    /// Indexes the chunks a migration brought in and makes them durable, off the migration's path (the chunk store is
+    /// a cache).
     nonisolated func syncStoreLater() {
         let store = self.store
         let logger = self.logger
         Task.detached(priority: .background) {
+            // The chunks a migration brought in are indexed for resemblance now that no guest waits on them.
+            store.indexUnindexed()
             do {
                 try store.sync()
             } catch {
@@ -382,6 +385,7 @@ public actor NodeAgent {
     /// Removes a destination copy that will not run; idempotent.
     func destroy(_ incoming: IncomingMigration, reason: String) async {
         guard await incoming.destroy() else { return }
+        syncStoreLater()
         reserved.remove(incoming.request.spec.name)
         activeMigrations -= 1
         logger.info(

@@ -59,7 +59,8 @@ func decodeStream(_ encoded: [UInt8], chunks: [ChunkKey: [UInt8]]) -> ([UInt8], 
     let started = clock.now
     encoded.withUnsafeBytes { raw in
         try! decoder.append(
-            raw, lookup: { chunks[$0] }, storing: { chunks[ChunkKey(of: $0)] = Array($0) }, output: { output += $0 })
+            raw, lookup: { chunks[$0] }, storing: { chunk, _ in chunks[ChunkKey(of: chunk)] = Array(chunk) },
+            output: { output += $0 })
     }
     try! decoder.finish()
     return (output, seconds(clock.now - started))

@@ -57,7 +57,11 @@ struct StreamCodecTests {
             let end = min(encoded.count, offset + pieces[index % pieces.count])
             try encoded[offset..<end].withUnsafeBytes { raw in
                 try decoder.append(
-                    raw, lookup: { chunks[$0] }, storing: { stored.append(Array($0)) }, output: { output += $0 })
+                    raw, lookup: { chunks[$0] },
+                    storing: { chunk, key in
+                        #expect(key == nil || key == ChunkKey(of: chunk), "a key given with a chunk is its own")
+                        stored.append(Array(chunk))
+                    }, output: { output += $0 })
             }
             offset = end
             index += 1
@@ -188,7 +192,7 @@ struct StreamCodecTests {
         var decoder = try StreamDecoder()
         var output: [UInt8] = []
         try encoded.withUnsafeBytes {
-            try decoder.append($0, lookup: { _ in nil }, storing: { _ in }, output: { output += $0 })
+            try decoder.append($0, lookup: { _ in nil }, storing: { _, _ in }, output: { output += $0 })
         }
         return output
     }

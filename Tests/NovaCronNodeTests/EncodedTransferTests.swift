@@ -245,4 +245,23 @@ import Testing
         #expect(queue.readableBytes == 0)
         #expect(queue.take(maximum: 1) == nil)
     }
+
+    @Test("Chunks a migration brought in are kept at once and indexed for resemblance only afterwards")
+    func migrationChunksAreIndexedAfterwards() throws {
+        let scratch = EncodedTransferTests.Scratch()
+        let store = try SharedChunkStore(directory: scratch.path + "/store", capacity: 1 << 30)
+        var generator = SystemRandomNumberGenerator()
+        let chunk = (0..<16_384).map { _ in UInt8.random(in: 0...255, using: &generator) }
+        var changed = chunk
+        changed[100] ^= 0xFF
+        let features = changed.withUnsafeBytes { ChunkFeatures(of: $0) }
+        try chunk.withUnsafeBytes { try store.keepUnindexed($0) }
+        let key = chunk.withUnsafeBytes { ChunkKey(of: $0) }
+        #expect(store.contents(of: key) == chunk, "kept at once: a reference later in the stream resolves")
+        #expect(store.similar(to: features).isEmpty, "not indexed while the stream arrives")
+        store.indexUnindexed()
+        #expect(store.similar(to: features) == [key], "a later version finds it as a delta base")
+        store.indexUnindexed()  // nothing left: idempotent
+        #expect(store.similar(to: features) == [key])
+    }
 }
