@@ -440,9 +440,10 @@ class Run:
             "qemu_total_ms": report.get("qemuTotalMilliseconds"),
             "downtime_ms": report.get("qemuDowntimeMilliseconds"),
             # The guest's pause measured as for QEMU's baselines: the source's STOP event to the destination's
-            # RESUME event (QMP timestamps; both agents share this host's clock). The agent's own figure (until the
-            # source hears the destination runs, half a round trip later) is kept as paused_agent_ms.
-            "paused_ms": report.get("guestPauseByQEMUEventsMilliseconds", report.get("pausedMilliseconds")),
+            # RESUME event (QMP timestamps; both agents share this host's clock), and nothing else: a run without
+            # them has no pause figure. The agent's own figure (until the source hears the destination runs, half a
+            # round trip later) is kept as paused_agent_ms.
+            "paused_ms": report.get("guestPauseByQEMUEventsMilliseconds"),
             "paused_agent_ms": report.get("pausedMilliseconds"),
             "qemu_downtime_limit_ms": report.get("qemuDowntimeLimitMilliseconds"),
             "stream_bytes": report.get("streamBytes"), "report_wire_bytes": report.get("wireBytes"),

@@ -33,4 +33,9 @@ extension Duration {
         let (seconds, attoseconds) = components
         return Double(seconds) + Double(attoseconds) * 1e-18
     }
+
+    /// The duration in whole milliseconds, rounded.
+    public var milliseconds: Int {
+        Int((seconds * 1000).rounded())
+    }
 }

@@ -499,9 +499,4 @@ extension Duration {
     var seconds: Double {
         Double(components.seconds) + Double(components.attoseconds) * 1e-18
     }
-
-    /// The duration in whole milliseconds, rounded.
-    public var milliseconds: Int {
-        Int((seconds * 1000).rounded())
-    }
 }

@@ -1,6 +1,7 @@
 import DWCPTransport
 import Foundation
 import NovaCronHypervisor
+import NovaCronMigration
 
 #if canImport(Glibc)
     import Glibc
@@ -8,25 +9,27 @@ import NovaCronHypervisor
 
 /// The destination side of one migration, driven by the source agent's requests on one connection: a
 /// QEMU started with `-incoming` and `-S` reads the migration stream from a socket whose other end a
-/// DWCP receiver writes; it runs when the source says so (``AgentRequest/resumeIncoming``, or the resume
-/// riding on ``AgentRequest/awaitArrival(resume:)``) or, when the request allows it
-/// (``IncomingRequest/runOnArrival``), as soon as QEMU loaded the whole stream the transport verified. Running
-/// is the migration's commit point: from then on this copy is never destroyed at the source's request (the
-/// answer is ``AgentFailure/committed``).
+/// DWCP receiver writes. When it runs and when it is removed are ``IncomingMigrationRules``' decisions (the
+/// sans-IO side of this shell): on the source's word (``AgentRequest/resumeIncoming``, or the resume riding on
+/// ``AgentRequest/awaitArrival(resume:)``) or, when the request allows it (``IncomingRequest/runOnArrival``), as
+/// soon as QEMU loaded the whole stream the transport verified. Running is the commit point: from then on the
+/// copy is never removed (a rollback request is answered ``AgentFailure/committed``).
 actor IncomingMigration {
     let request: IncomingRequest
     private var vm: HostedVM?
+    private var rules: IncomingMigrationRules
     /// The stream's arrival, awaited once whoever asks first (the source's request or the run on arrival).
     private var arrivalTask: Task<IncomingArrival, any Error>?
-    /// The resume, once started: it is the commit point, so it happens once.
+    /// The resume, once the rules started it.
     private var commitTask: Task<Void, any Error>?
     private var resumedAtEpochSeconds: Double?
     /// The agent's end of the socket pair QEMU reads its stream from, and QEMU's end until QEMU has it.
     private var streamEnd: Int32 = -1
     private var qemuEnd: Int32 = -1
     private var receiver: Task<ReceiveReport, any Error>?
-    private(set) var isCommitted = false
-    private var isDestroyed = false
+    /// Whether the copy is committed (being resumed or running): nothing removes it any more.
+    var isCommitted: Bool { rules.isCommitted }
+    private var isDestroyed: Bool { rules.state == .destroyed }
     private let clock = ContinuousClock()
     private var lastActivity = ContinuousClock.now
     private var bytesArrived: UInt64 = 0
@@ -43,6 +46,7 @@ actor IncomingMigration {
 
     init(request: IncomingRequest) {
         self.request = request
+        rules = IncomingMigrationRules(runsOnArrival: request.runOnArrival == true)
     }
 
     func handle(_ request: AgentRequest, agent: NodeAgent) async throws -> AgentReply {
@@ -55,10 +59,10 @@ actor IncomingMigration {
             return .done
         case .awaitArrival(let resume):
             let started = clock.now
-            var arrived = try await awaitArrival()
+            var arrived = try await awaitArrival(agent: agent)
             let loaded = clock.now
-            if resume, let vm {
-                try await commit(vm, agent: agent)
+            if resume {
+                try await commit(agent: agent)
             }
             arrived.resumed = isCommitted
             arrived.resumedAtEpochSeconds = resumedAtEpochSeconds
@@ -77,14 +81,12 @@ actor IncomingMigration {
                     try await ramDigest(of: vm.machine, directory: directory)
                 })
         case .resumeIncoming:
-            guard let vm else { throw AgentFailure("invalidRequest", "no destination VM yet") }
-            try await commit(vm, agent: agent)
+            try await commit(agent: agent)
             return .done
         case .destroyIncoming:
-            guard commitTask == nil else {
+            guard await agent.destroy(self, reason: "the source rolled back") != .refuseCommitted else {
                 throw AgentFailure(AgentFailure.committed, "the VM already runs on this node: its copy stays")
             }
-            await agent.destroy(self, reason: "the source rolled back")
             return .done
         default:
             throw AgentFailure("invalidRequest", "\(request) is not part of an incoming migration")
@@ -136,56 +138,65 @@ actor IncomingMigration {
         try await hypervisorCall("destination QEMU") {
             try await machine.machine.acceptIncoming(fromDescriptor: descriptor)
         }
-        if request.runOnArrival == true {
-            Task { await self.runOnArrival(agent: agent) }
+        if rules.runsOnArrival {
+            // Nobody asks for the arrival before the source's confirmation: wait for it here, so it runs at once.
+            Task { _ = try? await self.awaitArrival(agent: agent) }
         }
     }
 
-    /// Runs the destination: the VM is this node's from here on. Once started it is never destroyed at the
-    /// source's request; a `cont` that fails leaves it destroyable again (the guest did not run).
-    private func commit(_ vm: HostedVM, agent: NodeAgent) async throws {
-        if commitTask == nil {
-            let wallClock = Date().timeIntervalSince1970
-            commitTask = Task {
-                do {
-                    try await hypervisorCall("destination QEMU") { try await vm.machine.resume() }
-                } catch {
-                    self.commitFailed()
-                    throw error
-                }
-                self.committed(resumedAt: await vm.event("RESUME", notBefore: wallClock - 1))
-                await agent.adopt(self, vm: vm)
+    /// The source asked for the resume: starts it if the rules say so, and waits for it (started now or before).
+    private func commit(agent: NodeAgent) async throws {
+        if rules.resumeRequested() { startCommit(agent: agent) }
+        guard let commitTask else {
+            throw AgentFailure(
+                "invalidRequest",
+                "the destination cannot run: \(isDestroyed ? "it was removed" : "the stream has not arrived")")
+        }
+        try await commitTask.value
+    }
+
+    /// Resumes the guest: the VM is this node's from here on. A `cont` that fails leaves the copy removable again.
+    private func startCommit(agent: NodeAgent) {
+        guard let vm else { return }
+        let wallClock = Date().timeIntervalSince1970
+        commitTask = Task {
+            do {
+                try await hypervisorCall("destination QEMU") { try await vm.machine.resume() }
+            } catch {
+                self.commitEnded(resumedAt: nil, failed: true)
+                throw error
+            }
+            self.commitEnded(resumedAt: await vm.event("RESUME", notBefore: wallClock - 1), failed: false)
+            await agent.adopt(self, vm: vm)
+        }
+    }
+
+    private func commitEnded(resumedAt: Double?, failed: Bool) {
+        if failed {
+            rules.commitFailed()
+            commitTask = nil
+        } else {
+            rules.commitSucceeded()
+            resumedAtEpochSeconds = resumedAt
+        }
+    }
+
+    /// The stream's arrival, awaited once whoever asks first; the rules hear of it once, and may run the guest.
+    private func awaitArrival(agent: NodeAgent) async throws -> IncomingArrival {
+        if arrivalTask == nil {
+            arrivalTask = Task {
+                let arrived = try await self.arrival()
+                self.streamArrived(agent: agent)
+                return arrived
             }
         }
-        try await commitTask!.value
-    }
-
-    private func commitFailed() { commitTask = nil }
-
-    private func committed(resumedAt: Double?) {
-        isCommitted = true
-        resumedAtEpochSeconds = resumedAt
-    }
-
-    /// With ``IncomingRequest/runOnArrival``: runs the guest as soon as the stream arrived whole and QEMU loaded
-    /// it. A failure here is left to the source's own ``AgentRequest/awaitArrival(resume:)``, which meets it too.
-    private func runOnArrival(agent: NodeAgent) async {
-        guard (try? await awaitArrival()) != nil, let vm, !isDestroyed else { return }
-        do {
-            try await commit(vm, agent: agent)
-            agent.logger.info("the stream arrived: running the guest", metadata: ["vm": "\(request.spec.name)"])
-        } catch {
-            agent.logger.warning(
-                "the stream arrived but the guest could not run",
-                metadata: ["vm": "\(request.spec.name)", "error": "\(error)"])
-        }
-    }
-
-    private func awaitArrival() async throws -> IncomingArrival {
-        if arrivalTask == nil {
-            arrivalTask = Task { try await self.arrival() }
-        }
         return try await arrivalTask!.value
+    }
+
+    private func streamArrived(agent: NodeAgent) {
+        guard rules.streamArrived() else { return }
+        agent.logger.info("the stream arrived: running the guest", metadata: ["vm": "\(request.spec.name)"])
+        startCommit(agent: agent)
     }
 
     private func arrival() async throws -> IncomingArrival {
@@ -220,11 +231,11 @@ actor IncomingMigration {
         }
     }
 
-    /// Stops the receiver and the destination QEMU and closes the stream socket.
-    /// - Returns: Whether this call destroyed it (false: already destroyed or committed).
-    func destroy() async -> Bool {
-        guard !isDestroyed, commitTask == nil else { return false }
-        isDestroyed = true
+    /// Stops the receiver and the destination QEMU and closes the stream socket, if the rules allow it.
+    /// - Returns: The rules' answer (``IncomingMigrationRules/RemovalAnswer/remove``: this call removed it).
+    func destroy() async -> IncomingMigrationRules.RemovalAnswer {
+        let answer = rules.removalRequested()
+        guard answer == .remove else { return answer }
         receiver?.cancel()
         if streamEnd >= 0 {
             shutdown(streamEnd, Int32(SHUT_RDWR))
@@ -239,6 +250,6 @@ actor IncomingMigration {
             qemuEnd = -1
         }
         await vm?.release()
-        return true
+        return .remove
     }
 }

@@ -3,6 +3,7 @@ import DWCPTransport
 import Foundation
 import Logging
 import NovaCronHypervisor
+import NovaCronMigration
 
 #if canImport(Glibc)
     import Glibc
@@ -382,14 +383,18 @@ public actor NodeAgent {
         logger.info("incoming migration committed", metadata: ["vm": "\(vm.name)", "id": "\(incoming.request.id)"])
     }
 
-    /// Removes a destination copy that will not run; idempotent.
-    func destroy(_ incoming: IncomingMigration, reason: String) async {
-        guard await incoming.destroy() else { return }
+    /// Removes a destination copy that will not run; idempotent. A committed copy stays.
+    /// - Returns: What the migration's rules answered.
+    @discardableResult
+    func destroy(_ incoming: IncomingMigration, reason: String) async -> IncomingMigrationRules.RemovalAnswer {
+        let answer = await incoming.destroy()
+        guard answer == .remove else { return answer }
         syncStoreLater()
         reserved.remove(incoming.request.spec.name)
         activeMigrations -= 1
         logger.info(
             "incoming migration destroyed", metadata: ["vm": "\(incoming.request.spec.name)", "reason": "\(reason)"])
+        return answer
     }
 }
 

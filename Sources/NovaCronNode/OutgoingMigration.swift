@@ -489,7 +489,7 @@ private final class Driver {
             pauseBudgetAttainable: machine.isBudgetAttainable,
             pausedMilliseconds: zip2(completedAt ?? pausedAt, resumedAt).map {
                 // QEMU's downtime covers stop → its last write; from then on the agents carry the tail.
-                (sourceFinal?.downtimeMilliseconds ?? 0) + Int((($1 - $0).seconds * 1000).rounded())
+                (sourceFinal?.downtimeMilliseconds ?? 0) + ($1 - $0).milliseconds
             },
             pauseTimeline: pauseTimeline(),
             guestPauseByQEMUEventsMilliseconds: outcome == "migrated"
@@ -510,7 +510,7 @@ extension Driver {
     func pauseTimeline() -> [String: Int]? {
         guard let pausedAt else { return nil }
         func milliseconds(_ from: ContinuousClock.Instant?, _ to: ContinuousClock.Instant?) -> Int? {
-            zip2(from, to).map { Int((($1 - $0).seconds * 1000).rounded()) }
+            zip2(from, to).map { ($1 - $0).milliseconds }
         }
         var timeline: [String: Int] = [:]
         timeline["pausedToSourceCompleted"] = milliseconds(pausedAt, completedAt)
