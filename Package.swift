@@ -175,6 +175,7 @@ var package = Package(
             name: "IntegrationTests",
             dependencies: [
                 "DWCPWire",
+                "NovaCronHypervisor",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
             ],

@@ -164,14 +164,28 @@ public struct GuestHeartbeat: Hashable, Sendable {
                 fields[parts[0]] = parts[1]
             }
         }
+        // The checksum's 16 hex digits make a line whole: one a migration or QEMU's exit cut short (the guest
+        // writes its serial port a byte at a time) is not a heartbeat.
         guard let sequence = fields["seq"].flatMap({ Int($0) }),
             let uptime = fields["uptime_ms"].flatMap({ Int($0) }),
-            let verify = fields["verify"]
+            let verify = fields["verify"],
+            let checksum = fields["checksum"], checksum.count == 16, checksum.allSatisfy(\.isHexDigit)
         else { return nil }
         self.sequence = sequence
         self.uptimeMilliseconds = uptime
         self.isVerified = verify == "ok"
-        self.checksum = fields["checksum"].map(String.init) ?? ""
+        self.checksum = String(checksum)
+    }
+
+    /// The sequence the first whole heartbeat on a migrated or restored guest's new console carries when none was
+    /// lost: the one after the old console's last whole heartbeat, or the one after that when the pause cut a line
+    /// in two. The test guest writes its serial port a byte at a time and, once running, writes only heartbeats,
+    /// so a new console that does not begin with a whole heartbeat begins with the cut line's tail.
+    /// - Parameters:
+    ///   - last: The old console's last whole heartbeat.
+    ///   - firstLine: The new console's first line.
+    public static func expectedFirst(after last: Int, newConsoleFirstLine firstLine: String) -> Int {
+        matches(firstLine) ? last + 1 : last + 2
     }
 
     /// Whether a console line is a heartbeat.

@@ -218,9 +218,11 @@ private final class Driver {
                 if sourceFinal?.downtimeMilliseconds ?? 0 == 0, let info = try? await vm.migrationInfo() {
                     sourceFinal = info  // QEMU can report total time and downtime as 0 right at completion
                 }
+                await migration.stopSource()
+                // Read once QEMU has exited and its console is drained: a line the guest wrote just before the
+                // pause may still be in the console's pipe.
                 lastHeartbeat = await vm.console.retained.last(where: GuestHeartbeat.matches).flatMap(
                     GuestHeartbeat.init(line:))?.sequence
-                await migration.stopSource()
                 return [.sourceStopped]
             case .cancelTransfer:
                 cancelledByUs = true

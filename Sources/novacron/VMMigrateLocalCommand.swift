@@ -29,10 +29,12 @@ struct VMMigrateLocalCommand: AsyncParsableCommand {
         var ramIdentical: Bool
         var lastSourceHeartbeat: Int
         var firstDestinationHeartbeat: Int
+        /// The source's last plus one, or plus two when the pause cut a heartbeat line in two.
+        var expectedDestinationHeartbeat: Int
         var heartbeatVerified: Bool
 
         var isSuccess: Bool {
-            ramIdentical && heartbeatVerified && firstDestinationHeartbeat == lastSourceHeartbeat + 1
+            ramIdentical && heartbeatVerified && firstDestinationHeartbeat == expectedDestinationHeartbeat
         }
     }
 
@@ -70,6 +72,8 @@ struct VMMigrateLocalCommand: AsyncParsableCommand {
                 let last = await source.console.retained.compactMap(GuestHeartbeat.init(line:)).last!
                 try await destination.resume()
                 let (_, next) = try await Self.heartbeat(of: destination, after: 0)
+                let expected = GuestHeartbeat.expectedFirst(
+                    after: last.sequence, newConsoleFirstLine: await destination.console.retained.first ?? "")
                 log(
                     "heartbeat \(last.sequence) on the source, \(next.sequence) on the destination, verified=\(next.isVerified)"
                 )
@@ -83,6 +87,7 @@ struct VMMigrateLocalCommand: AsyncParsableCommand {
                     ramIdentical: identical,
                     lastSourceHeartbeat: last.sequence,
                     firstDestinationHeartbeat: next.sequence,
+                    expectedDestinationHeartbeat: expected,
                     heartbeatVerified: next.isVerified
                 )
             }
