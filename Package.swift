@@ -207,8 +207,10 @@ var package = Package(
             name: "NovaCronNodeTests",
             dependencies: [
                 "NovaCronNode",
+                "NovaCronHypervisor",
                 "DWCPEncoding",
                 "DWCPTransport",
+                .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
             ],
             swiftSettings: strictSettings

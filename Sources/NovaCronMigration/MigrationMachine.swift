@@ -40,6 +40,12 @@ public struct MigrationMachine: Sendable {
         /// trip of the transport's confirmation and the request. From the source's pause on, the destination may
         /// run, so only its word that its copy is gone lets the source run again (see ``resumeRequested``).
         public var destinationRunsOnArrival: Bool
+        /// How long a rollback keeps asking a destination it cannot reach, once that destination may run the guest
+        /// (``resumeRequested``), before it ends ``Outcome/abandoned(_:)`` with the source paused: a cut link often
+        /// comes back, and the destination's answer then settles where the guest runs.
+        public var reconnectWindow: Duration
+        /// The pause between two attempts to reach such a destination.
+        public var reconnectInterval: Duration
 
         /// Creates a configuration.
         public init(
@@ -50,7 +56,9 @@ public struct MigrationMachine: Sendable {
             nonConvergingReports: Int = 5,
             verifyBeforeCommit: Bool = true,
             rollbackAttempts: Int = 3,
-            destinationRunsOnArrival: Bool = false
+            destinationRunsOnArrival: Bool = false,
+            reconnectWindow: Duration = .seconds(120),
+            reconnectInterval: Duration = .seconds(2)
         ) {
             precondition(
                 !(verifyBeforeCommit && destinationRunsOnArrival), "a destination that runs on arrival is not verified")
@@ -62,6 +70,8 @@ public struct MigrationMachine: Sendable {
             self.verifyBeforeCommit = verifyBeforeCommit
             self.rollbackAttempts = rollbackAttempts
             self.destinationRunsOnArrival = destinationRunsOnArrival
+            self.reconnectWindow = reconnectWindow
+            self.reconnectInterval = reconnectInterval
         }
     }
 
@@ -151,8 +161,9 @@ public struct MigrationMachine: Sendable {
         case sourceResumed
         /// The destination QEMU is gone (after a rollback).
         case destinationDestroyed
-        /// The destination agent cannot be reached to destroy its copy. Its copy runs only if it was asked
-        /// to resume; otherwise it removes the copy itself when its source goes silent.
+        /// The destination agent cannot be reached to destroy its copy (on the migration's connection, nor on a new
+        /// one). Its copy runs only if it was asked to resume; otherwise it removes the copy itself when its source
+        /// goes silent. One that may run is asked again (``Configuration/reconnectWindow``).
         case destinationUnreachable
         /// The source QEMU exited on its own (crashed, killed): why.
         case sourceLost(String)
@@ -268,6 +279,9 @@ public struct MigrationMachine: Sendable {
     /// is gone allows the source to run again.
     public private(set) var resumeRequested = false
     private var failedRollbackSteps = 0
+    /// Since when the destination, which may run the guest, could not be reached; and when to ask it again.
+    private var unreachableSince: Duration?
+    private var retryAt: Duration?
 
     /// Creates the machine for one migration of a running VM.
     public init(configuration: Configuration = Configuration()) {
@@ -287,6 +301,11 @@ public struct MigrationMachine: Sendable {
         if case .cancel = event { return fail("cancelled by the operator", now: now) }
         if case .sourceLost(let reason) = event { return sourceLost(reason, now: now) }
         if case .tick = event {
+            if let retry = retryAt, now >= retry {
+                retryAt = nil
+                deadline = now + configuration.stepTimeout
+                return [.destroyDestination]
+            }
             guard let deadline, now >= deadline else { return [] }
             return fail("\(phase) took longer than its timeout", now: now)
         }
@@ -363,11 +382,19 @@ public struct MigrationMachine: Sendable {
             return source == .paused ? [.resumeSource] : finishRollbackIfDone()
         case (.rollingBack, .destinationUnreachable):
             guard !resumeRequested else {
-                // It may run (the resume went out, its answer did not come back): the source must not.
-                return finish(
-                    .abandoned(
-                        "\(rollbackReason ?? "rolled back"); the destination, asked to run the guest, cannot be reached"
-                    ))
+                // It may run (the resume went out, its answer did not come back): the source must not, until its
+                // answer comes. Ask again a while, the source paused; then leave it to an operator.
+                let since = unreachableSince ?? now
+                unreachableSince = since
+                guard now - since < configuration.reconnectWindow else {
+                    return finish(
+                        .abandoned(
+                            "\(rollbackReason ?? "rolled back"); the destination, which may run the guest, could not be "
+                                + "reached for \(configuration.reconnectWindow)"))
+                }
+                retryAt = now + configuration.reconnectInterval
+                deadline = nil
+                return []
             }
             // Never asked to run, its copy never will, and its agent removes it when this source goes silent.
             destination = .absent
@@ -447,6 +474,9 @@ public struct MigrationMachine: Sendable {
             deadline = now + configuration.stepTimeout
             return [.killSource]
         case .rollingBack:
+            // Between two attempts to reach the destination no step is open: a late failure (of the stream, of
+            // QEMU's cancelled migration) says nothing new.
+            guard retryAt == nil else { return [] }
             // A rollback step itself failed or timed out: retry what is still open, a few times.
             failedRollbackSteps += 1
             guard failedRollbackSteps < configuration.rollbackAttempts else {

@@ -32,8 +32,13 @@ public enum AgentRequest: Codable, Sendable, Equatable {
     case digestRAM
     /// Run the destination: the commit point. Reply: ``AgentReply/done``.
     case resumeIncoming
-    /// Remove the destination QEMU and receiver (a rollback). Reply: ``AgentReply/done``.
+    /// Remove the destination QEMU and receiver (a rollback). Reply: ``AgentReply/done``; the failure
+    /// ``AgentFailure/committed`` when the guest already runs there.
     case destroyIncoming
+    /// ``destroyIncoming`` for migration `id`, on a new connection: the source's rollback once the migration's own
+    /// connection broke. Reply: ``AgentReply/done`` (removed, or already gone); the failure ``AgentFailure/committed``
+    /// when the guest runs there, ``AgentFailure/unknownMigration`` when this agent does not know the migration.
+    case removeIncoming(id: String)
 }
 
 /// An agent's answers.
@@ -69,6 +74,8 @@ public struct AgentFailure: Error, Codable, Sendable, Equatable, CustomStringCon
 
     /// The code of a destination asked to destroy a copy that already runs the guest.
     public static let committed = "committed"
+    /// The code of a destination asked about a migration it does not know (its agent restarted since).
+    public static let unknownMigration = "unknownMigration"
 }
 
 /// What `vm migrate` asks for.

@@ -178,6 +178,7 @@ actor IncomingMigration {
         } else {
             rules.commitSucceeded()
             resumedAtEpochSeconds = resumedAt
+            vm = nil  // the agent's now; the record of this migration outlives it (NodeAgent.incomingByID)
         }
     }
 
@@ -250,6 +251,7 @@ actor IncomingMigration {
             qemuEnd = -1
         }
         await vm?.release()
+        vm = nil
         return .remove
     }
 }

@@ -37,6 +37,10 @@ public actor NodeAgent {
         /// How long a migration peer may stay silent — no reply, no migration data — before it counts as
         /// gone: the source rolls back, the destination removes its uncommitted copy (`--peer-timeout`).
         public var peerTimeout: Duration = .seconds(30)
+        /// How long a source whose destination may already run the guest (the guest paused, without a verification)
+        /// keeps asking that destination, when it cannot be reached, what became of its copy — the guest paused —
+        /// before the migration ends abandoned (`--reconnect-window`).
+        public var reconnectWindow: Duration = .seconds(120)
 
         /// Creates an agent; ``run(onListening:)`` starts it.
         public init(host: String, port: Int, security: TransportSecurity, nodeName: String, stateDirectory: String) {
@@ -55,6 +59,11 @@ public actor NodeAgent {
     private var vms: [String: HostedVM] = [:]
     /// Names taken by a VM that is arriving or leaving, so no second VM of that name starts meanwhile.
     private var reserved: Set<String> = []
+    /// The incoming migrations accepted, by id, the newest ``rememberedIncoming`` of them: a source whose
+    /// migration connection broke asks on a new one what became of its copy (``AgentRequest/removeIncoming(id:)``).
+    private var incomingByID: [String: IncomingMigration] = [:]
+    private var incomingOrder: [String] = []
+    static let rememberedIncoming = 256
     private var history: [MigrationReport] = []
     private var activeMigrations = 0
 
@@ -224,6 +233,17 @@ public actor NodeAgent {
             return .migration(await task.value)
         case .migrations:
             return .migrations(await history)
+        case .removeIncoming(let id):
+            guard let known = await incomingMigration(id: id) else {
+                throw AgentFailure(
+                    AgentFailure.unknownMigration,
+                    "\(configuration.nodeName) knows no migration \(id) (its agent restarted since?)")
+            }
+            guard await destroy(known, reason: "the source, on a new connection, rolled back") != .refuseCommitted
+            else {
+                throw AgentFailure(AgentFailure.committed, "the VM already runs on this node: its copy stays")
+            }
+            return .done
         case .negotiate(let request):
             guard incoming == nil else {
                 throw AgentFailure("invalidRequest", "one migration per connection")
@@ -351,11 +371,24 @@ public actor NodeAgent {
         } catch {
             throw AgentFailure("invalidRequest", "this node cannot run \(name): \(error)")
         }
+        guard incomingByID[request.id] == nil else {
+            throw AgentFailure("invalidRequest", "migration \(request.id) was already negotiated here")
+        }
         reserved.insert(name)
         activeMigrations += 1
         logger.info(
             "incoming migration accepted", metadata: ["vm": "\(name)", "from": "\(peer)", "id": "\(request.id)"])
-        return IncomingMigration(request: request)
+        let incoming = IncomingMigration(request: request)
+        incomingByID[request.id] = incoming
+        incomingOrder.append(request.id)
+        if incomingOrder.count > Self.rememberedIncoming {
+            incomingByID[incomingOrder.removeFirst()] = nil
+        }
+        return incoming
+    }
+
+    private func incomingMigration(id: String) -> IncomingMigration? {
+        incomingByID[id]
     }
 
     /// Indexes the chunks a migration brought in and makes them durable, off the migration's path (the chunk store is
@@ -415,6 +448,26 @@ private func isListening(unixSocket path: String) -> Bool {
         $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
             connect(descriptor, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) == 0
         }
+    }
+}
+
+/// `withTimeout`'s error: what could not be done in time.
+struct TimedOut: Error, CustomStringConvertible {
+    var description: String
+}
+
+/// Runs `body`, cancelled after `timeout`: then it throws ``TimedOut``, naming `what` took too long.
+func withTimeout<Result: Sendable>(
+    _ timeout: Duration, doing what: String, _ body: @escaping @Sendable () async throws -> Result
+) async throws -> Result {
+    try await withThrowingTaskGroup(of: Result.self) { group in
+        group.addTask { try await body() }
+        group.addTask {
+            try await Task.sleep(for: timeout)
+            throw TimedOut(description: "could not \(what) within \(timeout)")
+        }
+        defer { group.cancelAll() }
+        return try await group.next()!
     }
 }
 

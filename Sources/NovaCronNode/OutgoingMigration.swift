@@ -98,7 +98,8 @@ private final class Driver {
                 maximumDowntime: .milliseconds(migration.request.maximumDowntimeMilliseconds),
                 stepTimeout: .seconds(120), stallTimeout: migration.configuration.peerTimeout,
                 verifyBeforeCommit: migration.request.verifyRAM,
-                destinationRunsOnArrival: !migration.request.verifyRAM))
+                destinationRunsOnArrival: !migration.request.verifyRAM,
+                reconnectWindow: migration.configuration.reconnectWindow))
         started = clock.now
         (inputs, feed) = AsyncStream<DriverInput>.makeStream()
     }
@@ -123,7 +124,9 @@ private final class Driver {
         while true {
             while !queue.isEmpty {
                 let event = queue.removeFirst()
-                for action in machine.handle(event, now: now) {
+                let actions = machine.handle(event, now: now)
+                announcePhase()  // before the actions, which can take a while (a rollback's requests)
+                for action in actions {
                     queue += await perform(action)
                 }
                 announcePhase()
@@ -231,7 +234,7 @@ private final class Driver {
                 return []
             case .destroyDestination:
                 do {
-                    try await ask(.destroyIncoming)
+                    try await askToRemoveTheCopy()
                 } catch let failure as AgentFailure where failure.code == AgentFailure.committed {
                     return [.destinationRunning]
                 } catch let failure as AgentFailure where failure.code != "connectionClosed" {
@@ -257,14 +260,49 @@ private final class Driver {
         }
     }
 
-    /// Sends a request to the destination agent and returns its reply, within the step timeout.
+    /// Sends a request to the destination agent and returns its reply, within the peer timeout. A connection that
+    /// failed (closed, broken, or silent for the timeout: it is closed then) is not used again.
     @discardableResult
     private func ask(_ request: AgentRequest) async throws -> AgentReply {
         guard let connection else {
             throw AgentFailure("connectionClosed", "no connection to the destination agent")
         }
-        try await connection.send(request)
-        return try await connection.reply(timeout: migration.configuration.peerTimeout)
+        do {
+            try await connection.send(request)
+            return try await connection.reply(timeout: migration.configuration.peerTimeout)
+        } catch let failure as AgentFailure where failure.code != "connectionClosed" {
+            throw failure  // an answer
+        } catch {
+            self.connection = nil
+            throw error
+        }
+    }
+
+    /// Asks the destination to remove its copy: on the migration's connection while it works, else on a new one
+    /// (a cut link may be back, and the destination's agent remembers the migration by its id).
+    private func askToRemoveTheCopy() async throws {
+        if connection != nil {
+            do {
+                try await ask(.destroyIncoming)
+                return
+            } catch let failure as AgentFailure where failure.code != "connectionClosed" {
+                throw failure
+            } catch {
+                migration.logger.info(
+                    "the migration's connection to the destination broke: asking on a new one",
+                    metadata: ["error": "\(error)"])
+            }
+        }
+        let (request, migration) = (self.request, self.migration)
+        try await withTimeout(migration.configuration.peerTimeout, doing: "ask the destination on a new connection") {
+            try await ControlChannel.withConnection(
+                host: request.host, port: request.port, security: migration.configuration.security,
+                nodeName: migration.configuration.nodeName
+            ) { connection in
+                try await connection.send(AgentRequest.removeIncoming(id: migration.id))
+                _ = try await connection.reply(timeout: migration.configuration.peerTimeout)
+            }
+        }
     }
 
     /// Opens the socket pair QEMU will migrate into and starts the DWCP session that carries what it yields

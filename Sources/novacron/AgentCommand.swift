@@ -37,6 +37,14 @@ struct AgentCommand: AsyncParsableCommand {
             """)
     var peerTimeout: Double = 30
 
+    @Option(
+        help: """
+            Seconds a source keeps asking an unreachable destination what became of its copy, once that copy may \
+            run (the guest paused, no --verify-ram); the guest stays paused meanwhile. The destination's answer \
+            settles where the VM runs; without one the migration ends abandoned, the source paused.
+            """)
+    var reconnectWindow: Double = 120
+
     @Option(help: "The most bytes the chunk store of migration streams keeps (e.g. 8G); the oldest go first.")
     var storeCapacity = ByteCount(bytes: 8 << 30)
 
@@ -58,6 +66,7 @@ struct AgentCommand: AsyncParsableCommand {
                     + "paths must fit 107 bytes")
         }
         guard peerTimeout >= 1 else { throw ValidationError("--peer-timeout must be at least 1 second") }
+        guard reconnectWindow >= 0 else { throw ValidationError("--reconnect-window cannot be negative") }
         guard storeCapacity.bytes >= 256 << 20 else { throw ValidationError("--store-capacity must be at least 256M") }
         guard migrationWindow.bytes >= 1 << 20 else { throw ValidationError("--migration-window must be at least 1M") }
     }
@@ -79,6 +88,7 @@ struct AgentCommand: AsyncParsableCommand {
             host: listen.host, port: listen.port, security: try options.security(), nodeName: options.nodeName,
             stateDirectory: stateDirectory)
         configuration.peerTimeout = .milliseconds(Int(peerTimeout * 1000))
+        configuration.reconnectWindow = .milliseconds(Int(reconnectWindow * 1000))
         configuration.storeCapacity = storeCapacity.bytes
         configuration.migrationWindow = migrationWindow.bytes
         let agent = try NodeAgent(configuration: configuration, logger: logger)

@@ -159,7 +159,7 @@ struct AgentMigrationTests {
     /// a progress line shows at least `afterBytes` sent.
     static func migrate(
         _ name: String, from source: Agent, to destination: Agent, extra: [String] = [],
-        afterBytes: Int = 0, during: (() -> Void)? = nil
+        afterBytes: Int = 0, inPhase phase: String? = nil, during: (() -> Void)? = nil
     ) async throws -> (report: [String: Any], status: Int32) {
         let process = Process()
         (process.executableURL, process.arguments) = novacron(
@@ -182,6 +182,7 @@ struct AgentMigrationTests {
             if !acted,
                 lines().contains(where: {
                     ($0["transferredBytes"] as? Int ?? 0) >= afterBytes && $0["event"] as? String == "progress"
+                        && (phase == nil || $0["phase"] as? String == phase)
                 })
             {
                 during?()
@@ -189,7 +190,7 @@ struct AgentMigrationTests {
             }
             try await Task.sleep(for: .milliseconds(20))
         }
-        #expect(acted, "the migration ended before \(afterBytes) bytes were sent")
+        #expect(acted, "the migration ended before \(afterBytes) bytes were sent (in phase \(phase ?? "any"))")
         let done = try #require(lines().last(where: { $0["event"] as? String == "done" }), "no report: \(lines())")
         return (done, process.terminationStatus)
     }
@@ -376,23 +377,43 @@ struct AgentMigrationTests {
         #expect(((try? FileManager.default.contentsOfDirectory(atPath: store + "/scratch")) ?? []).isEmpty)
     }
 
+    /// Agents `a` and `b` on the two sides of a wanem link (LAN profile), each with a 4 s peer timeout, and a busy
+    /// guest `name` running on `a`. The caller closes the link.
+    struct LinkedCluster {
+        let directory: TemporaryDirectory
+        let link: WANLinkProcess
+        let a: Agent
+        let b: Agent
+    }
+
+    static func linkedCluster(link prefix: String, guest name: String) async throws -> LinkedCluster {
+        let directory = try TemporaryDirectory()
+        let link = try await WANLinkProcess(name: "\(prefix)\(getpid() % 1000)")
+        do {
+            let certificates = try certificates(in: directory)
+            let a = try await Agent(
+                node: "a", certificates: certificates, directory: directory, host: "10.77.0.1", namespace: link.sideA,
+                peerTimeout: 4)
+            let b = try await Agent(
+                node: "b", certificates: certificates, directory: directory, host: "10.77.0.2", namespace: link.sideB,
+                peerTimeout: 4)
+            try await startGuest(name, on: a)
+            return LinkedCluster(directory: directory, link: link, a: a, b: b)
+        } catch {
+            link.close()
+            throw error
+        }
+    }
+
     @Test(
         "Link cut mid-transfer (wanem stopped): the source rolls back after the peer timeout, the destination removes its copy",
         .enabled(if: getuid() == 0, "network namespaces need root")
     )
     func linkCut() async throws {
-        let directory = try TemporaryDirectory()
-        let link = try await WANLinkProcess(name: "nccut\(getpid() % 1000)")
-        defer { link.close() }
-        let certificates = try Self.certificates(in: directory)
-        let a = try await Agent(
-            node: "a", certificates: certificates, directory: directory, host: "10.77.0.1", namespace: link.sideA,
-            peerTimeout: 4)
-        let b = try await Agent(
-            node: "b", certificates: certificates, directory: directory, host: "10.77.0.2", namespace: link.sideB,
-            peerTimeout: 4)
         let name = "nctest-agent-cut"
-        try await Self.startGuest(name, on: a)
+        let cluster = try await Self.linkedCluster(link: "nccut", guest: name)
+        let (link, a, b) = (cluster.link, cluster.a, cluster.b)
+        defer { cluster.link.close() }  // and the cluster (its directory) lives until here
         let (report, status) = try await Self.migrate(
             name, from: a, to: b, extra: ["--max-rate", "16M"], afterBytes: 20 << 20
         ) { link.cut() }
@@ -402,6 +423,39 @@ struct AgentMigrationTests {
         try await Self.expectRunning(name, on: a)
         try await Self.expectQEMUs(named: name, count: 1)
         link.restore()
+        #expect(try await b.list().isEmpty, "the destination kept its copy")
+    }
+
+    @Test(
+        "Link cut during the cut-over, the destination free to run on arrival: the source asks again on a new connection once the link is back; the VM runs in one place",
+        .enabled(if: getuid() == 0, "network namespaces need root")
+    )
+    func linkCutAtCutOver() async throws {
+        let name = "nctest-agent-cutover"
+        let cluster = try await Self.linkedCluster(link: "ncco", guest: name)
+        let (link, a, b) = (cluster.link, cluster.a, cluster.b)
+        defer { cluster.link.close() }  // and the cluster (its directory) lives until here
+        // The source sees its QEMU paused only once QEMU wrote its last byte (QMP waits out the completion). The
+        // raw stream at 16 MiB/s then still has the transport's 16 MiB window, about a second, to cross: the cut
+        // lands there. The link stays down past the peer timeouts on both sides (4 s) and the source's first
+        // attempt on a new connection, then comes back.
+        let wanem = link.processID
+        let (report, status) = try await Self.migrate(
+            name, from: a, to: b, extra: ["--max-rate", "16M", "--encode", "none"], inPhase: "cuttingOver"
+        ) {
+            link.cut()
+            Task {
+                try? await Task.sleep(for: .seconds(20))
+                kill(wanem, SIGCONT)
+            }
+        }
+        // Before the source asked again, this ended "abandoned": the source paused, nothing running.
+        let outcome = report["outcome"] as? String
+        #expect(outcome == "rolled back", "\(report)")
+        #expect(status == 1)
+        #expect(report["runsOn"] as? String == "source")
+        try await Self.expectRunning(name, on: a)
+        try await Self.expectQEMUs(named: name, count: 1)
         #expect(try await b.list().isEmpty, "the destination kept its copy")
     }
 }
@@ -433,6 +487,7 @@ final class WANLinkProcess {
     }
 
     var sideA: String { "\(name)-a" }
+    var processID: Int32 { process.processIdentifier }
     var sideB: String { "\(name)-b" }
 
     /// Stops forwarding: no packet crosses in either direction, and nobody is told (like a pulled cable).

@@ -226,18 +226,14 @@ struct MigrationMachineTests {
         #expect(early.handle(.failed("link cut"), now: .seconds(10)) == [.cancelTransfer, .destroyDestination])
         #expect(early.handle(.destinationUnreachable, now: .seconds(11)) == [.finish(.rolledBack("link cut"))])
         #expect(early.source == .running)
-        // After the pause it may have run: unreachable means abandoned, the source stays paused.
+        // After the pause it may have run: unreachable means asked again, the source paused (see
+        // unreachableDestination).
         var cut = Machine(configuration: configuration)
         _ = Self.drive(&cut, beforePause + [.sourcePaused])
         #expect(cut.resumeRequested)
         _ = cut.handle(.failed("link cut"), now: .seconds(10))
-        let abandoned = cut.handle(.destinationUnreachable, now: .seconds(11))
-        #expect(abandoned.count == 1 && !abandoned.contains(.resumeSource), "\(abandoned)")
-        guard case .abandoned = cut.outcome else {
-            Issue.record("expected abandoned, got \(String(describing: cut.outcome))")
-            return
-        }
-        #expect(cut.source == .paused)
+        #expect(cut.handle(.destinationUnreachable, now: .seconds(11)).isEmpty)
+        #expect(cut.source == .paused && cut.phase == .rollingBack)
         // Asked to destroy its copy, it says it runs: the migration went through, the source is stopped.
         var ran = Machine(configuration: configuration)
         _ = Self.drive(&ran, beforePause + [.sourcePaused])
@@ -309,7 +305,9 @@ struct MigrationMachineTests {
         #expect(verifying.handle(.transferCompleted, now: .seconds(10)) == [.verify])
     }
 
-    @Test("An unreachable destination never asked to run counts as gone; one asked to run abandons the rollback")
+    @Test(
+        "An unreachable destination never asked to run counts as gone; one asked to run is asked again, the source paused, until it answers or the reconnect window ends"
+    )
     func unreachableDestination() {
         var never = Machine()
         _ = Self.drive(&never, Array(Self.happyPath.prefix(6)))  // cutting over: the source is paused
@@ -317,16 +315,44 @@ struct MigrationMachineTests {
         #expect(never.handle(.destinationUnreachable, now: .seconds(10)) == [.resumeSource])
         #expect(never.handle(.sourceResumed, now: .seconds(11)) == [.finish(.rolledBack("link cut"))])
 
-        var asked = Machine(configuration: .init(verifyBeforeCommit: false))
-        _ = Self.drive(&asked, Self.untilDelivered)
-        #expect(asked.handle(.failed("no answer to the arrival"), now: .seconds(9)).contains(.destroyDestination))
-        let actions = asked.handle(.destinationUnreachable, now: .seconds(10))
-        #expect(!actions.contains(.resumeSource), "the destination may run: the source must not")
-        guard case .finish(.abandoned) = actions.last else {
-            Issue.record("expected an abandoned rollback, got \(actions)")
+        // Asked to run, then unreachable: asked again every reconnect interval while the window lasts; no step
+        // timeout, no rollback attempt is spent on the silence.
+        let configuration = Machine.Configuration(
+            stepTimeout: .seconds(5), verifyBeforeCommit: false, rollbackAttempts: 2, reconnectWindow: .seconds(30),
+            reconnectInterval: .seconds(2))
+        func unreachableAfterAsking() -> Machine {
+            var machine = Machine(configuration: configuration)
+            _ = Self.drive(&machine, Self.untilDelivered)
+            #expect(machine.handle(.failed("no answer to the arrival"), now: .seconds(9)).contains(.destroyDestination))
+            #expect(machine.handle(.destinationUnreachable, now: .seconds(10)).isEmpty, "the destination may run")
+            #expect(machine.handle(.tick, now: .seconds(11)).isEmpty)
+            #expect(machine.handle(.tick, now: .seconds(12)) == [.destroyDestination])
+            return machine
+        }
+        var asked = unreachableAfterAsking()
+        #expect(asked.handle(.destinationUnreachable, now: .seconds(13)).isEmpty)
+        #expect(asked.handle(.failed("the stream: stalled"), now: .seconds(14)).isEmpty, "no step was open")
+        #expect(asked.handle(.tick, now: .seconds(15)) == [.destroyDestination])
+        for second in stride(from: 15, to: 50, by: 2) {
+            let actions = asked.handle(.destinationUnreachable, now: .seconds(second))
+            #expect(!actions.contains(.resumeSource), "the destination may run: the source must not")
+            #expect(asked.source == .paused && asked.isConsistent)
+            if asked.phase == .finished { break }
+            #expect(asked.handle(.tick, now: .seconds(second + 2)) == [.destroyDestination], "at \(second + 2) s")
+        }
+        guard case .abandoned(let why) = asked.outcome else {
+            Issue.record("expected an abandoned rollback, got \(String(describing: asked.outcome))")
             return
         }
-        #expect(asked.source == .paused && asked.isConsistent)
+        #expect(why.contains("could not be reached for 30"), "\(why)")
+        #expect(asked.source == .paused)
+        // The link comes back and it answers: gone (the source runs again) or running (the migration went through).
+        var gone = unreachableAfterAsking()
+        #expect(gone.handle(.destinationDestroyed, now: .seconds(13)) == [.resumeSource])
+        #expect(gone.handle(.sourceResumed, now: .seconds(14)) == [.finish(.rolledBack("no answer to the arrival"))])
+        var ran = unreachableAfterAsking()
+        #expect(ran.handle(.destinationRunning, now: .seconds(13)) == [.stopSource])
+        #expect(ran.handle(.sourceStopped, now: .seconds(14)) == [.finish(.migrated)])
     }
 
     @Test("A rollback whose steps keep failing ends as abandoned after the configured attempts")
