@@ -38,3 +38,17 @@ public struct AgentClient: Sendable {
         }
     }
 }
+
+extension AgentClient {
+    /// Asks this agent, the destination of migration `id`, to remove its copy unless the guest runs there — on a
+    /// connection of its own (the migration's broke, or the migration ended long ago), within `timeout`.
+    /// - Throws: ``AgentFailure`` ``AgentFailure/committed`` when the guest runs there,
+    ///   ``AgentFailure/unknownMigration`` when the agent does not know the migration; ``TransportError`` or
+    ///   ``TimedOut`` when it cannot be reached.
+    func removeIncoming(id: String, within timeout: Duration) async throws {
+        let client = self
+        _ = try await withTimeout(timeout, doing: "ask \(host):\(port) about migration \(id)") {
+            try await client.send(.removeIncoming(id: id))
+        }
+    }
+}

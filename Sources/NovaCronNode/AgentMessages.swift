@@ -12,6 +12,11 @@ public enum AgentRequest: Codable, Sendable, Equatable {
     case list
     /// Shut a VM down. Reply: ``AgentReply/done``.
     case stop(name: String)
+    /// Run a paused VM again. If a migration of it ended abandoned (the source paused, the destination's copy
+    /// unaccounted for), the destination is asked first to remove its copy; the VM runs here only once it did, or
+    /// with `force` when it cannot be asked. Reply: ``AgentReply/vm(_:)``; the failure ``AgentFailure/committed``
+    /// when the guest runs at the destination, ``AgentFailure/unconfirmed`` when the destination could not say.
+    case resume(name: String, force: Bool)
     /// Live-migrate a VM of this node to another agent. Replies: ``AgentReply/progress(_:)`` while it
     /// runs, then ``AgentReply/migration(_:)`` (migrated or rolled back).
     case migrate(MigrationRequest)
@@ -76,6 +81,9 @@ public struct AgentFailure: Error, Codable, Sendable, Equatable, CustomStringCon
     public static let committed = "committed"
     /// The code of a destination asked about a migration it does not know (its agent restarted since).
     public static let unknownMigration = "unknownMigration"
+    /// The code of a resume refused because the destination of an abandoned migration could not confirm that its
+    /// copy is gone.
+    public static let unconfirmed = "unconfirmed"
 }
 
 /// What `vm migrate` asks for.

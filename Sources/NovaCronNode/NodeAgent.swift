@@ -2,6 +2,7 @@ import Crypto
 import DWCPTransport
 import Foundation
 import Logging
+import NIOConcurrencyHelpers
 import NovaCronHypervisor
 import NovaCronMigration
 
@@ -63,6 +64,16 @@ public actor NodeAgent {
     /// migration connection broke asks on a new one what became of its copy (``AgentRequest/removeIncoming(id:)``).
     private var incomingByID: [String: IncomingMigration] = [:]
     private var incomingOrder: [String] = []
+    /// VMs whose outgoing migration ended abandoned, paused here: the migration's id and destination, asked before
+    /// the VM may run here again (``AgentRequest/resume(name:force:)``).
+    private var abandoned: [String: AbandonedMigration] = [:]
+
+    /// An outgoing migration that ended abandoned: whom to ask about the copy it may have left.
+    struct AbandonedMigration: Sendable {
+        var id: String
+        var host: String
+        var port: Int
+    }
     static let rememberedIncoming = 256
     private var history: [MigrationReport] = []
     private var activeMigrations = 0
@@ -224,6 +235,8 @@ public actor NodeAgent {
         case .stop(let name):
             try await stop(name)
             return .done
+        case .resume(let name, let force):
+            return .vm(try await resume(name, force: force))
         case .migrate(let migration):
             let (updates, continuation) = AsyncStream<MigrationProgress>.makeStream()
             let task = try await beginMigration(migration, progress: continuation)
@@ -274,8 +287,48 @@ public actor NodeAgent {
             throw AgentFailure("unknownVM", "no VM named \(name) on \(configuration.nodeName) (or it is migrating)")
         }
         vms[name] = nil
+        abandoned[name] = nil
         await vm.release()
         logger.info("VM stopped", metadata: ["vm": "\(name)"])
+    }
+
+    /// Runs a paused VM again — after an abandoned migration, only once its destination removed its copy (or
+    /// with `force`).
+    private func resume(_ name: String, force: Bool) async throws -> VMSummary {
+        guard let vm = vms[name], !reserved.contains(name) else {
+            throw AgentFailure("unknownVM", "no VM named \(name) on \(configuration.nodeName) (or it is migrating)")
+        }
+        reserved.insert(name)
+        defer { reserved.remove(name) }
+        if let migration = abandoned[name] {
+            let destination = "\(migration.host):\(migration.port)"
+            do {
+                try await AgentClient(
+                    host: migration.host, port: migration.port, security: configuration.security,
+                    nodeName: configuration.nodeName
+                ).removeIncoming(id: migration.id, within: configuration.peerTimeout)
+                logger.info("the abandoned migration's destination has no copy", metadata: ["vm": "\(name)"])
+            } catch let failure as AgentFailure where failure.code == AgentFailure.committed {
+                throw AgentFailure(
+                    AgentFailure.committed,
+                    "\(name) runs on \(destination): its migration went through, and this paused copy is stale; "
+                        + "`vm stop \(name)` removes it")
+            } catch {
+                guard force else {
+                    throw AgentFailure(
+                        AgentFailure.unconfirmed,
+                        "\(destination) could not confirm that its copy of \(name) is gone (\(error)); make sure it "
+                            + "does not run the guest, then `vm resume \(name) --force`")
+                }
+                logger.warning(
+                    "resuming without the destination's word, as forced",
+                    metadata: ["vm": "\(name)", "destination": "\(destination)", "error": "\(error)"])
+            }
+            abandoned[name] = nil
+        }
+        try await hypervisorCall { try await vm.machine.resume() }
+        logger.info("VM resumed", metadata: ["vm": "\(name)"])
+        return await summary(of: vm)
     }
 
     private func start(_ spec: VMSpec) async throws -> VMSummary {
@@ -324,6 +377,12 @@ public actor NodeAgent {
         guard !vm.hasEnded else {
             throw AgentFailure("hypervisor", "VM \(request.vm) has exited: \(vm.machine.exitDescription ?? "")")
         }
+        if let earlier = abandoned[request.vm] {
+            throw AgentFailure(
+                "invalidRequest",
+                "the last migration of \(request.vm) (to \(earlier.host):\(earlier.port)) was abandoned and its copy there "
+                    + "is unaccounted for: `vm resume \(request.vm)` or `vm stop \(request.vm)` first")
+        }
         reserved.insert(request.vm)
         activeMigrations += 1
         let migration = OutgoingMigration(
@@ -337,13 +396,16 @@ public actor NodeAgent {
         return Task {
             let report = await migration.run()
             progress.finish()
-            await self.migrationEnded(report, vm: vm)
+            await self.migrationEnded(report, request: request, vm: vm)
             return report
         }
     }
 
-    private func migrationEnded(_ report: MigrationReport, vm: HostedVM) async {
+    private func migrationEnded(_ report: MigrationReport, request: MigrationRequest, vm: HostedVM) async {
         syncStoreLater()
+        if report.outcome == "abandoned" {
+            abandoned[report.vm] = AbandonedMigration(id: report.id, host: request.host, port: request.port)
+        }
         if report.runsOn == "destination" {
             vms[report.vm] = nil
             await vm.release()
@@ -456,18 +518,33 @@ struct TimedOut: Error, CustomStringConvertible {
     var description: String
 }
 
-/// Runs `body`, cancelled after `timeout`: then it throws ``TimedOut``, naming `what` took too long.
+/// Runs `body` and returns its result, or throws ``TimedOut`` (naming `what`) once `timeout` has passed; `body` is
+/// then cancelled and left to end on its own (a TCP connect, for one, ends only at its own timeout).
 func withTimeout<Result: Sendable>(
     _ timeout: Duration, doing what: String, _ body: @escaping @Sendable () async throws -> Result
 ) async throws -> Result {
-    try await withThrowingTaskGroup(of: Result.self) { group in
-        group.addTask { try await body() }
-        group.addTask {
-            try await Task.sleep(for: timeout)
-            throw TimedOut(description: "could not \(what) within \(timeout)")
+    let outcome = NIOLockedValueBox<CheckedContinuation<Result, any Error>?>(nil)
+    return try await withCheckedThrowingContinuation { continuation in
+        outcome.withLockedValue { $0 = continuation }
+        let work = Task {
+            let result: Swift.Result<Result, any Error>
+            do {
+                result = .success(try await body())
+            } catch {
+                result = .failure(error)
+            }
+            outcome.withLockedValue { $0.take() }?.resume(with: result)
         }
-        defer { group.cancelAll() }
-        return try await group.next()!
+        let timer = Task {
+            try await Task.sleep(for: timeout)
+            guard let waiting = outcome.withLockedValue({ $0.take() }) else { return }
+            work.cancel()
+            waiting.resume(throwing: TimedOut(description: "could not \(what) within \(timeout)"))
+        }
+        Task {
+            _ = await work.result
+            timer.cancel()
+        }
     }
 }
 

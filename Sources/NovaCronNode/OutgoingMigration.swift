@@ -293,16 +293,10 @@ private final class Driver {
                     metadata: ["error": "\(error)"])
             }
         }
-        let (request, migration) = (self.request, self.migration)
-        try await withTimeout(migration.configuration.peerTimeout, doing: "ask the destination on a new connection") {
-            try await ControlChannel.withConnection(
-                host: request.host, port: request.port, security: migration.configuration.security,
-                nodeName: migration.configuration.nodeName
-            ) { connection in
-                try await connection.send(AgentRequest.removeIncoming(id: migration.id))
-                _ = try await connection.reply(timeout: migration.configuration.peerTimeout)
-            }
-        }
+        let configuration = migration.configuration
+        try await AgentClient(
+            host: request.host, port: request.port, security: configuration.security, nodeName: configuration.nodeName
+        ).removeIncoming(id: migration.id, within: configuration.peerTimeout)
     }
 
     /// Opens the socket pair QEMU will migrate into and starts the DWCP session that carries what it yields

@@ -195,6 +195,39 @@ struct VMStopCommand: AsyncParsableCommand {
     }
 }
 
+/// `novacron vm resume NAME`.
+struct VMResumeCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "resume",
+        abstract: "Run a paused VM on a node agent again (after an abandoned migration, safely).",
+        discussion: """
+            After a migration ended abandoned — the guest paused here, the destination's copy unaccounted for — \
+            the agent first asks the destination to remove its copy, and resumes the VM here only once it did. If \
+            the guest runs at the destination, the migration went through: this copy is stale (vm stop removes \
+            it). If the destination cannot be asked, --force resumes anyway: only after making sure it does not \
+            run the guest.
+            """)
+
+    @Argument(help: "The VM's name.")
+    var name: String
+
+    @Flag(help: "Resume even if the destination of an abandoned migration cannot confirm that its copy is gone.")
+    var force = false
+
+    @OptionGroup var options: AgentOptions
+
+    func run() async throws {
+        guard case .vm(let vm) = try await ask(options, .resume(name: name, force: force)) else {
+            throw ExitCode.failure
+        }
+        if options.identity.json {
+            printJSON(event: "vm", vm)
+        } else {
+            print("VM \(vm.name) \(vm.state)")
+        }
+    }
+}
+
 /// `novacron vm migrate NAME --to HOST:PORT`.
 struct VMMigrateCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -203,7 +236,8 @@ struct VMMigrateCommand: AsyncParsableCommand {
         discussion: """
             Pre-copy with a downtime budget; auto-converge throttles a guest that dirties memory faster than \
             the link drains it. Any failure before the destination runs rolls back: the destination copy is \
-            removed and the VM keeps running on the source. Exits 0 when migrated, 1 when rolled back.
+            removed and the VM keeps running on the source. Exits 0 when migrated, 1 when rolled back or \
+            abandoned (vm resume settles an abandoned one).
             """
     )
 

@@ -7,7 +7,8 @@ struct VMCommand: ParsableCommand {
         commandName: "vm",
         abstract: "Run and inspect QEMU virtual machines on this node.",
         subcommands: [
-            VMRunCommand.self, VMStartCommand.self, VMListCommand.self, VMStopCommand.self, VMMigrateCommand.self,
+            VMRunCommand.self, VMStartCommand.self, VMListCommand.self, VMStopCommand.self, VMResumeCommand.self,
+            VMMigrateCommand.self,
             VMMigrationsCommand.self, VMSaveRAMCommand.self, VMMigrateLocalCommand.self,
         ]
     )

@@ -37,7 +37,7 @@ struct AgentMigrationTests {
 
         init(
             node: String, certificates: String, directory: TemporaryDirectory, store: String? = nil,
-            host: String = "127.0.0.1", namespace: String? = nil, peerTimeout: Int = 30
+            host: String = "127.0.0.1", namespace: String? = nil, peerTimeout: Int = 30, flags: [String] = []
         ) async throws {
             self.node = node
             self.certificates = certificates
@@ -53,7 +53,7 @@ struct AgentMigrationTests {
                     "agent", "--listen", "\(host):0", "--certs", certificates, "--node", node, "--store", state,
                     "--peer-timeout",
                     "\(peerTimeout)",
-                ], in: namespace)
+                ] + flags, in: namespace)
             process.standardOutput = try FileHandle(forWritingTo: outputURL)
             process.standardError = try FileHandle(forWritingTo: errorURL)
             try process.run()
@@ -386,14 +386,16 @@ struct AgentMigrationTests {
         let b: Agent
     }
 
-    static func linkedCluster(link prefix: String, guest name: String) async throws -> LinkedCluster {
+    static func linkedCluster(link prefix: String, guest name: String, sourceFlags: [String] = []) async throws
+        -> LinkedCluster
+    {
         let directory = try TemporaryDirectory()
         let link = try await WANLinkProcess(name: "\(prefix)\(getpid() % 1000)")
         do {
             let certificates = try certificates(in: directory)
             let a = try await Agent(
                 node: "a", certificates: certificates, directory: directory, host: "10.77.0.1", namespace: link.sideA,
-                peerTimeout: 4)
+                peerTimeout: 4, flags: sourceFlags)
             let b = try await Agent(
                 node: "b", certificates: certificates, directory: directory, host: "10.77.0.2", namespace: link.sideB,
                 peerTimeout: 4)
@@ -426,6 +428,26 @@ struct AgentMigrationTests {
         #expect(try await b.list().isEmpty, "the destination kept its copy")
     }
 
+    /// Migrates `name` (raw stream, 16 MiB/s, no `--verify-ram`) and cuts the link as the source reports its pause,
+    /// for `seconds` (nil: until the caller restores it). The source sees its QEMU paused only once QEMU wrote its last byte (QMP waits out the
+    /// completion); the raw stream then still has the transport's 16 MiB window, about a second, to cross: the cut
+    /// lands there.
+    static func migrateCuttingAtCutOver(
+        _ name: String, from a: Agent, to b: Agent, link: WANLinkProcess, restoreAfter seconds: Int?
+    ) async throws -> (report: [String: Any], status: Int32) {
+        let wanem = link.processID
+        return try await migrate(
+            name, from: a, to: b, extra: ["--max-rate", "16M", "--encode", "none"], inPhase: "cuttingOver"
+        ) {
+            link.cut()
+            guard let seconds else { return }
+            Task {
+                try? await Task.sleep(for: .seconds(seconds))
+                kill(wanem, SIGCONT)
+            }
+        }
+    }
+
     @Test(
         "Link cut during the cut-over, the destination free to run on arrival: the source asks again on a new connection once the link is back; the VM runs in one place",
         .enabled(if: getuid() == 0, "network namespaces need root")
@@ -435,25 +457,48 @@ struct AgentMigrationTests {
         let cluster = try await Self.linkedCluster(link: "ncco", guest: name)
         let (link, a, b) = (cluster.link, cluster.a, cluster.b)
         defer { cluster.link.close() }  // and the cluster (its directory) lives until here
-        // The source sees its QEMU paused only once QEMU wrote its last byte (QMP waits out the completion). The
-        // raw stream at 16 MiB/s then still has the transport's 16 MiB window, about a second, to cross: the cut
-        // lands there. The link stays down past the peer timeouts on both sides (4 s) and the source's first
-        // attempt on a new connection, then comes back.
-        let wanem = link.processID
-        let (report, status) = try await Self.migrate(
-            name, from: a, to: b, extra: ["--max-rate", "16M", "--encode", "none"], inPhase: "cuttingOver"
-        ) {
-            link.cut()
-            Task {
-                try? await Task.sleep(for: .seconds(20))
-                kill(wanem, SIGCONT)
-            }
-        }
+        // The link stays down past the peer timeouts on both sides (4 s) and the source's first attempt on a new
+        // connection, then comes back.
+        let (report, status) = try await Self.migrateCuttingAtCutOver(
+            name, from: a, to: b, link: link, restoreAfter: 20)
         // Before the source asked again, this ended "abandoned": the source paused, nothing running.
         let outcome = report["outcome"] as? String
         #expect(outcome == "rolled back", "\(report)")
         #expect(status == 1)
         #expect(report["runsOn"] as? String == "source")
+        try await Self.expectRunning(name, on: a)
+        try await Self.expectQEMUs(named: name, count: 1)
+        #expect(try await b.list().isEmpty, "the destination kept its copy")
+    }
+
+    @Test(
+        "A migration abandoned (link down past the reconnect window) leaves the guest paused; vm resume runs it again only once the destination says its copy is gone",
+        .enabled(if: getuid() == 0, "network namespaces need root")
+    )
+    func abandonedThenResumed() async throws {
+        let name = "nctest-agent-abandon"
+        let cluster = try await Self.linkedCluster(
+            link: "ncab", guest: name, sourceFlags: ["--reconnect-window", "3"])
+        let (link, a, b) = (cluster.link, cluster.a, cluster.b)
+        defer { cluster.link.close() }  // and the cluster (its directory) lives until here
+        let (report, status) = try await Self.migrateCuttingAtCutOver(
+            name, from: a, to: b, link: link, restoreAfter: nil)
+        #expect(report["outcome"] as? String == "abandoned", "\(report)")
+        #expect(status == 1)
+        #expect(report["runsOn"] as? String == "source (paused)")
+        let listed = try await a.list().first { $0["name"] as? String == name }
+        #expect(listed?["state"] as? String == "postmigrate", "paused, its stream sent (QEMU's state)")
+        // The destination cannot be asked: no resume without --force, and no new migration either.
+        let refused = try await a.vm(["resume", name])
+        #expect(refused.status != 0)
+        #expect(refused.standardError.contains("unconfirmed"), "\(refused.standardError)")
+        let again = try await a.vm(["migrate", name, "--to", b.address])
+        #expect(again.status != 0)
+        #expect(again.standardError.contains("abandoned"), "\(again.standardError)")
+        // The link back, the destination (which removed its copy when its source went silent) says so: it runs.
+        link.restore()
+        let resumed = try await a.vm(["resume", name])
+        #expect(resumed.status == 0, "\(resumed.standardError)")
         try await Self.expectRunning(name, on: a)
         try await Self.expectQEMUs(named: name, count: 1)
         #expect(try await b.list().isEmpty, "the destination kept its copy")
