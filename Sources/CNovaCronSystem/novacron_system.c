@@ -49,6 +49,9 @@ int novacron_spawn(const char *path, char *const argv[], int stdin_fd, int stdou
     posix_spawn_file_actions_adddup2(&actions, stdin_fd, 0);
     posix_spawn_file_actions_adddup2(&actions, stdout_fd, 1);
     posix_spawn_file_actions_adddup2(&actions, stderr_fd, 2);
+    // Nothing else of ours reaches the child: not every descriptor is opened close-on-exec (a QEMU that held
+    // its agent's listening socket kept the port open after the agent died, taking connections nobody served).
+    posix_spawn_file_actions_addclosefrom_np(&actions, 3);
 
     sigset_t empty, all;
     sigemptyset(&empty);

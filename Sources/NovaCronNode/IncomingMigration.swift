@@ -130,6 +130,7 @@ actor IncomingMigration {
             try await HostedVM.launch(spec, mode: .incoming(paused: true), hypervisor: hypervisor)
         }
         vm = machine
+        markUncommitted(true, in: machine)
         let descriptor = qemuEnd
         defer {
             close(descriptor)
@@ -141,6 +142,20 @@ actor IncomingMigration {
         if rules.runsOnArrival {
             // Nobody asks for the arrival before the source's confirmation: wait for it here, so it runs at once.
             Task { _ = try? await self.awaitArrival(agent: agent) }
+        }
+    }
+
+    /// The file in a destination QEMU's runtime directory that says it has not run the guest, naming the migration:
+    /// an agent that starts and finds it beside a QEMU of an earlier agent removes that QEMU
+    /// (``NodeAgent/sweepRuntimeDirectories()``).
+    static let uncommittedMark = "incoming-uncommitted"
+
+    private func markUncommitted(_ uncommitted: Bool, in vm: HostedVM) {
+        let path = vm.machine.runtimeDirectory + "/" + Self.uncommittedMark
+        if uncommitted {
+            _ = FileManager.default.createFile(atPath: path, contents: Data(request.id.utf8))
+        } else {
+            unlink(path)
         }
     }
 
@@ -159,11 +174,15 @@ actor IncomingMigration {
     private func startCommit(agent: NodeAgent) {
         guard let vm else { return }
         let wallClock = Date().timeIntervalSince1970
+        // The mark goes before the `cont`: an agent that dies in between leaves a QEMU the next one must not
+        // remove (it may have run), never one it wrongly removes.
+        markUncommitted(false, in: vm)
         commitTask = Task {
             do {
                 try await hypervisorCall("destination QEMU") { try await vm.machine.resume() }
             } catch {
                 self.commitEnded(resumedAt: nil, failed: true)
+                self.markUncommitted(true, in: vm)
                 throw error
             }
             self.commitEnded(resumedAt: await vm.event("RESUME", notBefore: wallClock - 1), failed: false)

@@ -64,6 +64,8 @@ public actor NodeAgent {
     /// migration connection broke asks on a new one what became of its copy (``AgentRequest/removeIncoming(id:)``).
     private var incomingByID: [String: IncomingMigration] = [:]
     private var incomingOrder: [String] = []
+    /// Incoming migrations of an earlier agent on this state directory whose QEMU never ran the guest and is gone.
+    private var forgottenIncoming: Set<String> = []
     /// VMs whose outgoing migration ended abandoned, paused here: the migration's id and destination, asked before
     /// the VM may run here again (``AgentRequest/resume(name:force:)``).
     private var abandoned: [String: AbandonedMigration] = [:]
@@ -113,16 +115,42 @@ public actor NodeAgent {
 
     /// Removes runtime directories a previous, killed agent left: those whose QEMU is gone (its QMP socket
     /// refuses connections). A QEMU that still runs is left alone, and logged.
-    private func sweepRuntimeDirectories() {
+    /// Clears what an earlier agent on this state directory left: runtime directories of QEMUs that exited, and
+    /// destination QEMUs of migrations that never ran the guest (marked ``IncomingMigration/uncommittedMark``),
+    /// which are quit. Their migrations are remembered as gone, for a source that asks
+    /// (``AgentRequest/removeIncoming(id:)``). Any other QEMU still running is left alone, and logged.
+    private func sweepRuntimeDirectories() async {
         let root = hypervisor.runtimeRoot
         for entry in (try? FileManager.default.contentsOfDirectory(atPath: root)) ?? [] {
             let directory = root + "/" + entry
-            if isListening(unixSocket: directory + "/qmp.sock") {
+            let socket = directory + "/qmp.sock"
+            let mark = FileManager.default.contents(atPath: directory + "/" + IncomingMigration.uncommittedMark)
+            let migration = mark.map { String(decoding: $0, as: UTF8.self) }
+            if isListening(unixSocket: socket) {
+                guard let migration else {
+                    logger.warning(
+                        "a QEMU of an earlier agent still runs; leaving it", metadata: ["runtime": "\(directory)"])
+                    continue
+                }
+                // QEMU closes the socket as it quits; the answer may not come.
+                _ = try? await QMPClient.withClient(socketPath: socket, connectTimeout: .seconds(5)) { qmp in
+                    try await qmp.execute("quit")
+                }
+                for _ in 0..<50 where isListening(unixSocket: socket) {
+                    try? await Task.sleep(for: .milliseconds(100))
+                }
+                guard !isListening(unixSocket: socket) else {
+                    logger.error(
+                        "an uncommitted destination QEMU of an earlier agent does not quit; leaving it",
+                        metadata: ["runtime": "\(directory)", "migration": "\(migration)"])
+                    continue
+                }
                 logger.warning(
-                    "a QEMU of an earlier agent still runs; leaving it", metadata: ["runtime": "\(directory)"])
-            } else {
-                try? FileManager.default.removeItem(atPath: directory)
+                    "removed the destination QEMU of an earlier agent's migration that never ran the guest",
+                    metadata: ["runtime": "\(directory)", "migration": "\(migration)"])
             }
+            if let migration { forgottenIncoming.insert(migration) }
+            try? FileManager.default.removeItem(atPath: directory)
         }
     }
 
@@ -133,7 +161,7 @@ public actor NodeAgent {
     /// - Parameter onListening: Called with the bound control port.
     /// - Throws: ``TransportError`` when the listener cannot start, or the state directory cannot be made.
     public func run(onListening: @escaping @Sendable (Int) -> Void = { _ in }) async throws {
-        sweepRuntimeDirectories()
+        await sweepRuntimeDirectories()
         logger.info(
             "agent listening", metadata: ["address": "\(configuration.host):\(configuration.port)"])
         do {
@@ -247,6 +275,7 @@ public actor NodeAgent {
         case .migrations:
             return .migrations(await history)
         case .removeIncoming(let id):
+            if await isForgotten(id) { return .done }
             guard let known = await incomingMigration(id: id) else {
                 throw AgentFailure(
                     AgentFailure.unknownMigration,
@@ -451,6 +480,10 @@ public actor NodeAgent {
 
     private func incomingMigration(id: String) -> IncomingMigration? {
         incomingByID[id]
+    }
+
+    private func isForgotten(_ id: String) -> Bool {
+        forgottenIncoming.contains(id)
     }
 
     /// Indexes the chunks a migration brought in and makes them durable, off the migration's path (the chunk store is

@@ -307,6 +307,41 @@ struct AgentMigrationTests {
         try await Self.expectQEMUs(named: name, count: 1)
     }
 
+    @Test(
+        "Destination agent killed while its copy waits to be compared: rolled back; restarted on its state, the agent quits the QEMU it left"
+    )
+    func destinationKilledBeforeCommit() async throws {
+        let name = "nctest-agent-orphan"
+        let store = "/tmp/nca-\(UUID().uuidString.prefix(8))"
+        // Whatever happens, no QEMU of b's outlives the test.
+        defer {
+            for pid in Self.qemuProcesses(named: name) where Self.commandLine(of: pid).contains(store) {
+                kill(pid, SIGKILL)
+            }
+        }
+        let cluster = try await Self.cluster(guest: name, store: store)
+        let (a, b) = (cluster.a, cluster.b)
+        let (report, status) = try await Self.migrate(
+            name, from: a, to: b, extra: ["--verify-ram"], inPhase: "verifying"
+        ) { b.kill() }
+        #expect(status == 1)
+        #expect(report["outcome"] as? String == "rolled back", "\(report)")
+        try await Self.expectRunning(name, on: a)
+        // b's QEMU had the whole stream and waited, paused, for the comparison: it outlived its agent.
+        #expect(Self.qemuProcesses(named: name).filter { Self.commandLine(of: $0).contains(store) }.count == 1)
+        let restarted = try await Agent(
+            node: "b", certificates: a.certificates, directory: cluster.directory, store: store)
+        try await Self.expectQEMUs(named: name, count: 1)
+        #expect(restarted.log.contains("never ran the guest"), "\(restarted.log)")
+        #expect(try await restarted.list().isEmpty)
+    }
+
+    /// A process's command line, its arguments joined by spaces.
+    static func commandLine(of pid: Int32) -> String {
+        guard let data = FileManager.default.contents(atPath: "/proc/\(pid)/cmdline") else { return "" }
+        return data.split(separator: 0).map { String(decoding: $0, as: UTF8.self) }.joined(separator: " ")
+    }
+
     @Test("A destination whose certificate is of another cluster is refused: nothing starts there")
     func certificateRefused() async throws {
         let name = "nctest-agent-tls"

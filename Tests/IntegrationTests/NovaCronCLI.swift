@@ -51,10 +51,19 @@ struct NovaCronCLI {
         return try child.result()
     }
 
-    /// Waits for `process` to end by polling, never blocking a concurrency-pool thread.
+    /// Waits for `process` to end by polling, never blocking a concurrency-pool thread. Cancelled (a test over its
+    /// time limit), it ends the process instead of polling on without pause.
     static func waitForExit(_ process: Process) async {
         while process.isRunning {
-            try? await Task.sleep(for: .milliseconds(20))
+            do {
+                try await Task.sleep(for: .milliseconds(20))
+            } catch {
+                process.terminate()
+                for _ in 0..<100 where process.isRunning { usleep(50_000) }
+                if process.isRunning { kill(process.processIdentifier, SIGKILL) }
+                process.waitUntilExit()
+                return
+            }
         }
     }
 

@@ -78,6 +78,25 @@ struct QEMUIntegrationTests {
         }
     }
 
+    @Test("QEMU inherits none of this process's descriptors (a file opened without close-on-exec stays ours)")
+    func noDescriptorsInherited() async throws {
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("nc-inherit-\(UUID())").path
+        let leaky = open(path, O_CREAT | O_RDWR, 0o600)  // no O_CLOEXEC, on purpose
+        try #require(leaky >= 0)
+        defer {
+            close(leaky)
+            unlink(path)
+        }
+        try await hypervisor.withVirtualMachine(try TestGuest.spec("fds"), mode: .paused) { vm in
+            let directory = "/proc/\(vm.processID)/fd"
+            let targets = try FileManager.default.contentsOfDirectory(atPath: directory).compactMap {
+                try? FileManager.default.destinationOfSymbolicLink(atPath: directory + "/" + $0)
+            }
+            #expect(!targets.isEmpty, "QEMU's descriptors were not readable")
+            #expect(!targets.contains(path), "QEMU holds \(path): \(targets)")
+        }
+    }
+
     @Test("QEMU killed from outside is reported with how it ended")
     func externalKillIsReported() async throws {
         try await hypervisor.withVirtualMachine(try TestGuest.spec("kill")) { vm in

@@ -32,7 +32,8 @@ ssize_t novacron_send_with_descriptor(int socket, const void *data, size_t lengt
 
 /// Starts `path` with `argv` (NULL-terminated) and the current environment, its standard input,
 /// output and error on the given descriptors, with an empty signal mask and default signal
-/// dispositions (a caller's blocked or ignored signals are not inherited), in a new process group.
+/// dispositions (a caller's blocked or ignored signals are not inherited), in a new process group. No other
+/// descriptor of the caller's is inherited, close-on-exec or not.
 /// Stores the child's pid and returns 0, or returns an errno value.
 int novacron_spawn(const char *path, char *const argv[], int stdin_fd, int stdout_fd, int stderr_fd, pid_t *pid);
 
