@@ -110,6 +110,8 @@ public final class ControlConnection {
 public enum ControlChannel {
     /// The longest message.
     public static let maximumMessageLength = 1 << 20
+    /// How long a new connection may take for TLS and the hello once TCP connected.
+    public static let helloTimeout: Duration = .seconds(10)
 
     /// Connects to `host:port`, completes TLS and the hello, runs `body` with the connection, then closes it.
     /// - Throws: ``TransportError`` when the peer cannot be reached or refuses this node (authentication),
@@ -120,6 +122,7 @@ public enum ControlChannel {
         security: TransportSecurity,
         nodeName: String,
         serverName: String? = nil,
+        helloTimeout: Duration = ControlChannel.helloTimeout,
         _ body: (ControlConnection) async throws -> Result
     ) async throws -> Result {
         let channel = try await TransportConnection.connect(
@@ -127,8 +130,25 @@ public enum ControlChannel {
             congestionControl: .systemDefault, faults: nil)
         return try await channel.executeThenClose { inbound, outbound in
             var iterator = inbound.makeAsyncIterator()
-            let peer = try await TransportConnection.sayHello(
-                inbound: &iterator, outbound: outbound, nodeName: nodeName, peer: "\(host):\(port)")
+            // A peer that accepts TCP and then stays silent (a process that holds a dead agent's socket, a cut
+            // link) would otherwise hold the caller until its reply timeout.
+            let expired = NIOLockedValueBox(false)
+            let timer = channel.channel.eventLoop.scheduleTask(in: TimeAmount(helloTimeout)) {
+                expired.withLockedValue { $0 = true }
+                channel.channel.close(promise: nil)
+            }
+            let peer: String
+            do {
+                peer = try await TransportConnection.sayHello(
+                    inbound: &iterator, outbound: outbound, nodeName: nodeName, peer: "\(host):\(port)")
+                timer.cancel()
+            } catch {
+                timer.cancel()
+                guard expired.withLockedValue({ $0 }) else { throw error }
+                throw TransportError(
+                    .stalled, expected: "TLS and the hello from \(host):\(port) within \(helloTimeout)",
+                    found: "silence: the connection was closed", advice: "check the link and that the peer is alive")
+            }
             return try await body(
                 ControlConnection(peerName: peer, channel: channel.channel, inbound: iterator, outbound: outbound))
         }

@@ -1,4 +1,5 @@
 import DWCPTransport
+import Foundation
 import Testing
 
 @Suite("Control connections")
@@ -62,5 +63,35 @@ struct ControlChannelTests {
                 host: "127.0.0.1", port: 1, security: .insecurePlaintext, nodeName: "client"
             ) { _ in }
         }
+    }
+
+    @Test("A peer that accepts TCP and never speaks: a stalled error after the hello timeout, not a hang")
+    func silentPeer() async throws {
+        // A listening socket nobody accepts on: the kernel completes TCP, nothing answers the hello.
+        let listener = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        try #require(listener >= 0)
+        defer { close(listener) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let bound = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                bind(listener, $0, length) == 0 && listen(listener, 4) == 0 && getsockname(listener, $0, &length) == 0
+            }
+        }
+        try #require(bound)
+        let port = Int(UInt16(bigEndian: address.sin_port))
+        let started = ContinuousClock.now
+        do {
+            try await ControlChannel.withConnection(
+                host: "127.0.0.1", port: port, security: .insecurePlaintext, nodeName: "client",
+                helloTimeout: .milliseconds(300)
+            ) { _ in }
+            Issue.record("a silent peer completed the hello")
+        } catch let error as TransportError {
+            #expect(error.code == .stalled, "\(error)")
+        }
+        #expect(ContinuousClock.now - started < .seconds(5))
     }
 }
