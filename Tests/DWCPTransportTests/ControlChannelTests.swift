@@ -65,7 +65,9 @@ struct ControlChannelTests {
         }
     }
 
-    @Test("A peer that accepts TCP and never speaks: a stalled error after the hello timeout, not a hang")
+    @Test(
+        "A peer that accepts TCP and never speaks: a stalled error after the hello timeout, not a hang",
+        .timeLimit(.minutes(1)))
     func silentPeer() async throws {
         // A listening socket nobody accepts on: the kernel completes TCP, nothing answers the hello.
         let listener = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
@@ -92,6 +94,7 @@ struct ControlChannelTests {
         } catch let error as TransportError {
             #expect(error.code == .stalled, "\(error)")
         }
-        #expect(ContinuousClock.now - started < .seconds(5))
+        // Generous: on 2 cores the suite's other tests can delay the timer by seconds (9 s seen in CI).
+        #expect(ContinuousClock.now - started < .seconds(45))
     }
 }
