@@ -61,27 +61,9 @@ public final class ControlConnection {
     /// sends no FIN, so without a bound the wait could last as long as TCP's own timeouts).
     /// - Throws: ``TransportError/Code/stalled`` when nothing came in time, and what ``receive()`` throws.
     public func receive(timeout: Duration) async throws -> [UInt8]? {
-        let channel = self.channel
-        let expired = NIOLockedValueBox(false)
-        let timer = channel.eventLoop.scheduleTask(in: TimeAmount(timeout)) {
-            expired.withLockedValue { $0 = true }
-            channel.close(promise: nil)
-        }
-        defer { timer.cancel() }
-        do {
-            let message = try await receive()
-            if message == nil && expired.withLockedValue({ $0 }) { throw timedOut(timeout) }
-            return message
-        } catch {
-            if expired.withLockedValue({ $0 }) { throw timedOut(timeout) }
-            throw error
-        }
-    }
-
-    private func timedOut(_ timeout: Duration) -> TransportError {
-        TransportError(
-            .stalled, expected: "a control message from \(peerName) within \(timeout)",
-            found: "silence: the connection was closed", advice: "check the link and that the peer is alive")
+        try await closing(
+            channel, after: timeout, expecting: "a control message from \(peerName)", silent: { $0 == nil }
+        ) { try await receive() }
     }
 
     /// The next message, or nil once the peer closed the connection.
@@ -132,22 +114,11 @@ public enum ControlChannel {
             var iterator = inbound.makeAsyncIterator()
             // A peer that accepts TCP and then stays silent (a process that holds a dead agent's socket, a cut
             // link) would otherwise hold the caller until its reply timeout.
-            let expired = NIOLockedValueBox(false)
-            let timer = channel.channel.eventLoop.scheduleTask(in: TimeAmount(helloTimeout)) {
-                expired.withLockedValue { $0 = true }
-                channel.channel.close(promise: nil)
-            }
-            let peer: String
-            do {
-                peer = try await TransportConnection.sayHello(
+            let peer = try await closing(
+                channel.channel, after: helloTimeout, expecting: "TLS and the hello from \(host):\(port)"
+            ) {
+                try await TransportConnection.sayHello(
                     inbound: &iterator, outbound: outbound, nodeName: nodeName, peer: "\(host):\(port)")
-                timer.cancel()
-            } catch {
-                timer.cancel()
-                guard expired.withLockedValue({ $0 }) else { throw error }
-                throw TransportError(
-                    .stalled, expected: "TLS and the hello from \(host):\(port) within \(helloTimeout)",
-                    found: "silence: the connection was closed", advice: "check the link and that the peer is alive")
             }
             return try await body(
                 ControlConnection(peerName: peer, channel: channel.channel, inbound: iterator, outbound: outbound))
@@ -202,5 +173,31 @@ public enum ControlChannel {
         } onCancel: {
             serverChannel.close(promise: nil)
         }
+    }
+}
+
+/// Runs `body`, closing `channel` if it has not finished after `timeout`: what that close makes `body` throw, or a
+/// result it makes `silent`, becomes ``TransportError/Code/stalled``, naming what was `expecting`. A peer on a cut link
+/// sends no FIN, so without a bound a wait could last as long as TCP's own timeouts.
+private func closing<Result>(
+    _ channel: any Channel, after timeout: Duration, expecting what: String,
+    silent: (Result) -> Bool = { _ in false }, _ body: () async throws -> Result
+) async throws -> Result {
+    let expired = NIOLockedValueBox(false)
+    let timer = channel.eventLoop.scheduleTask(in: TimeAmount(timeout)) {
+        expired.withLockedValue { $0 = true }
+        channel.close(promise: nil)
+    }
+    defer { timer.cancel() }
+    let stalled = TransportError(
+        .stalled, expected: "\(what) within \(timeout)", found: "silence: the connection was closed",
+        advice: "check the link and that the peer is alive")
+    do {
+        let result = try await body()
+        if silent(result) && expired.withLockedValue({ $0 }) { throw stalled }
+        return result
+    } catch {
+        if expired.withLockedValue({ $0 }) { throw stalled }
+        throw error
     }
 }

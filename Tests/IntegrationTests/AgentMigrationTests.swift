@@ -215,6 +215,13 @@ struct AgentMigrationTests {
         #expect(qemuProcesses(named: name).count == count, "QEMUs of \(name)", sourceLocation: sourceLocation)
     }
 
+    /// The VM runs on `agent` (listed, its heartbeat moving) as the only QEMU of its name, and `other` holds nothing.
+    static func expectOnlyOn(_ agent: Agent, _ name: String, not other: Agent) async throws {
+        try await expectRunning(name, on: agent)
+        try await expectQEMUs(named: name, count: 1)
+        #expect(try await other.list().isEmpty, "\(other.node) kept its copy")
+    }
+
     /// The VM still runs on `agent`: listed, and its heartbeat moves on.
     static func expectRunning(_ name: String, on agent: Agent) async throws {
         let vms = try await agent.list()
@@ -457,16 +464,14 @@ struct AgentMigrationTests {
         #expect(status == 1)
         #expect(report["outcome"] as? String == "rolled back")
         #expect(report["runsOn"] as? String == "source")
-        try await Self.expectRunning(name, on: a)
-        try await Self.expectQEMUs(named: name, count: 1)
         link.restore()
-        #expect(try await b.list().isEmpty, "the destination kept its copy")
+        try await Self.expectOnlyOn(a, name, not: b)
     }
 
     /// Migrates `name` (raw stream, 16 MiB/s, no `--verify-ram`) and cuts the link as the source reports its pause,
-    /// for `seconds` (nil: until the caller restores it). The source sees its QEMU paused only once QEMU wrote its last byte (QMP waits out the
-    /// completion); the raw stream then still has the transport's 16 MiB window, about a second, to cross: the cut
-    /// lands there.
+    /// for `seconds` (nil: until the caller restores it). The source sees its QEMU paused only once QEMU wrote its
+    /// last byte (QMP waits out the completion); the raw stream then still has the transport's 16 MiB window, about
+    /// a second, to cross: the cut lands there.
     static func migrateCuttingAtCutOver(
         _ name: String, from a: Agent, to b: Agent, link: WANLinkProcess, restoreAfter seconds: Int?
     ) async throws -> (report: [String: Any], status: Int32) {
@@ -501,9 +506,7 @@ struct AgentMigrationTests {
         #expect(outcome == "rolled back", "\(report)")
         #expect(status == 1)
         #expect(report["runsOn"] as? String == "source")
-        try await Self.expectRunning(name, on: a)
-        try await Self.expectQEMUs(named: name, count: 1)
-        #expect(try await b.list().isEmpty, "the destination kept its copy")
+        try await Self.expectOnlyOn(a, name, not: b)
     }
 
     @Test(
@@ -534,9 +537,7 @@ struct AgentMigrationTests {
         link.restore()
         let resumed = try await a.vm(["resume", name])
         #expect(resumed.status == 0, "\(resumed.standardError)")
-        try await Self.expectRunning(name, on: a)
-        try await Self.expectQEMUs(named: name, count: 1)
-        #expect(try await b.list().isEmpty, "the destination kept its copy")
+        try await Self.expectOnlyOn(a, name, not: b)
     }
 }
 
