@@ -45,6 +45,8 @@ public struct ChunkScheduler: Sendable {
         var inFlight: [ChunkAddress: Chunk] = [:]
         var inFlightBytes = 0
         var isOpen = true
+        /// It holds an overdue chunk: new chunks go to other streams while any is not lagging.
+        var isLagging = false
 
         var freeWindow: Int { isOpen ? window - inFlightBytes : 0 }
     }
@@ -165,6 +167,27 @@ public struct ChunkScheduler: Sendable {
         streams.filter { $0.value.isOpen && $0.value.inFlight.isEmpty }.keys.sorted()
     }
 
+    /// Marks the streams holding an overdue chunk (and only those) as lagging: ``assign()`` gives new
+    /// chunks to the others while there are any.
+    public mutating func setLagging(_ lagging: Set<Int>) {
+        for id in streams.keys { streams[id]!.isLagging = lagging.contains(id) }
+    }
+
+    /// Whether any stream is marked lagging.
+    public var hasLaggingStream: Bool { streams.values.contains { $0.isLagging } }
+
+    /// Open streams other than `excluded` and not lagging, the one with the fewest bytes in flight first
+    /// (ties: the lower number): where a copy of a chunk waits least.
+    public func leastLoadedStreams(excluding excluded: Int) -> [Int] {
+        streams.filter { $0.key != excluded && $0.value.isOpen && !$0.value.isLagging }
+            .sorted { ($0.value.inFlightBytes, $0.key) < ($1.value.inFlightBytes, $1.key) }.map(\.key)
+    }
+
+    /// The chunk at `address` if `stream` has it in flight.
+    public func inFlightChunk(_ address: ChunkAddress, on stream: Int) -> Chunk? {
+        streams[stream]?.inFlight[address]
+    }
+
     /// Every chunk in flight with its stream, lowest address first.
     public var inFlightChunks: [Assignment] {
         streams.flatMap { id, stream in stream.inFlight.values.map { Assignment(chunk: $0, stream: id) } }
@@ -235,7 +258,8 @@ public struct ChunkScheduler: Sendable {
 
     private func bestStream(for chunk: Chunk) -> Int? {
         var best: (stream: Int, free: Int)?
-        for (id, stream) in streams where stream.isOpen {
+        let avoidLagging = streams.values.contains { $0.isOpen && !$0.isLagging }
+        for (id, stream) in streams where stream.isOpen && !(avoidLagging && stream.isLagging) {
             let fits = stream.freeWindow >= chunk.size || stream.inFlight.isEmpty
             guard fits else { continue }
             if best == nil || stream.freeWindow > best!.free || (stream.freeWindow == best!.free && id < best!.stream) {

@@ -103,6 +103,12 @@ public struct SendReport: Sendable, Codable {
         public var seconds: Double
         /// Its share of the streams relative to the other objects'.
         public var weight: Int
+        /// Seconds from connecting until its source was read to the end (nil if it never was).
+        public var readSeconds: Double?
+        /// Seconds from connecting until its last chunk was acknowledged (nil if none was). With
+        /// ``readSeconds`` and ``seconds``, where an object's end game went: the chunks in flight when
+        /// the source ended, then the receiver's verification and commit.
+        public var acknowledgedSeconds: Double?
     }
 
     /// The objects' sizes together.
@@ -129,6 +135,8 @@ public struct SendReport: Sendable, Codable {
     public var chunksResent: Int
     /// Chunks copied onto idle streams at the end so the last ones do not wait for a slow stream.
     public var chunksDuplicated: Int
+    /// Of those, copies of chunks whose acknowledgement was overdue (``ChunkLatency``).
+    public var chunksOverdue = 0
     /// The round-trip time measured on the control stream before the transfer, milliseconds.
     public var roundTripMilliseconds: Double
     /// Each object, in the order offered.

@@ -39,6 +39,8 @@ actor SenderCore {
     private var sentBytes: UInt64 = 0
     private var lastStatistics: [Int: TCPStatistics] = [:]
     private var committedAt: [Int: Duration] = [:]
+    private var readAt: [Int: Duration] = [:]
+    private var acknowledgedAt: [Int: Duration] = [:]
 
     /// - Parameters:
     ///   - readers: The session's objects, in order (object 0 first).
@@ -140,6 +142,7 @@ actor SenderCore {
     }
 
     func sourceEnded(object: Int, blockCount: Int, digest: SessionMessage.Digest) {
+        readAt[object] = now
         perform(
             session.sourceEnded(
                 blockCount: blockCount, totalBytes: readers[object].bytesRead, digest: digest, object: object))
@@ -160,7 +163,9 @@ actor SenderCore {
     }
 
     func acknowledged(_ address: ChunkAddress, on stream: Int) {
+        let before = session.acknowledgedBytes
         perform(session.acknowledged(address, on: stream, now: now))
+        if session.acknowledgedBytes > before { acknowledgedAt[address.object] = now }  // not a late copy's
     }
 
     func sent(_ bytes: Int) {
@@ -315,7 +320,7 @@ actor SenderCore {
         }
         try outcome.get()
         let transfer = session.transfer
-        return SendReport(
+        var report = SendReport(
             objects: readers.indices.map(objectReport),
             sentBytes: sentBytes,
             seconds: now.seconds,
@@ -328,6 +333,8 @@ actor SenderCore {
             chunksDuplicated: transfer?.chunksDuplicated ?? 0,
             roundTripMilliseconds: session.roundTrip.seconds * 1000
         )
+        report.chunksOverdue = transfer?.chunksOverdue ?? 0
+        return report
     }
 
     /// The objects the receiver committed in this session so far (also after it failed), by number.
@@ -344,7 +351,9 @@ actor SenderCore {
             skippedBytes: UInt64(session.transfer?.skipped(object: object).count ?? 0) * blockSize,
             sha256: ending.map { "\($0.digest)" } ?? "",
             seconds: committedAt[object]?.seconds ?? now.seconds,
-            weight: weights[object]
+            weight: weights[object],
+            readSeconds: readAt[object]?.seconds,
+            acknowledgedSeconds: acknowledgedAt[object]?.seconds
         )
     }
 }

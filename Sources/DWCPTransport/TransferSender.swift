@@ -74,6 +74,10 @@ public struct TransferSender: Sendable {
     private var objects: [Int: Object] = [:]
     private var lastProgress: [Int: Duration] = [:]
     private var duplicated: Set<ChunkAddress> = []
+    /// When each stream was given each chunk it has in flight (a copy counts on its own stream).
+    private var sends: [Int: [ChunkAddress: Duration]] = [:]
+    /// How long chunks take from their sending to their acknowledgement.
+    public private(set) var chunkLatency = ChunkLatency()
     /// The virtual start of the grant issued last.
     private var virtualNow = 0.0
     /// Blocks read and not yet acknowledged (first acknowledgement), over all objects.
@@ -88,8 +92,13 @@ public struct TransferSender: Sendable {
     public private(set) var chunksAcknowledged = 0
     /// Chunks queued again because the stream carrying them failed.
     public private(set) var chunksResent = 0
-    /// Chunks copied onto an idle stream (end game or a window held up by a slow stream).
+    /// Chunks copied onto another stream: at the end game or a window held up by a slow stream (onto
+    /// an idle stream), or overdue (``ChunkLatency/overdueAfter``).
     public private(set) var chunksDuplicated = 0
+    /// Of those, the copies of overdue chunks.
+    public private(set) var chunksOverdue = 0
+    /// The most overdue chunks copied in one ``assign(now:)``.
+    public static let overdueCopiesPerAssignment = 2
 
     /// Creates the sending side with no objects yet (see ``addObject(_:windowBlocks:totalBlocks:present:weight:)``).
     /// - Parameters:
@@ -247,8 +256,20 @@ public struct TransferSender: Sendable {
     /// are full because their oldest chunks sit on a slow or lossy stream (head-of-line blocking) —
     /// streams that fall idle take copies of chunks still in flight elsewhere, oldest first. So neither
     /// the last chunks nor a whole window wait for one slow stream; a copy is made at most once per chunk.
+    ///
+    /// A chunk in flight for longer than its acknowledgement is due (``ChunkLatency/overdueAfter``) gets a
+    /// copy on the least loaded other stream, whatever else is going on, oldest first: one stream in loss
+    /// recovery (a retransmission lost, the kernel backing off) then delays nothing but itself, where it
+    /// used to hold up the window's lowest chunk, and with it the whole transfer, for seconds.
     public mutating func assign(now: Duration) -> [Assignment] {
+        let overdueAfter = chunkLatency.overdueAfter
+        if let overdueAfter {
+            // A stream with an overdue chunk gets no new ones until it catches up.
+            let lagging = sends.filter { _, chunks in chunks.values.contains { now - $0 > overdueAfter } }.keys
+            scheduler.setLagging(Set(lagging))
+        }
         var assignments = scheduler.assign()
+        if let overdueAfter { assignments += copyOverdue(now: now, overdueAfter: overdueAfter) }
         if scheduler.pendingCount == 0,
             held + chunkBlocks > windowBlocks || objects.values.allSatisfy(\.readingBlocked)
         {
@@ -265,6 +286,7 @@ public struct TransferSender: Sendable {
                 assignments.append(Assignment(chunk: next.chunk, stream: stream))
             }
         }
+        for assignment in assignments { sends[assignment.stream, default: [:]][assignment.chunk.address] = now }
         for assignment in assignments where scheduler.inFlightCount(on: assignment.stream) == 1 {
             // The stream was idle: the stall clock starts with this chunk.
             lastProgress[assignment.stream] = now
@@ -277,7 +299,11 @@ public struct TransferSender: Sendable {
     public mutating func acknowledged(_ address: ChunkAddress, on stream: Int, now: Duration) -> Bool {
         guard let chunk = scheduler.acknowledged(address, on: stream) else { return false }
         lastProgress[stream] = now
+        if objects[address.object]?.done.contains(address.index) != false { sends[stream]?[address] = nil }
         guard objects[address.object]?.done.contains(address.index) == false else { return false }
+        if let sent = sends[stream]?.removeValue(forKey: address), !duplicated.contains(address) {
+            chunkLatency.record(now - sent)  // a copied chunk's latency mixes two streams': not a sample
+        }
         let blocks = blocks(in: chunk.size)
         for index in address.index..<address.index + blocks {
             objects[address.object]!.done.insert(index)
@@ -297,6 +323,7 @@ public struct TransferSender: Sendable {
         let lost = scheduler.streamFailed(stream).filter {
             !(objects[$0.object]?.done.contains($0.index) ?? true)
         }
+        sends[stream] = nil  // a re-send starts the clock again
         scheduler.streamClosed(stream)
         lastProgress.removeValue(forKey: stream)
         chunksResent += lost.count
@@ -315,6 +342,7 @@ public struct TransferSender: Sendable {
     public mutating func streamClosed(_ stream: Int) {
         scheduler.streamClosed(stream)
         lastProgress.removeValue(forKey: stream)
+        sends[stream] = nil
     }
 
     /// Streams that hold chunks but have had no acknowledgement for longer than the stall timeout.
@@ -324,6 +352,9 @@ public struct TransferSender: Sendable {
             scheduler.inFlightCount(on: stream) > 0 && now - since > stallTimeout ? stream : nil
         }.sorted()
     }
+
+    /// Whether no stream holds an overdue chunk (as of the last ``assign(now:)``).
+    public var isLaggingFree: Bool { !scheduler.hasLaggingStream }
 
     /// Chunks read and not yet acknowledged.
     public var heldChunks: Int { scheduler.pendingCount + scheduler.inFlightCount }
@@ -366,8 +397,63 @@ public struct TransferSender: Sendable {
         }
     }
 
+    /// Copies of the oldest overdue chunks (not copied before) onto the least loaded streams not lagging.
+    private mutating func copyOverdue(now: Duration, overdueAfter: Duration) -> [Assignment] {
+        let overdue = sends.flatMap { stream, chunks in
+            chunks.compactMap { address, sent in
+                now - sent > overdueAfter && !duplicated.contains(address) ? (sent, address, stream) : nil
+            }
+        }.sorted { ($0.0, $0.1) < ($1.0, $1.1) }
+        var copies: [Assignment] = []
+        for (_, address, carrier) in overdue.prefix(Self.overdueCopiesPerAssignment) {
+            guard let chunk = scheduler.inFlightChunk(address, on: carrier),
+                let stream = scheduler.leastLoadedStreams(excluding: carrier).first
+            else { continue }
+            scheduler.duplicate(chunk, on: stream)
+            duplicated.insert(address)
+            chunksDuplicated += 1
+            chunksOverdue += 1
+            copies.append(Assignment(chunk: chunk, stream: stream))
+        }
+        return copies
+    }
+
     private mutating func advanceLowest(_ object: Int) {
         guard let state = objects[object] else { return }
         objects[object]!.lowestUnacknowledged = state.done.firstAbsent(from: state.lowestUnacknowledged)
+    }
+}
+
+/// How long a chunk takes from its sending to its acknowledgement: a smoothed mean and mean deviation
+/// (RFC 6298's estimator, applied to chunks instead of segments), which say when a chunk is overdue.
+/// The samples include each chunk's wait behind the others on its stream, so the deviation grows with
+/// the streams' queues and a chunk counts as overdue only when it is late for this path and load.
+public struct ChunkLatency: Sendable {
+    /// The smoothed latency, once a chunk was acknowledged.
+    public private(set) var smoothed: Duration?
+    /// The smoothed mean deviation.
+    public private(set) var deviation: Duration = .zero
+    /// No chunk counts as overdue sooner than this (a loopback path's latencies are microseconds).
+    public static let minimumOverdue: Duration = .milliseconds(200)
+
+    /// No latency learnt yet.
+    public init() {}
+
+    /// Adds the latency of one chunk (first sent, first acknowledged, never copied).
+    public mutating func record(_ sample: Duration) {
+        guard let current = smoothed else {
+            smoothed = sample
+            deviation = sample / 2
+            return
+        }
+        let error = sample > current ? sample - current : current - sample
+        deviation = deviation * 3 / 4 + error / 4
+        smoothed = current * 7 / 8 + sample / 8
+    }
+
+    /// How long after its sending a chunk is overdue: the smoothed latency plus four deviations, at least
+    /// twice the smoothed latency and ``minimumOverdue``; nil before the first sample.
+    public var overdueAfter: Duration? {
+        smoothed.map { max($0 + deviation * 4, $0 * 2, Self.minimumOverdue) }
     }
 }

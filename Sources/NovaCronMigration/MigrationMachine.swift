@@ -27,8 +27,9 @@ public struct MigrationMachine: Sendable {
         public var stepTimeout: Duration
         /// How long the transfer may go without progress before it counts as failed.
         public var stallTimeout: Duration
-        /// Progress reports in a row in which the remaining bytes do not shrink before auto-converge
-        /// (QEMU throttling the guest's vCPUs) is switched on.
+        /// Progress reports in a row in which QEMU sent bytes and the remaining bytes did not shrink before
+        /// auto-converge (QEMU throttling the guest's vCPUs) is switched on. A report in which QEMU sent
+        /// nothing (the transport still opening its streams, or stalled) says nothing about convergence.
         public var nonConvergingReports: Int
         /// Whether the destination's state is verified before it runs. Without a verification the resume rides
         /// on the arrival confirmation (``Action/confirmArrival(resume:)``): one round trip less in the pause.
@@ -419,11 +420,14 @@ public struct MigrationMachine: Sendable {
     private mutating func progressed(_ progress: Progress, now: Duration) -> [Action] {
         let shrinking = lastProgress.map { progress.remainingBytes < $0.remainingBytes } ?? true
         let fits = progress.secondsToSendRemaining <= qemuDowntime.seconds
-        if progress.transferredBytes > (lastProgress?.transferredBytes ?? 0) {
-            deadline = now + configuration.stallTimeout
-        }
+        let moved = progress.transferredBytes > (lastProgress?.transferredBytes ?? 0)
+        if moved { deadline = now + configuration.stallTimeout }
         lastProgress = progress
-        nonConverging = shrinking || fits ? 0 : nonConverging + 1
+        if shrinking || fits {
+            nonConverging = 0
+        } else if moved {
+            nonConverging += 1
+        }
         guard !autoConverging, nonConverging >= configuration.nonConvergingReports else { return [] }
         autoConverging = true
         return [.enableAutoConverge]

@@ -82,6 +82,8 @@ private final class Driver {
     /// When the source QEMU reported completion, and when the transport confirmed the stream delivered.
     var completedAt: ContinuousClock.Instant?
     var deliveredAt: ContinuousClock.Instant?
+    /// When the data session was started (its report's times count from about then).
+    var sessionStartedAt: ContinuousClock.Instant?
     /// The destination QEMU's `RESUME` event (QMP timestamp, the destination's clock).
     var destinationResumedAtEpoch: Double?
     var cancelledByUs = false
@@ -323,6 +325,7 @@ private final class Driver {
             source = .producer(producer!)
         }
         let feed = self.feed
+        sessionStartedAt = clock.now
         background.append(
             Task {
                 do {
@@ -549,6 +552,13 @@ extension Driver {
         var timeline: [String: Int] = [:]
         timeline["pausedToSourceCompleted"] = milliseconds(pausedAt, completedAt)
         timeline["sourceCompletedToDelivered"] = milliseconds(completedAt, deliveredAt)
+        // Within that: until the encoded stream was read to its end, and until its last chunk was acknowledged
+        // (the rest is the receiver's check and answer).
+        if let sessionStartedAt, let object = streamReport?.objects.first {
+            let at = { (seconds: Double?) in seconds.map { sessionStartedAt + .seconds($0) } }
+            timeline["sourceCompletedToStreamRead"] = milliseconds(completedAt, at(object.readSeconds))
+            timeline["sourceCompletedToAcknowledged"] = milliseconds(completedAt, at(object.acknowledgedSeconds))
+        }
         timeline["deliveredToRunning"] = milliseconds(deliveredAt, resumedAt)
         return timeline
     }

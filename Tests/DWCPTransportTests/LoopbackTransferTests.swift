@@ -392,6 +392,11 @@ struct LoopbackTransferTests {
         #expect([UInt8](await collected.value) == bytes)
         #expect(sent.bytes == UInt64(bytes.count) && sent.sha256 == received.sha256)
         #expect(sent.objects.map(\.name) == ["migration"] && received.path == nil)
+        // The end game's timeline: read to the end, then the last chunk acknowledged, then committed.
+        let object = try #require(sent.objects.first)
+        let read = try #require(object.readSeconds)
+        let acknowledged = try #require(object.acknowledgedSeconds)
+        #expect(read > 0 && read <= acknowledged && acknowledged <= object.seconds)
     }
 
     @Test("A chosen congestion control is set on the data sockets and the transfer verifies")

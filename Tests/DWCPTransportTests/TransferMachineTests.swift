@@ -277,6 +277,89 @@ struct EndGameTests {
         let next = sender.assign(now: .zero)
         #expect(next.count == 1 && sender.chunksDuplicated == 0)
     }
+
+    /// Three streams with room for plenty, chunk latency learnt from one chunk acknowledged after 100 ms.
+    static func threeStreamsWithLatency() -> TransferSender {
+        var sender = TransferSender(blockSize: 10, windowBlocks: 64, totalBlocks: nil)
+        for stream in 0..<3 { sender.streamOpened(stream, window: 1000, now: .zero) }
+        sender.chunkRead(0, size: 10)
+        let first = sender.assign(now: .zero)
+        _ = sender.acknowledged(first[0].chunk.address, on: first[0].stream, now: .milliseconds(100))
+        return sender
+    }
+
+    @Test("A chunk overdue on a stream that carries on gets a copy elsewhere, while reading continues")
+    func overdueChunkIsCopied() throws {
+        var sender = Self.threeStreamsWithLatency()
+        let overdueAfter = try #require(sender.chunkLatency.overdueAfter)
+        #expect(overdueAfter == .milliseconds(300))  // 100 ms + 4 × 50 ms
+        for index in 1..<7 { sender.chunkRead(index, size: 10) }
+        let sent = sender.assign(now: .milliseconds(100))
+        #expect(sent.count == 6)
+        let slow = try #require(sent.first { $0.chunk.index == 1 }).stream
+        // Every other stream delivers what it carries; the slow one delivers nothing.
+        for assignment in sent where assignment.stream != slow {
+            _ = sender.acknowledged(assignment.chunk.address, on: assignment.stream, now: .milliseconds(150))
+        }
+        #expect(sender.admits(20))  // not held up: the end-game rule would copy nothing
+        #expect(sender.assign(now: .milliseconds(350)).isEmpty)  // 250 ms: not overdue yet
+        let copies = sender.assign(now: .milliseconds(450))
+        let slowChunks = sent.filter { $0.stream == slow }.map(\.chunk.index)
+        #expect(copies.count == min(2, slowChunks.count))
+        #expect(copies.allSatisfy { $0.stream != slow && slowChunks.contains($0.chunk.index) })
+        #expect(copies.map(\.chunk.index) == Array(slowChunks.prefix(2)))  // oldest first
+        #expect(sender.chunksOverdue == copies.count && sender.chunksDuplicated == copies.count)
+        // The slow stream is lagging: a new chunk goes elsewhere, though its window has room.
+        sender.chunkRead(7, size: 10)
+        let next = sender.assign(now: .milliseconds(450))
+        let fresh = try #require(next.first { $0.chunk.index == 7 })
+        #expect(fresh.stream != slow)
+        // Each chunk is copied once: later calls copy the rest and nothing twice.
+        let later = sender.assign(now: .milliseconds(500)) + sender.assign(now: .milliseconds(550))
+        let copied = (copies + later).filter { $0.chunk.index != 7 }.map(\.chunk.index)
+        #expect(copied.sorted() == slowChunks.sorted())
+        // A copy's acknowledgement releases the chunk; the slow stream's late one releases nothing.
+        for copy in copies {
+            let released = sender.acknowledged(copy.chunk.address, on: copy.stream, now: .milliseconds(700))
+            #expect(released)
+            let again = sender.acknowledged(copy.chunk.address, on: slow, now: .seconds(2))
+            #expect(!again)
+        }
+    }
+
+    @Test("No overdue copies before any chunk was acknowledged, nor while chunks arrive in time")
+    func noOverdueCopiesWithoutCause() {
+        var sender = TransferSender(blockSize: 10, windowBlocks: 64, totalBlocks: nil)
+        for stream in 0..<2 { sender.streamOpened(stream, window: 1000, now: .zero) }
+        for index in 0..<4 { sender.chunkRead(index, size: 10) }
+        _ = sender.assign(now: .zero)
+        #expect(sender.assign(now: .seconds(30)).isEmpty)  // no latency learnt: nothing is overdue
+        var timely = Self.threeStreamsWithLatency()
+        var now = Duration.milliseconds(100)
+        for index in 1..<50 {
+            timely.chunkRead(index, size: 10)
+            for assignment in timely.assign(now: now) {
+                _ = timely.acknowledged(assignment.chunk.address, on: assignment.stream, now: now + .milliseconds(90))
+            }
+            now += .milliseconds(100)
+        }
+        #expect(timely.chunksOverdue == 0 && timely.isLaggingFree)
+    }
+
+    @Test("Chunk latency: a smoothed mean and deviation; overdue after mean + 4 deviations, 2 × mean, 200 ms")
+    func chunkLatencyEstimator() throws {
+        var latency = ChunkLatency()
+        #expect(latency.overdueAfter == nil)
+        latency.record(.milliseconds(10))
+        #expect(latency.overdueAfter == ChunkLatency.minimumOverdue)  // loopback-fast: the floor
+        for _ in 0..<100 { latency.record(.seconds(1)) }
+        let steady = try #require(latency.overdueAfter)
+        #expect(steady > .milliseconds(1990) && steady <= .seconds(2))  // steady: twice the mean
+        for sample in 0..<100 { latency.record(sample % 2 == 0 ? .milliseconds(200) : .milliseconds(1800)) }
+        let jittery = try #require(latency.overdueAfter)
+        let mean = try #require(latency.smoothed)
+        #expect(jittery == mean + latency.deviation * 4 && jittery > .seconds(3))
+    }
 }
 
 @Suite("Receiver writeback schedule")

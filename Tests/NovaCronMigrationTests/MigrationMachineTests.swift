@@ -170,6 +170,26 @@ struct MigrationMachineTests {
         }
     }
 
+    @Test("A transfer that has not started moving (streams still opening) does not count as not converging")
+    func noAutoConvergeWhileNothingMoves() {
+        var machine = Machine(configuration: .init(maximumDowntime: .milliseconds(300), nonConvergingReports: 3))
+        _ = Self.drive(&machine, Array(Self.happyPath.prefix(3)))
+        // QEMU wrote 38 MB into the agent's buffers and waits: ten reports with nothing sent.
+        for round in 0..<10 {
+            let actions = machine.handle(
+                Self.progress(remaining: 480 << 20, sent: 38 << 20), now: .seconds(10) + .milliseconds(100 * round))
+            #expect(actions.isEmpty)
+        }
+        #expect(!machine.autoConverging)
+        // Once bytes move and the remainder still does not shrink, it counts.
+        var actions: [Machine.Action] = []
+        for round in 0..<3 {
+            actions += machine.handle(
+                Self.progress(remaining: 480 << 20, sent: UInt64(39 + round) << 20), now: .seconds(12 + round))
+        }
+        #expect(actions == [.enableAutoConverge])
+    }
+
     @Test("The source running again before the commit (QEMU's own recovery) blocks the commit")
     func sourceRunningBlocksCommit() {
         var machine = Machine()
