@@ -173,6 +173,9 @@ public struct ChunkScheduler: Sendable {
         for id in streams.keys { streams[id]!.isLagging = lagging.contains(id) }
     }
 
+    /// The bytes `stream` may still take into flight (0 for a stream closed or draining).
+    public func freeWindow(on stream: Int) -> Int { streams[stream]?.freeWindow ?? 0 }
+
     /// Whether any stream is marked lagging.
     public var hasLaggingStream: Bool { streams.values.contains { $0.isLagging } }
 

@@ -44,6 +44,9 @@ actor ReceiverSession {
     private let resumedBytes: UInt64
     private let started = ContinuousClock.now
     private(set) var isClosed = false
+    /// A finish that came before the last chunks (the sender sends it once its source ended): resumed with
+    /// true when every block is held, false when the object is let go first.
+    private var completionWaiter: CheckedContinuation<Bool, Never>?
 
     static let journalMagic: UInt32 = 0x4E43_4A31  // "NCJ1"
     static let journalHeaderLength = 4 + 16 + 4 + 8
@@ -264,6 +267,10 @@ actor ReceiverSession {
             pending[index] = copy
         }  // A file destination reads it back from the page cache when the prefix gets there.
         try advanceHash()
+        if machine.isComplete, let waiter = completionWaiter {
+            completionWaiter = nil
+            waiter.resume(returning: true)
+        }
         return .store
     }
 
@@ -288,20 +295,24 @@ actor ReceiverSession {
         }
     }
 
-    /// The sender says it is done.
-    /// - Returns: The answer for the control stream and, on success, the report.
+    /// The sender's source ended: `totalBlocks` blocks, `totalBytes` bytes, this SHA-256. The sender says so
+    /// as soon as it read the end, so chunks may still be on their way: the answer waits for them (the
+    /// acknowledgement of the last chunk and the finish no longer cross the link one after the other).
+    /// - Returns: The answer for the control stream and, on success, the report; nil when the object was let
+    ///   go (``abandon()``, ``withdraw()``) before its last chunks arrived: nothing to answer.
     func finish(
         totalBlocks: UInt64,
         totalBytes: UInt64,
         digest: SessionMessage.Digest
-    ) -> (SessionMessage, Result<ReceivedObject, TransportError>) {
+    ) async -> (SessionMessage, Result<ReceivedObject, TransportError>)? {
         do {
-            guard try machine.finish(totalBlocks: Int(totalBlocks), totalBytes: totalBytes) else {
-                throw TransportError(
-                    .protocolViolation,
-                    expected: "every chunk before finish",
-                    found: "block \(machine.contiguousBlocks) of \(totalBlocks) missing"
-                )
+            if try !machine.finish(totalBlocks: Int(totalBlocks), totalBytes: totalBytes) {
+                guard completionWaiter == nil, !isClosed else {
+                    throw TransportError(
+                        .protocolViolation, expected: "one finish per object", found: "another for \(offer.name)")
+                }
+                let arrived = await withCheckedContinuation { completionWaiter = $0 }
+                guard arrived else { return nil }
             }
             try advanceHash()
             let ours = SessionMessage.Digest(bytes: Array(hasher.finalize()))
@@ -453,6 +464,10 @@ actor ReceiverSession {
 
     private func close() {
         isClosed = true
+        if let waiter = completionWaiter {
+            completionWaiter = nil
+            waiter.resume(returning: false)
+        }
         pending.removeAll()
         if dataDescriptor >= 0 { Glibc.close(dataDescriptor) }
         if journalDescriptor >= 0 { Glibc.close(journalDescriptor) }

@@ -84,7 +84,8 @@ public struct SenderSession: Sendable {
         case finishStream(Int)
         /// Stream `stream` stalled: close it. Its chunks are re-sent elsewhere when it ends.
         case closeStream(Int)
-        /// Every chunk of `object` is acknowledged: send its `finish` with these totals on the control stream.
+        /// The source of `object` ended (and the receiver accepted it): send its `finish` with these totals on
+        /// the control stream. Chunks may still be in flight.
         case sendFinish(object: Int, totalBlocks: UInt64, totalBytes: UInt64, sha256: SessionMessage.Digest)
         /// The transfer cannot go on.
         case fail(TransportError)
@@ -398,12 +399,14 @@ public struct SenderSession: Sendable {
         return transfer.objectNumbers.count == configuration.objects && transfer.isComplete
     }
 
+    /// The finish goes as soon as the source ended and the object was accepted: the receiver answers it once
+    /// the last chunks are in, so their acknowledgements and the finish do not cross the link one after the
+    /// other. The session goes on (acknowledgements, re-sends, copies) until the receiver's answer.
     private mutating func finishIfDone(_ object: Int) -> [Action] {
-        guard !isOver, !finished.contains(object), let transfer, transfer.isComplete(object: object),
+        guard !isOver, !finished.contains(object), let transfer, transfer.objectNumbers.contains(object),
             let ending = endings[object]
         else { return [] }
         finished.insert(object)
-        isOver = finished.count == configuration.objects
         return [
             .sendFinish(
                 object: object, totalBlocks: UInt64(ending.blocks), totalBytes: ending.bytes, sha256: ending.digest)

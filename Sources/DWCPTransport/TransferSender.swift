@@ -277,13 +277,19 @@ public struct TransferSender: Sendable {
                 !(objects[$0.chunk.object]?.done.contains($0.chunk.index) ?? true)
                     && !duplicated.contains($0.chunk.address)
             }[...]
+            // At the very end (every source read) an idle stream takes as many copies as its window holds: the
+            // last chunks of a stream that stopped delivering (a fresh stream still in slow start, one in loss
+            // recovery) then cross together instead of one round trip after another.
+            let sourcesDone = objects.values.allSatisfy(\.sourceDone)
             for stream in scheduler.idleStreams {
-                guard let next = candidates.first(where: { $0.stream != stream }) else { break }
-                candidates.removeAll { $0.chunk.address == next.chunk.address }
-                scheduler.duplicate(next.chunk, on: stream)
-                duplicated.insert(next.chunk.address)
-                chunksDuplicated += 1
-                assignments.append(Assignment(chunk: next.chunk, stream: stream))
+                repeat {
+                    guard let next = candidates.first(where: { $0.stream != stream }) else { break }
+                    candidates.removeAll { $0.chunk.address == next.chunk.address }
+                    scheduler.duplicate(next.chunk, on: stream)
+                    duplicated.insert(next.chunk.address)
+                    chunksDuplicated += 1
+                    assignments.append(Assignment(chunk: next.chunk, stream: stream))
+                } while sourcesDone && scheduler.freeWindow(on: stream) > 0
             }
         }
         for assignment in assignments { sends[assignment.stream, default: [:]][assignment.chunk.address] = now }

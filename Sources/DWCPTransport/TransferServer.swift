@@ -105,8 +105,8 @@ public enum TransferServer {
             switch try SessionMessage(decoding: first.payload) {
             case .offer(let offer):
                 try await serveControl(
-                    offer, peer: "\(peer) (\(peerAddress))", iterator: &iterator, outbound: outbound, registry: registry
-                )
+                    offer, peer: "\(peer) (\(peerAddress))", iterator: &iterator, outbound: outbound,
+                    channel: connection.channel, registry: registry)
             case .attach(let sessionID, let token, _):
                 guard await registry.isSession(sessionID, token: token) else {
                     try await outbound.write(
@@ -132,6 +132,7 @@ public enum TransferServer {
         peer: String,
         iterator: inout NIOAsyncChannelInboundStream<DWCPFrame>.AsyncIterator,
         outbound: NIOAsyncChannelOutboundWriter<DWCPFrame>,
+        channel: any Channel,
         registry: SessionRegistry
     ) async throws {
         var offers = [first]
@@ -173,9 +174,18 @@ public enum TransferServer {
                     throw TransportError(
                         .protocolViolation, expected: "finish for an accepted object", found: "object \(object)")
                 }
-                let (answer, outcome) = await session.finish(totalBlocks: blocks, totalBytes: bytes, digest: digest)
-                try? await outbound.write(control(answer, session: sessionID))
-                if await registry.committed(Int(object), of: sessionID, outcome) { return }
+                // The finish may come before the last chunks: it is answered once they are in, while this
+                // loop goes on reading (a query of another object, the sender going away).
+                Task {
+                    guard
+                        let (answer, outcome) = await session.finish(
+                            totalBlocks: blocks, totalBytes: bytes, digest: digest)
+                    else { return }  // let go before its last chunks: the session was abandoned
+                    try? await outbound.write(control(answer, session: sessionID))
+                    // Over (every object committed, or this one failed): this side says goodbye first, as the
+                    // sender's close waits for it (NIOSSL: up to 5 s).
+                    if await registry.committed(Int(object), of: sessionID, outcome) { channel.close(promise: nil) }
+                }
             }
         } catch {}
         // The sender went away: keep what arrived for a resume.

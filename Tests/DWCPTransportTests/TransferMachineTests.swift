@@ -120,13 +120,22 @@ struct TransferMachineTests {
 
 @Suite("End game")
 struct EndGameTests {
+    /// `count` chunks of 10 bytes (one block each) of an object of that many blocks, sent on two streams.
+    static func chunksOnTwoStreams(_ count: Int, streamWindow: Int, sourceEnded: Bool = false)
+        -> (TransferSender, [TransferSender.Assignment])
+    {
+        var sender = TransferSender(blockSize: 10, windowBlocks: 16, totalBlocks: count)
+        sender.streamOpened(0, window: streamWindow, now: .zero)
+        sender.streamOpened(1, window: streamWindow, now: .zero)
+        for index in 0..<count { sender.chunkRead(index, size: 10) }
+        if sourceEnded { sender.sourceEnded(blockCount: count) }
+        let assignments = sender.assign(now: .zero)
+        return (sender, assignments)
+    }
+
     @Test("At the end an idle stream takes a copy of a chunk stuck on a slow stream, and the transfer completes")
     func idleStreamCopiesStuckChunk() {
-        var sender = TransferSender(blockSize: 10, windowBlocks: 16, totalBlocks: 6)
-        sender.streamOpened(0, window: 30, now: .zero)
-        sender.streamOpened(1, window: 30, now: .zero)
-        for index in 0..<6 { sender.chunkRead(index, size: 10) }
-        let first = sender.assign(now: .zero)
+        var (sender, first) = Self.chunksOnTwoStreams(6, streamWindow: 30)
         #expect(Set(first.map(\.chunk.index)) == Set(0..<6))
         // Stream 0 delivers everything it carried; stream 1 is slow and acknowledges nothing.
         for assignment in first where assignment.stream == 0 {
@@ -151,6 +160,22 @@ struct EndGameTests {
             sender.acknowledged($0.chunk.address, on: 1, now: .seconds(1))
         }
         #expect(late.allSatisfy { !$0 })
+    }
+
+    @Test("At the very end an idle stream takes copies of all the chunks a stalled stream holds, as its window allows")
+    func endGameCopiesFillAnIdleStream() {
+        var (sender, first) = Self.chunksOnTwoStreams(8, streamWindow: 40, sourceEnded: true)
+        #expect(first.count == 8)
+        // Stream 0 delivers its four chunks; stream 1 (a fresh one in slow start, say) delivers nothing.
+        for assignment in first where assignment.stream == 0 {
+            _ = sender.acknowledged(assignment.chunk.address, on: 0, now: .milliseconds(10))
+        }
+        let stalled = first.filter { $0.stream == 1 }.map(\.chunk.index)
+        let copies = sender.assign(now: .milliseconds(10))
+        // All four at once (the window holds 4), not one per round trip.
+        #expect(copies.map(\.chunk.index) == stalled && copies.allSatisfy { $0.stream == 0 })
+        for copy in copies { _ = sender.acknowledged(copy.chunk.address, on: 0, now: .milliseconds(20)) }
+        #expect(sender.isComplete && sender.chunksDuplicated == 4)
     }
 
     @Test("A window held up by a slow stream: idle streams copy its oldest chunks, and reading resumes")
