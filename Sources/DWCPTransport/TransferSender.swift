@@ -277,19 +277,25 @@ public struct TransferSender: Sendable {
                 !(objects[$0.chunk.object]?.done.contains($0.chunk.index) ?? true)
                     && !duplicated.contains($0.chunk.address)
             }[...]
-            // At the very end (every source read) an idle stream takes as many copies as its window holds: the
-            // last chunks of a stream that stopped delivering (a fresh stream still in slow start, one in loss
-            // recovery) then cross together instead of one round trip after another.
+            // At the very end (every source read) an idle stream takes, after the oldest, every chunk in flight
+            // longer than chunks usually take, as its window allows: the last chunks of a stream that stopped
+            // delivering (a fresh stream still in slow start, one in loss recovery) then cross together instead
+            // of one round trip after another, and chunks merely in flight on healthy streams are not copied.
             let sourcesDone = objects.values.allSatisfy(\.sourceDone)
             for stream in scheduler.idleStreams {
+                var late: (Assignment) -> Bool = { $0.stream != stream }
                 repeat {
-                    guard let next = candidates.first(where: { $0.stream != stream }) else { break }
+                    guard let next = candidates.first(where: late) else { break }
                     candidates.removeAll { $0.chunk.address == next.chunk.address }
                     scheduler.duplicate(next.chunk, on: stream)
                     duplicated.insert(next.chunk.address)
                     chunksDuplicated += 1
                     assignments.append(Assignment(chunk: next.chunk, stream: stream))
-                } while sourcesDone && scheduler.freeWindow(on: stream) > 0
+                    guard sourcesDone, let usual = chunkLatency.smoothed else { break }
+                    late = { [sends] in
+                        $0.stream != stream && sends[$0.stream]?[$0.chunk.address].map { now - $0 > usual } == true
+                    }
+                } while scheduler.freeWindow(on: stream) > 0
             }
         }
         for assignment in assignments { sends[assignment.stream, default: [:]][assignment.chunk.address] = now }
