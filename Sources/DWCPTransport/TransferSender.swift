@@ -277,10 +277,11 @@ public struct TransferSender: Sendable {
                 !(objects[$0.chunk.object]?.done.contains($0.chunk.index) ?? true)
                     && !duplicated.contains($0.chunk.address)
             }[...]
-            // At the very end (every source read) an idle stream takes, after the oldest, every chunk in flight
-            // longer than chunks usually take, as its window allows: the last chunks of a stream that stopped
-            // delivering (a fresh stream still in slow start, one in loss recovery) then cross together instead
-            // of one round trip after another, and chunks merely in flight on healthy streams are not copied.
+            // At the very end (every source read) an idle stream takes, after the oldest, every chunk of a stream
+            // silent for more than half the usual chunk latency, as its window allows: the last chunks of a stream
+            // that stopped delivering (a fresh stream still in slow start, one in loss recovery) then cross
+            // together instead of one round trip after another. A healthy stream acknowledges a chunk every
+            // transmission time, far more often, and its chunks are not copied.
             let sourcesDone = objects.values.allSatisfy(\.sourceDone)
             for stream in scheduler.idleStreams {
                 var late: (Assignment) -> Bool = { $0.stream != stream }
@@ -292,8 +293,8 @@ public struct TransferSender: Sendable {
                     chunksDuplicated += 1
                     assignments.append(Assignment(chunk: next.chunk, stream: stream))
                     guard sourcesDone, let usual = chunkLatency.smoothed else { break }
-                    late = { [sends] in
-                        $0.stream != stream && sends[$0.stream]?[$0.chunk.address].map { now - $0 > usual } == true
+                    late = { [lastProgress] in
+                        $0.stream != stream && lastProgress[$0.stream].map { now - $0 > usual / 2 } == true
                     }
                 } while scheduler.freeWindow(on: stream) > 0
             }
