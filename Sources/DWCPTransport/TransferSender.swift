@@ -312,9 +312,9 @@ public struct TransferSender: Sendable {
     public mutating func acknowledged(_ address: ChunkAddress, on stream: Int, now: Duration) -> Bool {
         guard let chunk = scheduler.acknowledged(address, on: stream) else { return false }
         lastProgress[stream] = now
-        if objects[address.object]?.done.contains(address.index) != false { sends[stream]?[address] = nil }
+        let sent = sends[stream]?.removeValue(forKey: address)
         guard objects[address.object]?.done.contains(address.index) == false else { return false }
-        if let sent = sends[stream]?.removeValue(forKey: address), !duplicated.contains(address) {
+        if let sent, !duplicated.contains(address) {
             chunkLatency.record(now - sent)  // a copied chunk's latency mixes two streams': not a sample
         }
         let blocks = blocks(in: chunk.size)
