@@ -177,7 +177,7 @@ public struct ChunkScheduler: Sendable {
     public func freeWindow(on stream: Int) -> Int { streams[stream]?.freeWindow ?? 0 }
 
     /// Whether any stream is marked lagging.
-    public var hasLaggingStream: Bool { streams.values.contains { $0.isLagging } }
+    var hasLaggingStream: Bool { streams.values.contains { $0.isLagging } }
 
     /// Open streams other than `excluded` and not lagging, the one with the fewest bytes in flight first
     /// (ties: the lower number): where a copy of a chunk waits least.

@@ -307,7 +307,10 @@ actor ReceiverSession {
     ) async -> (SessionMessage, Result<ReceivedObject, TransportError>)? {
         do {
             if try !machine.finish(totalBlocks: Int(totalBlocks), totalBytes: totalBytes) {
-                guard completionWaiter == nil, !isClosed else {
+                guard !isClosed else {
+                    throw TransportError(.cancelled, expected: "an open session", found: "\(offer.name) was let go")
+                }
+                guard completionWaiter == nil else {
                     throw TransportError(
                         .protocolViolation, expected: "one finish per object", found: "another for \(offer.name)")
                 }

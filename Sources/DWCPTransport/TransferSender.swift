@@ -366,8 +366,8 @@ public struct TransferSender: Sendable {
         }.sorted()
     }
 
-    /// Whether no stream holds an overdue chunk (as of the last ``assign(now:)``).
-    public var isLaggingFree: Bool { !scheduler.hasLaggingStream }
+    /// Whether no stream holds an overdue chunk (as of the last ``assign(now:)``; for tests).
+    var isLaggingFree: Bool { !scheduler.hasLaggingStream }
 
     /// Chunks read and not yet acknowledged.
     public var heldChunks: Int { scheduler.pendingCount + scheduler.inFlightCount }
