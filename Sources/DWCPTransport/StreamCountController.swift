@@ -1,7 +1,8 @@
 /// Chooses how many parallel data streams a session uses (AMST's stream-count controller, sans-IO).
 ///
 /// It starts from the bandwidth-delay product divided by what one TCP stream can keep in flight (bounded
-/// by the kernel's send- and receive-buffer ceilings), then hill-climbs on measured goodput: it adds streams while goodput rises
+/// by the kernel's send- and receive-buffer ceilings) or by what the streams can grow to within a few
+/// round trips of slow start, whichever needs more streams, then hill-climbs on measured goodput: it adds streams while goodput rises
 /// by more than a threshold, and tries removing them while goodput holds within half the threshold of
 /// the best sample of the probe, so it converges up when the path can take more and down when extra
 /// streams buy nothing, and successive steps down cannot each give away a little (a ratchet: measured on
@@ -54,17 +55,34 @@ public struct StreamCountController: Sendable {
         self.streamCount = min(max(initialStreams, configuration.minimumStreams), configuration.maximumStreams)
     }
 
-    /// The stream count a path needs so that its bandwidth-delay product fits in the streams' windows.
+    /// A new TCP stream's first window: Linux's initial congestion window of 10 segments (RFC 6928) of
+    /// 1448 bytes.
+    public static let initialWindowBytes = 10 * 1448
+
+    /// Round trips the streams get to grow from their first windows to the bandwidth-delay product.
+    /// A stream's window at most doubles per round trip from ``initialWindowBytes`` (slow start, bbr's
+    /// startup alike), so N streams reach a product P after log2(P ÷ (N × first window)) round trips.
+    /// Measured over wanem's global profile (250 ms, 64 MiB socket buffers, so one stream could hold the
+    /// whole product): a migration starting on 2 streams (11 round trips to grow) moved 55 MB in its
+    /// first 4 s, and its tail after QEMU's last write took 0.8–1.1 s; starting on 8 (this bound) or 16,
+    /// 0.2–0.7 s.
+    public static let rampUpRoundTrips = 8
+
+    /// The stream count a path needs so that its bandwidth-delay product fits in the streams' windows,
+    /// and so that the streams grow to it within ``rampUpRoundTrips`` round trips.
     /// - Parameters:
     ///   - bitsPerSecond: The path's expected rate.
     ///   - roundTripSeconds: Its round-trip time.
     ///   - streamInFlightLimit: The most one stream can keep in flight (see ``streamInFlightLimit(receiveBufferMaximum:sendBufferMaximum:)``).
-    /// - Returns: ⌈BDP ÷ limit⌉, at least 1.
+    /// - Returns: ⌈BDP ÷ limit⌉ or ⌈BDP ÷ (first window × 2^ramp-up round trips)⌉, whichever is more, at
+    ///   least 1.
     public static func initialStreamCount(bitsPerSecond: Double, roundTripSeconds: Double, streamInFlightLimit: Int)
         -> Int
     {
         let bandwidthDelayProduct = bitsPerSecond / 8 * roundTripSeconds
-        return max(1, Int((bandwidthDelayProduct / Double(max(streamInFlightLimit, 1))).rounded(.up)))
+        let held = bandwidthDelayProduct / Double(max(streamInFlightLimit, 1))
+        let grown = bandwidthDelayProduct / (Double(initialWindowBytes) * Double(1 << rampUpRoundTrips))
+        return max(1, Int(max(held, grown).rounded(.up)))
     }
 
     /// What one TCP stream can keep in flight given the kernel's buffer ceilings (`tcp_rmem` and

@@ -1,7 +1,6 @@
 import DWCPWire
 import NIOCore
 import NIOPosix
-import Synchronization
 
 /// Receives one session over DWCP — one object, or several sharing the session's data streams:
 /// listens, accepts the sender's control stream and data streams, stores and acknowledges chunks,
@@ -26,7 +25,7 @@ public enum TransferServer {
             host: configuration.host, port: configuration.port, security: configuration.security)
         onListening(listener.channel.localAddress?.port ?? configuration.port)
         let registry = SessionRegistry(configuration: configuration)
-        let handlers = ConnectionHandlers()
+        let handlers = ConnectionTasks()
         try await listener.executeThenClose { connections in
             // The accept loop runs in its own task, shielded from this task's cancellation, and ends when
             // the listener is closed and its sequence drained; connections accepted after the result are
@@ -401,26 +400,5 @@ actor SessionRegistry {
             throw TransportError(.cancelled, expected: "a completed transfer", found: "the receiver was stopped")
         }
         return try outcome.get()
-    }
-}
-
-/// The tasks serving a listener's connections, one per connection.
-private final class ConnectionHandlers: Sendable {
-    private let tasks = Mutex<[Task<Void, Never>]>([])
-
-    func add(_ body: @escaping @Sendable () async -> Void) {
-        let task = Task { await body() }
-        tasks.withLock { $0.append(task) }
-    }
-
-    func cancelAll() {
-        for task in tasks.withLock({ $0 }) { task.cancel() }
-    }
-
-    /// Cancels every handler and waits until each has ended.
-    func cancelAndWait() async {
-        let running = tasks.withLock { $0 }
-        for task in running { task.cancel() }
-        for task in running { await task.value }
     }
 }

@@ -18,28 +18,34 @@ struct StreamCountControllerTests {
         return counts
     }
 
-    @Test("The initial count covers the bandwidth-delay product with what one stream keeps in flight")
-    func initialCount() {
+    @Test("What one stream keeps in flight is half the smaller buffer ceiling")
+    func inFlightLimit() {
         // Debian's defaults: tcp_rmem max 6 MiB (32 MiB in wanem's namespaces), tcp_wmem max 4 MiB.
-        let limit = StreamCountController.streamInFlightLimit(
-            receiveBufferMaximum: 32 << 20, sendBufferMaximum: 4 << 20)
-        #expect(limit == 2 << 20)
+        #expect(
+            StreamCountController.streamInFlightLimit(receiveBufferMaximum: 32 << 20, sendBufferMaximum: 4 << 20)
+                == 2 << 20)
         #expect(
             StreamCountController.streamInFlightLimit(receiveBufferMaximum: 6 << 20, sendBufferMaximum: 8 << 20)
                 == 3 << 20)
-        // 1 Gbit/s × 250 ms = 31.25 MB: 15 streams of 2 MiB.
+    }
+
+    /// Initial counts: (rate bit/s, round trip s, what one stream keeps in flight, expected count).
+    static let initialCounts: [(Double, Double, Int, Int)] = [
+        // 2 MiB per stream (Debian's defaults): the buffers bound it. 1 Gbit/s × 250 ms = 31.25 MB: 15 streams.
+        (1e9, 0.25, 2 << 20, 15), (1e9, 0.1, 2 << 20, 6), (1e9, 0.001, 2 << 20, 1), (1e8, 0.03, 2 << 20, 1),
+        // 32 MiB per stream (64 MiB buffers, as in the migration benchmark): slow start bounds it.
+        // 31.25 MB ÷ (14 480 B × 2^8) = 8.4: 9 streams grow to it within 8 round trips (2 s), 1 stream in 11.
+        (1e9, 0.25, 32 << 20, 9), (1e9, 0.1, 32 << 20, 4), (1e9, 0.005, 32 << 20, 1),
+    ]
+
+    @Test(
+        "The initial count covers the bandwidth-delay product with what one stream keeps in flight, and grows to it within 8 round trips",
+        arguments: initialCounts)
+    func initialCount(_ example: (Double, Double, Int, Int)) {
+        let (rate, roundTrip, limit, expected) = example
         #expect(
             StreamCountController.initialStreamCount(
-                bitsPerSecond: 1e9, roundTripSeconds: 0.25, streamInFlightLimit: limit) == 15)
-        #expect(
-            StreamCountController.initialStreamCount(
-                bitsPerSecond: 1e9, roundTripSeconds: 0.1, streamInFlightLimit: limit) == 6)
-        #expect(
-            StreamCountController.initialStreamCount(
-                bitsPerSecond: 1e9, roundTripSeconds: 0.001, streamInFlightLimit: limit) == 1)
-        #expect(
-            StreamCountController.initialStreamCount(
-                bitsPerSecond: 1e8, roundTripSeconds: 0.03, streamInFlightLimit: limit) == 1)
+                bitsPerSecond: rate, roundTripSeconds: roundTrip, streamInFlightLimit: limit) == expected)
     }
 
     @Test("It climbs to where extra streams stop paying off")
