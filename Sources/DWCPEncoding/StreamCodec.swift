@@ -158,9 +158,17 @@ public struct StreamEncoder {
 
     /// The encoded bytes made since the last call.
     public mutating func takeOutput() -> [UInt8] {
-        defer { output.removeAll(keepingCapacity: true) }
+        var taken: [UInt8] = []
+        takeOutput(appendingTo: &taken)
+        return taken
+    }
+
+    /// Appends the encoded bytes made since the last call to `destination`. The encoder keeps its buffer
+    /// (``takeOutput()`` leaves it shared with the array it returns, so the next bytes need a new one).
+    public mutating func takeOutput(appendingTo destination: inout [UInt8]) {
         statistics.outputBytes += UInt64(output.count)
-        return output
+        destination.append(contentsOf: output)
+        output.removeAll(keepingCapacity: true)
     }
 
     /// How many encoded bytes wait in ``takeOutput()``.

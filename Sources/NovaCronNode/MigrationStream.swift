@@ -97,7 +97,9 @@ public final class MigrationStreamProducer: TransferProducer, @unchecked Sendabl
 
     /// Reads what QEMU wrote (waiting at most the idle time) and encodes it.
     private func fill() throws {
-        guard var encoder else {
+        // Taken out while it works: a copy left in `self.encoder` would make every mutation below copy the
+        // encoder's buffers and its set of chunks sent (copy on write), once per read of QEMU's stream.
+        guard var encoder = encoder.take() else {
             throw TransportError(.sourceFailed, expected: "the receiver's reply before the stream", found: "none")
         }
         defer { self.encoder = encoder }
@@ -118,7 +120,7 @@ public final class MigrationStreamProducer: TransferProducer, @unchecked Sendabl
                 throw Self.failure("read QEMU's stream")
             }
         }
-        output += encoder.takeOutput()
+        encoder.takeOutput(appendingTo: &output)
     }
 
     private static func failure(_ action: String) -> TransportError {
