@@ -54,7 +54,8 @@ public final class SharedChunkStore: @unchecked Sendable {
         lock.withLock { store.contents(of: key) }
     }
 
-    func sync() throws {
+    /// Writes what the store holds in memory and makes it durable.
+    public func sync() throws {
         try lock.withLock { try store.sync() }
     }
 

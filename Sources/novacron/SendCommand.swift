@@ -175,6 +175,16 @@ struct SendCommand: AsyncParsableCommand {
         let printer = ProgressPrinter(json: options.json)
         let weights = weight.isEmpty ? Array(repeating: 1, count: sources.count) : weight
         let chunks = try store.map { try SharedChunkStore(directory: $0, capacity: storeCapacity.bytes) }
+        defer {
+            // The store holds its last writes in memory until it is synced or freed, and the transport's data
+            // streams may still be closing (holding the producers and so the store) when this process exits.
+            do {
+                try chunks?.sync()
+            } catch {
+                FileHandle.standardError.write(
+                    Data("warning: the chunk store in \(store ?? "") could not be synced: \(error)\n".utf8))
+            }
+        }
         var producers: [ImageFileProducer] = []
         var objects: [TransferObject] = []
         for (source, weight) in zip(sources, weights) {
