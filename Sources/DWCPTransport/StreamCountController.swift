@@ -64,8 +64,8 @@ public struct StreamCountController: Sendable {
     /// startup alike), so N streams reach a product P after log2(P ÷ (N × first window)) round trips.
     /// Measured over wanem's global profile (250 ms, 64 MiB socket buffers, so one stream could hold the
     /// whole product): a migration starting on 2 streams (11 round trips to grow) moved 55 MB in its
-    /// first 4 s, and its tail after QEMU's last write took 0.8–1.1 s; starting on 8 (this bound) or 16,
-    /// 0.2–0.7 s.
+    /// first 4 s, and its tail after QEMU's last write took 0.8–1.1 s; starting on 8 or 16, 0.2–0.7 s
+    /// (this bound gives 9 there).
     public static let rampUpRoundTrips = 8
 
     /// The stream count a path needs so that its bandwidth-delay product fits in the streams' windows,
