@@ -1,10 +1,10 @@
 import Synchronization
 
-/// Tasks that each serve one connection, outside any task group, so that a caller can stop them without
-/// waiting for their goodbyes. Closing a TLS connection waits for the peer's `close_notify`, up to NIOSSL's
-/// 5 s, and a peer still reading megabytes queued ahead of it answers late: after a success nobody needs
-/// those connections any more, so the caller cancels them and goes on (``cancelAll()``); after a failure
-/// it waits until each has ended (``cancelAndWait()``), so that nothing writes while it cleans up.
+/// Tasks that each serve one of a listener's connections, outside any task group, so that the receiver can
+/// stop them without waiting for their goodbyes. Closing a TLS connection waits for the peer's `close_notify`,
+/// up to NIOSSL's 5 s: after a success nobody needs those connections any more, so it cancels them and goes on
+/// (``cancelAll()``); after a failure it waits until each has ended (``cancelAndWait()``), so that nothing
+/// writes while it cleans up.
 final class ConnectionTasks: Sendable {
     private let tasks = Mutex<[Task<Void, Never>]>([])
 

@@ -314,11 +314,6 @@ actor SenderCore {
         commands.finish()
     }
 
-    /// Whether the transfer ended and every object was committed.
-    var succeeded: Bool {
-        if case .success = outcome { true } else { false }
-    }
-
     func result() throws -> SendReport {
         guard let outcome else {
             throw TransportError(.cancelled, expected: "the transfer to finish", found: "it was interrupted")

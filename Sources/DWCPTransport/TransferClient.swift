@@ -170,9 +170,6 @@ public enum TransferClient {
         peer: String,
         progress: @escaping @Sendable (TransferProgress) -> Void
     ) async throws {
-        // The data streams run outside the task group: after a success the report must not wait for
-        // their goodbyes (see ``ConnectionTasks``).
-        let streams = ConnectionTasks()
         try await control.executeThenClose { inbound, outbound in
             await withTaskGroup(of: Void.self) { group in
                 group.addTask {
@@ -197,7 +194,7 @@ public enum TransferClient {
                 for await command in commands {
                     switch command {
                     case .open(let stream, let delay):
-                        streams.add {
+                        group.addTask {
                             if delay > .zero { try? await Task.sleep(for: delay) }
                             await runDataStream(stream, core: core, configuration: configuration, peer: peer)
                         }
@@ -208,11 +205,6 @@ public enum TransferClient {
                 // A producer's read may be waiting for an answer that will not come now.
                 for reader in readers { reader.producer?.sessionEnded() }
                 group.cancelAll()
-                if await core.succeeded {
-                    streams.cancelAll()
-                } else {
-                    await streams.cancelAndWait()
-                }
             }
         }
     }

@@ -176,8 +176,8 @@ struct SendCommand: AsyncParsableCommand {
         let weights = weight.isEmpty ? Array(repeating: 1, count: sources.count) : weight
         let chunks = try store.map { try SharedChunkStore(directory: $0, capacity: storeCapacity.bytes) }
         defer {
-            // The store holds its last writes in memory until it is synced or freed, and the transport's data
-            // streams may still be closing (holding the producers and so the store) when this process exits.
+            // The store holds its last writes in memory until it is synced or freed, and nothing guarantees it
+            // is freed before this process exits (a task still closing a connection may hold it).
             do {
                 try chunks?.sync()
             } catch {

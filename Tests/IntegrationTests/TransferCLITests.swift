@@ -114,8 +114,8 @@ struct TransferCLITests {
             encodings.append(try #require((report["encoding"] as? [[String: Any]])?.first))
         }
         // The second image's baseline is the first, rebuilt from both stores (a sender whose store lost its last
-        // writes at exit could not rebuild it: seen over wanem, where the data streams' goodbyes outlast `send`;
-        // over loopback they end first, so this checks the repeat path, not that race).
+        // writes at exit could not rebuild it: seen over wanem; over loopback the process frees the store before
+        // it exits, so this checks the repeat path, not that race).
         #expect(encodings[1]["baseline"] as? String != nil, "\(encodings[1])")
         let sizes = try encodings.map { try #require($0["encodedBytes"] as? Int) }
         #expect(sizes[1] * 20 < sizes[0], "\(sizes)")
