@@ -222,6 +222,7 @@ var package = Package(
                 "DWCPSecurity",
                 "DWCPWire",
                 .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
             ],
             swiftSettings: strictSettings
         ),

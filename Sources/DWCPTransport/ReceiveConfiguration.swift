@@ -55,6 +55,11 @@ public struct ReceiveConfiguration: Sendable {
     /// Opens the consumers of objects whose offer carries content (an encoding); without one such
     /// offers are refused.
     public var consumers: (any TransferConsumerFactory)?
+    /// After a success, return only once the sender's control connection has said goodbye: the last answer
+    /// read by the sender, TLS's close exchanged (NIOSSL gives up after 5 s). A process that exits right
+    /// after `receive` then takes no unsent answer with it. About one round trip more; a long-lived caller
+    /// that acts on the result at once (a migration's destination, its guest paused until then) turns it off.
+    public var waitsForGoodbye = true
 
     /// Creates a configuration.
     public init(host: String, port: Int, security: TransportSecurity, nodeName: String, destination: ReceiveDestination)

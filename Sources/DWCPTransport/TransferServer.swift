@@ -79,11 +79,14 @@ public enum TransferServer {
             try? await listener.channel.close()
             await acceptor.value
         }
-        // After a success every object is committed and acknowledged, and the connections' goodbyes do not
-        // hold up the caller: closing a TLS connection waits for the peer's close_notify, up to NIOSSL's 5 s
-        // (migrations over lossy links now and then took 5.0 s more there; none since). After a failure every connection
-        // is stopped first, so that nothing writes while the partial output is removed.
+        // After a success every object is committed and acknowledged. The control connection's goodbye is
+        // awaited if the configuration says so (its last answer must leave before a process exits); the data
+        // streams' goodbyes do not hold up the caller: closing a TLS connection waits for the peer's
+        // close_notify, up to NIOSSL's 5 s (migrations over lossy links now and then took 5.0 s more there).
+        // After a failure every connection is stopped first, so that nothing writes while the partial output
+        // is removed.
         if await registry.succeeded {
+            if configuration.waitsForGoodbye { await registry.awaitGoodbyes() }
             handlers.cancelAll()
         } else {
             await handlers.cancelAndWait()
@@ -183,7 +186,9 @@ public enum TransferServer {
                     try? await outbound.write(control(answer, session: sessionID))
                     // Over (every object committed, or this one failed): this side says goodbye first, as the
                     // sender's close waits for it (NIOSSL: up to 5 s).
-                    if await registry.committed(Int(object), of: sessionID, outcome) { channel.close(promise: nil) }
+                    if await registry.committed(Int(object), of: sessionID, outcome, goodbye: channel.closeFuture) {
+                        channel.close(promise: nil)
+                    }
                 }
             }
         } catch {}
@@ -254,6 +259,8 @@ actor SessionRegistry {
     /// Whether the session ended with every object committed.
     var succeeded: Bool { (try? outcome?.get()) != nil }
     private var waiters: [CheckedContinuation<Void, Never>] = []
+    /// The closes of the control connections whose last answer ended a session (see ``committed``).
+    private var goodbyes: [EventLoopFuture<Void>] = []
     private var dataStreams = 0
     private var corruptChunks = 0
     private var lastSession: UInt64?
@@ -322,9 +329,14 @@ actor SessionRegistry {
         return objects[object]
     }
 
-    /// An object's finish was answered.
-    /// - Returns: Whether the session is over: every object committed, or this one failed.
-    func committed(_ object: Int, of id: UInt64, _ outcome: Result<ReceivedObject, TransportError>) -> Bool {
+    /// An object's finish was answered on the control connection whose close completes `goodbye`.
+    /// - Returns: Whether the session is over (every object committed, or this one failed): the caller then
+    ///   closes the connection, and ``awaitGoodbyes()`` waits for that.
+    func committed(
+        _ object: Int, of id: UInt64, _ outcome: Result<ReceivedObject, TransportError>,
+        goodbye: EventLoopFuture<Void>
+    ) -> Bool {
+        goodbyes.append(goodbye)
         guard var session = sessions[id] else { return true }
         switch outcome {
         case .failure(let error):
@@ -343,6 +355,11 @@ actor SessionRegistry {
                         peer: session.peer)))
             return true
         }
+    }
+
+    /// Waits until every control connection that was answered its last finish has closed.
+    func awaitGoodbyes() async {
+        for goodbye in goodbyes { try? await goodbye.get() }
     }
 
     /// The control stream of session `id` went away: keep its partial copies for a resume.

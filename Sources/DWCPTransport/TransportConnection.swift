@@ -39,7 +39,8 @@ enum TransportConnection {
         serverName: String?,
         nodeName: String,
         congestionControl: CongestionControlChoice,
-        faults: FaultInjection?
+        faults: FaultInjection?,
+        group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton
     ) async throws -> FrameChannel {
         let tlsContext: NIOSSLContext?
         switch security {
@@ -48,7 +49,7 @@ enum TransportConnection {
         }
         let channel: FrameChannel
         do {
-            channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            channel = try await ClientBootstrap(group: group)
                 .channelOption(.socketOption(.tcp_nodelay), value: 1)
                 .connectTimeout(.seconds(10))
                 .connect(host: host, port: port) { channel in

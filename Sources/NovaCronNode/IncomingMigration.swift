@@ -104,6 +104,8 @@ actor IncomingMigration {
             nodeName: agent.configuration.nodeName, destination: .descriptor(streamEnd))
         configuration.overwrite = true
         configuration.windowBytes = agent.configuration.migrationWindow
+        // The guest stays paused until the arrival is known; the agent outlives the connection's goodbye.
+        configuration.waitsForGoodbye = false
         configuration.consumers = MigrationStreamConsumerFactory(store: agent.store)
         let (ports, portContinuation) = AsyncStream<Int>.makeStream()
         receiver = Task {
