@@ -183,12 +183,16 @@ public enum TransferServer {
                         let (answer, outcome) = await session.finish(
                             totalBlocks: blocks, totalBytes: bytes, digest: digest)
                     else { return }  // let go before its last chunks: the session was abandoned
+                    // Recorded before the answer goes out: a sender that has it goes away at once, and the session
+                    // must not be abandoned then. Concluded after it: the caller may stop every connection then.
+                    let over = await registry.committed(
+                        Int(object), of: sessionID, outcome, goodbye: channel.closeFuture)
                     try? await outbound.write(control(answer, session: sessionID))
+                    guard over else { return }
+                    await registry.conclude(sessionID)
                     // Over (every object committed, or this one failed): this side says goodbye first, as the
                     // sender's close waits for it (NIOSSL: up to 5 s).
-                    if await registry.committed(Int(object), of: sessionID, outcome, goodbye: channel.closeFuture) {
-                        channel.close(promise: nil)
-                    }
+                    channel.close(promise: nil)
                 }
             }
         } catch {}
@@ -249,6 +253,9 @@ actor SessionRegistry {
         let started = ContinuousClock.now
         var objects: [ReceiverSession] = []
         var committed: [Int: ReceivedObject] = [:]
+        var failure: TransportError?
+        /// Every object committed, or one failed: its outcome is known, if not yet concluded.
+        var isOver: Bool { failure != nil || committed.count == expected }
     }
 
     let configuration: ReceiveConfiguration
@@ -329,9 +336,9 @@ actor SessionRegistry {
         return objects[object]
     }
 
-    /// An object's finish was answered on the control connection whose close completes `goodbye`.
+    /// An object's finish is about to be answered on the control connection whose close completes `goodbye`.
     /// - Returns: Whether the session is over (every object committed, or this one failed): the caller then
-    ///   closes the connection, and ``awaitGoodbyes()`` waits for that.
+    ///   answers, calls ``conclude(_:)`` and closes the connection, and ``awaitGoodbyes()`` waits for that.
     func committed(
         _ object: Int, of id: UInt64, _ outcome: Result<ReceivedObject, TransportError>,
         goodbye: EventLoopFuture<Void>
@@ -339,22 +346,27 @@ actor SessionRegistry {
         goodbyes.append(goodbye)
         guard var session = sessions[id] else { return true }
         switch outcome {
-        case .failure(let error):
-            finish(.failure(error))
-            return true
-        case .success(let report):
-            session.committed[object] = report
-            sessions[id] = session
-            guard session.committed.count == session.expected else { return false }
-            finish(
-                .success(
-                    ReceiveReport(
-                        objects: (0..<session.expected).map { session.committed[$0]! },
-                        corruptChunks: corruptChunks,
-                        seconds: (ContinuousClock.now - session.started).seconds,
-                        peer: session.peer)))
-            return true
+        case .failure(let error): session.failure = error
+        case .success(let report): session.committed[object] = report
         }
+        sessions[id] = session
+        return session.isOver
+    }
+
+    /// The last answer of session `id` went out: its outcome becomes the receive's.
+    func conclude(_ id: UInt64) {
+        guard let session = sessions[id], session.isOver else { return }
+        if let failure = session.failure {
+            finish(.failure(failure))
+            return
+        }
+        finish(
+            .success(
+                ReceiveReport(
+                    objects: (0..<session.expected).map { session.committed[$0]! },
+                    corruptChunks: corruptChunks,
+                    seconds: (ContinuousClock.now - session.started).seconds,
+                    peer: session.peer)))
     }
 
     /// Waits until every control connection that was answered its last finish has closed.
@@ -362,8 +374,11 @@ actor SessionRegistry {
         for goodbye in goodbyes { try? await goodbye.get() }
     }
 
-    /// The control stream of session `id` went away: keep its partial copies for a resume.
+    /// The control stream of session `id` went away: keep its partial copies for a resume. A session whose
+    /// outcome is known stays: its sender may have gone away on reading the last answer, before
+    /// ``conclude(_:)``.
     func abandon(_ id: UInt64) {
+        guard sessions[id]?.isOver != true else { return }
         abandonNow(id)
     }
 

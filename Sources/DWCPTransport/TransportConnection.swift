@@ -149,7 +149,8 @@ enum TransportConnection {
     static func listen(
         host: String,
         port: Int,
-        security: TransportSecurity
+        security: TransportSecurity,
+        group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton
     ) async throws -> (listener: NIOAsyncChannel<any Channel, Never>, tlsContext: NIOSSLContext?) {
         let tlsContext: NIOSSLContext?
         switch security {
@@ -157,7 +158,7 @@ enum TransportConnection {
         case .insecurePlaintext: tlsContext = nil
         }
         do {
-            let listener = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            let listener = try await ServerBootstrap(group: group)
                 .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
                 .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
                 .childChannelOption(.autoRead, value: false)
@@ -185,6 +186,20 @@ enum TransportConnection {
             try channel.syncOptions?.setOption(.autoRead, value: true)
             return wrapped
         }.get()
+    }
+
+    /// Closes `channel` at once, beneath TLS: no close_notify is sent or awaited. For a connection with nothing
+    /// left to deliver either way, whose clean close would wait for the peer's goodbye (up to NIOSSL's 5 s)
+    /// behind whatever the peer has not read yet.
+    static func closeWithoutGoodbye(_ channel: any Channel) {
+        channel.eventLoop.execute {
+            // The TLS handler's own context passes the close on to the socket, skipping the handler.
+            guard let tls = try? channel.pipeline.syncOperations.context(handlerType: NIOSSLClientHandler.self) else {
+                channel.close(promise: nil)
+                return
+            }
+            tls.close(promise: nil)
+        }
     }
 
     /// ``adopt(_:tlsContext:)``, closing the connection instead when that fails.

@@ -22,15 +22,21 @@ struct TransferCLITests {
         }
 
         /// Waits until it says it is listening.
-        func waitUntilListening() async throws {
+        /// - Returns: The port it listens on: the receivers here listen on port 0, the kernel's choice, since a port
+        ///   picked at random may be taken by one of the connections of the tests running beside these.
+        func waitUntilListening() async throws -> Int {
             for _ in 0..<200 {
-                if let text = try? String(contentsOf: errorURL, encoding: .utf8), text.contains("listening on") {
-                    return
+                if let text = try? String(contentsOf: errorURL, encoding: .utf8),
+                    let line = text.split(separator: "\n").first(where: { $0.hasPrefix("listening on ") }),
+                    let port = line.split(separator: ":").last.flatMap({ Int($0) })
+                {
+                    return port
                 }
                 guard process.isRunning else { break }
                 try await Task.sleep(for: .milliseconds(50))
             }
-            Issue.record("the receiver never listened: \((try? String(contentsOf: errorURL, encoding: .utf8)) ?? "")")
+            throw ReceiverError(
+                message: "the receiver never listened: \((try? String(contentsOf: errorURL, encoding: .utf8)) ?? "")")
         }
 
         deinit {
@@ -53,7 +59,10 @@ struct TransferCLITests {
         return path
     }
 
-    static func port() -> String { String(Int.random(in: 20_000...45_000)) }
+    struct ReceiverError: Error, CustomStringConvertible {
+        let message: String
+        var description: String { message }
+    }
 
     @Test("A file sent with send arrives whole; both print a JSON result with the same SHA-256")
     func sendAndReceive() async throws {
@@ -63,10 +72,9 @@ struct TransferCLITests {
         let bytes = FileHandle(forReadingAtPath: "/dev/urandom")!.readData(ofLength: 5_000_123)
         try bytes.write(to: source)
         let output = directory.url.appendingPathComponent("received.bin")
-        let port = Self.port()
         let receiver = try Receiver(
-            ["--listen", "127.0.0.1:\(port)", "--out", output.path, "--certs", certs, "--node", "b"], in: directory)
-        try await receiver.waitUntilListening()
+            ["--listen", "127.0.0.1:0", "--out", output.path, "--certs", certs, "--node", "b"], in: directory)
+        let port = try await receiver.waitUntilListening()
         let sent = try await NovaCronCLI.runAsync(
             ["send", source.path, "--to", "127.0.0.1:\(port)", "--certs", certs, "--node", "a", "--json"])
         #expect(sent.status == 0, "\(sent.standardError)")
@@ -95,13 +103,12 @@ struct TransferCLITests {
             let source = directory.url.appendingPathComponent("image-\(index).img")
             try image.write(to: source)
             let output = directory.url.appendingPathComponent("received-\(index).img")
-            let port = Self.port()
             let receiver = try Receiver(
                 [
-                    "--listen", "127.0.0.1:\(port)", "--out", output.path, "--certs", certs, "--node", "b", "--store",
+                    "--listen", "127.0.0.1:0", "--out", output.path, "--certs", certs, "--node", "b", "--store",
                     stores.1.path,
                 ], in: directory)
-            try await receiver.waitUntilListening()
+            let port = try await receiver.waitUntilListening()
             let sent = try await NovaCronCLI.runAsync([
                 "send", source.path, "--to", "127.0.0.1:\(port)", "--certs", certs, "--node", "a", "--json",
                 "--encode", "auto", "--store", stores.0.path,
@@ -135,10 +142,9 @@ struct TransferCLITests {
             contents[name] = FileHandle(forReadingAtPath: "/dev/urandom")!.readData(ofLength: size)
             try contents[name]!.write(to: outbox.appendingPathComponent(name))
         }
-        let port = Self.port()
         let receiver = try Receiver(
-            ["--listen", "127.0.0.1:\(port)", "--out", inbox.path, "--certs", certs, "--node", "b"], in: directory)
-        try await receiver.waitUntilListening()
+            ["--listen", "127.0.0.1:0", "--out", inbox.path, "--certs", certs, "--node", "b"], in: directory)
+        let port = try await receiver.waitUntilListening()
         let sent = try await NovaCronCLI.runAsync(
             ["send"] + ["ram.img", "disk.img", "empty"].map { outbox.appendingPathComponent($0).path } + [
                 "--to", "127.0.0.1:\(port)", "--certs", certs, "--node", "a", "--json", "--weight", "8", "--weight",
@@ -165,10 +171,9 @@ struct TransferCLITests {
         let source = directory.url.appendingPathComponent("stream.bin")
         let bytes = FileHandle(forReadingAtPath: "/dev/urandom")!.readData(ofLength: 3_333_333)
         try bytes.write(to: source)
-        let port = Self.port()
         let receiver = try Receiver(
-            ["--listen", "127.0.0.1:\(port)", "--out", "-", "--certs", certs, "--node", "b"], in: directory)
-        try await receiver.waitUntilListening()
+            ["--listen", "127.0.0.1:0", "--out", "-", "--certs", certs, "--node", "b"], in: directory)
+        let port = try await receiver.waitUntilListening()
         let sender = Process()
         sender.executableURL = NovaCronCLI.executable
         sender.arguments = [
@@ -192,11 +197,10 @@ struct TransferCLITests {
         let strangers = try Self.certificates(in: directory, cluster: "strangers")
         let source = directory.url.appendingPathComponent("payload.bin")
         try Data(repeating: 7, count: 100_000).write(to: source)
-        let port = Self.port()
         let receiver = try Receiver(
-            ["--listen", "127.0.0.1:\(port)", "--out", directory.url.path, "--certs", certs, "--node", "b"],
+            ["--listen", "127.0.0.1:0", "--out", directory.url.path, "--certs", certs, "--node", "b"],
             in: directory)
-        try await receiver.waitUntilListening()
+        let port = try await receiver.waitUntilListening()
         let sent = try await NovaCronCLI.runAsync(
             ["send", source.path, "--to", "127.0.0.1:\(port)", "--certs", strangers, "--node", "a"])
         #expect(sent.status != 0)
@@ -229,7 +233,7 @@ struct TransferCLITests {
         let source = directory.url.appendingPathComponent("payload.bin")
         try Data(repeating: 1, count: 10).write(to: source)
         let result = try NovaCronCLI.run(
-            ["send", source.path, "--to", "127.0.0.1:\(Self.port())", "--certs", certs, "--node", "a"])
+            ["send", source.path, "--to", "127.0.0.1:1", "--certs", certs, "--node", "a"])
         #expect(result.status == 1)
         #expect(result.standardError.contains("connection failed"), "\(result.standardError)")
     }
