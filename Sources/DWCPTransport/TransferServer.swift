@@ -343,13 +343,16 @@ actor SessionRegistry {
         _ object: Int, of id: UInt64, _ outcome: Result<ReceivedObject, TransportError>,
         goodbye: EventLoopFuture<Void>
     ) -> Bool {
-        goodbyes.append(goodbye)
-        guard var session = sessions[id] else { return true }
+        guard var session = sessions[id] else {
+            goodbyes.append(goodbye)
+            return true
+        }
         switch outcome {
         case .failure(let error): session.failure = error
         case .success(let report): session.committed[object] = report
         }
         sessions[id] = session
+        if session.isOver { goodbyes.append(goodbye) }
         return session.isOver
     }
 
