@@ -51,20 +51,25 @@ public struct StreamEncoder {
         public var receiverHolds: (ChunkKey) -> Bool
         /// Chunks resembling one with these features (a ``SimilarityIndex``); nil: no deltas, no features.
         public var similar: ((ChunkFeatures) -> [ChunkKey])?
+        /// The last version of a page slot this node saw (sent or received), with page framing.
+        public var previousVersion: (PageSlot) -> ChunkKey?
         /// The content of a chunk this node holds (a delta's base).
         public var content: (ChunkKey) -> [UInt8]?
-        /// Every chunk as it is cut, with its key and features (the node keeps it for later transfers).
-        public var cut: (UnsafeRawBufferPointer, ChunkKey, ChunkFeatures?) -> Void
+        /// Every chunk as it is cut, with its key, its features (chunks outside page records, when deltas are
+        /// on) and its page slot (page records, with page framing): the node keeps it for later transfers.
+        public var cut: (UnsafeRawBufferPointer, ChunkKey, ChunkFeatures?, PageSlot?) -> Void
 
         /// Hooks for a receiver that holds `receiverHolds`; no deltas, nothing kept.
         public init(
             receiverHolds: @escaping (ChunkKey) -> Bool = { _ in false },
             similar: ((ChunkFeatures) -> [ChunkKey])? = nil,
+            previousVersion: @escaping (PageSlot) -> ChunkKey? = { _ in nil },
             content: @escaping (ChunkKey) -> [UInt8]? = { _ in nil },
-            cut: @escaping (UnsafeRawBufferPointer, ChunkKey, ChunkFeatures?) -> Void = { _, _, _ in }
+            cut: @escaping (UnsafeRawBufferPointer, ChunkKey, ChunkFeatures?, PageSlot?) -> Void = { _, _, _, _ in }
         ) {
             self.receiverHolds = receiverHolds
             self.similar = similar
+            self.previousVersion = previousVersion
             self.content = content
             self.cut = cut
         }
@@ -84,6 +89,10 @@ public struct StreamEncoder {
         public var referencedBytes: UInt64 = 0
         /// Chunks sent as deltas against a resembling chunk the receiver holds.
         public var deltaChunks = 0
+        /// Of those, page records sent as deltas against their page's previous version (page framing).
+        public var pageDeltaChunks = 0
+        /// Chunks that are QEMU page records (page framing).
+        public var pageChunks = 0
         /// Their bytes (before encoding).
         public var deltaBytes: UInt64 = 0
         /// Batches sent compressed.
@@ -95,6 +104,8 @@ public struct StreamEncoder {
     /// What the encoder did so far.
     public private(set) var statistics = Statistics()
     private let chunker: Chunker.FastCDC
+    /// Names page records' slots when the stream is cut by QEMU's page records; nil: content-defined only.
+    private var pageSlots: PageSlotTracker?
     private let compressor: ZstdCodec.Compressor?
     private let deltaCompressor: ZstdCodec.Compressor
     private let batchTarget: Int
@@ -113,11 +124,15 @@ public struct StreamEncoder {
     ///   - chunker: How to cut the stream; its maximum must not exceed ``StreamFormat/maximumChunkLength``.
     ///   - level: The zstd level for batches, or nil to send them raw.
     ///   - batchBytes: How many bytes of new chunks make a batch (at most ``StreamFormat/maximumBatchBytes``).
+    ///   - pageSlots: For a QEMU migration stream: cut each page record as a chunk (``QEMUPageFraming``,
+    ///     `chunker` cutting the bytes between them) and send a page as a delta against its slot's
+    ///     ``Hooks/previousVersion``. Nil: content-defined chunks only.
     ///   - hooks: What the receiver holds, where to find resembling chunks, what to keep.
     /// - Throws: ``EncodingError/Code/invalidConfiguration`` for sizes out of range, or a zstd failure.
-    public init(chunker: Chunker.FastCDC, level: Int?, batchBytes: Int = 1 << 20, hooks: Hooks = Hooks())
-        throws(EncodingError)
-    {
+    public init(
+        chunker: Chunker.FastCDC, level: Int?, batchBytes: Int = 1 << 20, pageSlots: PageSlotTracker? = nil,
+        hooks: Hooks = Hooks()
+    ) throws(EncodingError) {
         guard chunker.maximumSize <= StreamFormat.maximumChunkLength,
             (chunker.maximumSize...StreamFormat.maximumBatchBytes).contains(batchBytes)
         else {
@@ -126,6 +141,7 @@ public struct StreamEncoder {
                 found: "maximum chunk \(chunker.maximumSize), batch \(batchBytes)")
         }
         self.chunker = chunker
+        self.pageSlots = pageSlots
         self.compressor = try level.map { level throws(EncodingError) in try ZstdCodec.Compressor(level: level) }
         self.deltaCompressor = try ZstdCodec.Compressor(level: 1)
         self.batchTarget = batchBytes
@@ -180,11 +196,16 @@ public struct StreamEncoder {
 
     private mutating func cut(isFinal: Bool) throws(EncodingError) {
         var chunks: [Range<Int>] = []
+        let framed = pageSlots != nil
         pending.withUnsafeBytes { raw in
             var start = pendingStart
             while start < raw.count {
                 let rest = UnsafeRawBufferPointer(rebasing: raw[start...])
-                guard let length = chunker.nextChunkLength(in: rest, isFinal: isFinal), length > 0 else { break }
+                let next =
+                    framed
+                    ? QEMUPageFraming.nextChunk(in: rest, fallback: chunker, isFinal: isFinal)?.length
+                    : chunker.nextChunkLength(in: rest, isFinal: isFinal)
+                guard let length = next, length > 0 else { break }
                 chunks.append(start..<(start + length))
                 start += length
             }
@@ -200,13 +221,16 @@ public struct StreamEncoder {
     }
 
     private mutating func encodeChunk(_ chunk: [UInt8]) throws(EncodingError) {
+        let slot = chunk.withUnsafeBytes { pageSlots?.slot(of: $0) }
+        // A page's previous version is found by its slot; features are for the rest.
         let (key, features) = chunk.withUnsafeBytes { raw in
-            (ChunkKey(of: raw), hooks.similar == nil ? nil : ChunkFeatures(of: raw))
+            (ChunkKey(of: raw), hooks.similar == nil || slot != nil ? nil : ChunkFeatures(of: raw))
         }
         statistics.chunks += 1
+        if slot != nil { statistics.pageChunks += 1 }
         defer {
             // Kept after the choice, so the chunk does not shadow its own previous version in the index.
-            chunk.withUnsafeBytes { hooks.cut($0, key, features) }
+            chunk.withUnsafeBytes { hooks.cut($0, key, features, slot) }
             sent.insert(key)
         }
         if holds(key) {
@@ -218,7 +242,16 @@ public struct StreamEncoder {
             statistics.referencedBytes += UInt64(chunk.count)
             return
         }
-        if let features, let (base, payload) = try delta(chunk, key: key, features: features) {
+        let candidates: [ChunkKey]
+        if let slot {
+            candidates = hooks.previousVersion(slot).map { [$0] } ?? []
+        } else if let features, let similar = hooks.similar {
+            candidates = Array(similar(features).prefix(2))
+        } else {
+            candidates = []
+        }
+        if let (base, payload) = try delta(chunk, key: key, candidates: candidates) {
+            if slot != nil { statistics.pageDeltaChunks += 1 }
             try emitBatch()
             output.append(StreamFormat.Record.delta.rawValue)
             output.appendVarint(chunk.count)
@@ -237,13 +270,13 @@ public struct StreamEncoder {
         batchLengths.append(chunk.count)
     }
 
-    /// A resembling chunk the receiver holds, and the chunk's zstd frame with it as prefix — when that is
-    /// under an eighth of the chunk (otherwise the batch's compression does about as well).
-    private func delta(_ chunk: [UInt8], key: ChunkKey, features: ChunkFeatures) throws(EncodingError)
+    /// The first of `candidates` (a page's previous version, or resembling chunks) the receiver holds that
+    /// serves, and the chunk's zstd frame with it as prefix — when that is under an eighth of the chunk
+    /// (otherwise the batch's compression does about as well).
+    private func delta(_ chunk: [UInt8], key: ChunkKey, candidates: [ChunkKey]) throws(EncodingError)
         -> (ChunkKey, [UInt8])?
     {
-        guard let similar = hooks.similar else { return nil }
-        for candidate in similar(features).prefix(2) where candidate != key && holds(candidate) {
+        for candidate in candidates where candidate != key && holds(candidate) {
             guard let base = hooks.content(candidate) else { continue }
             let payload = try deltaCompressor.compress(chunk, prefix: base)
             if payload.count < chunk.count / 8 { return (candidate, payload) }
@@ -303,6 +336,7 @@ public struct StreamDecoder {
     ///   - lookup: A chunk of the receiver's store by key (nil if it does not hold it).
     ///   - storing: Each chunk that arrived as content (the receiver keeps it for the next transfer), with its key
     ///     when the decoder already computed it from these bytes (a delta's check), so it need not be hashed again.
+    ///   - referenced: Each chunk resolved from the store by a reference (with `storing`, every chunk in order).
     ///   - output: The decoded bytes, in order.
     /// - Throws: ``EncodingError`` — `badMagic`/`unsupportedVersion`, `malformedRecord`, `limitExceeded`,
     ///   `decompressionFailed`, `unknownChunk` (a reference the store cannot resolve), `trailingBytes`.
@@ -310,13 +344,16 @@ public struct StreamDecoder {
         _ bytes: UnsafeRawBufferPointer,
         lookup: (ChunkKey) -> [UInt8]?,
         storing: (UnsafeRawBufferPointer, ChunkKey?) -> Void,
+        referenced: (UnsafeRawBufferPointer, ChunkKey) -> Void = { _, _ in },
         output: (UnsafeRawBufferPointer) -> Void
     ) throws(EncodingError) {
         guard !ended || bytes.isEmpty else {
             throw EncodingError(.trailingBytes, expected: "nothing after the end record", found: "\(bytes.count) bytes")
         }
         buffer.append(contentsOf: bytes)
-        while let consumed = try decodeRecord(lookup: lookup, storing: storing, output: output) {
+        while let consumed = try decodeRecord(
+            lookup: lookup, storing: storing, referenced: referenced, output: output)
+        {
             start += consumed
         }
         if start > 0 && start * 2 >= buffer.count {
@@ -337,6 +374,7 @@ public struct StreamDecoder {
     private mutating func decodeRecord(
         lookup: (ChunkKey) -> [UInt8]?,
         storing: (UnsafeRawBufferPointer, ChunkKey?) -> Void,
+        referenced: (UnsafeRawBufferPointer, ChunkKey) -> Void,
         output: (UnsafeRawBufferPointer) -> Void
     ) throws(EncodingError) -> Int? {
         let available = buffer.count - start
@@ -406,7 +444,10 @@ public struct StreamDecoder {
                     .unknownChunk, expected: "chunk \(key) (\(chunkLength) bytes) in the receiver's store",
                     found: "none", advice: "the sender's view of the store was stale; migrate again")
             }
-            chunk.withUnsafeBytes { output($0) }
+            chunk.withUnsafeBytes { raw in
+                referenced(raw, key)
+                output(raw)
+            }
             decodedBytes += UInt64(chunkLength)
             referencedBytes += UInt64(chunkLength)
         case .batch(let lengths, let payload, let isCompressed):

@@ -20,6 +20,11 @@ public final class SharedChunkStore: @unchecked Sendable {
     private var similarity = SimilarityIndex()
     /// Chunks kept without their features yet (``keepUnindexed(_:)``), oldest first.
     private var unindexed: [ChunkKey] = []
+    /// The last version of each QEMU page slot a migration stream sent or brought (memory only; a cache:
+    /// starting over costs the next migration ratio, not bytes).
+    private var pageVersions: [PageSlot: ChunkKey] = [:]
+    /// The most page slots remembered (4 M: 16 GiB of guest memory).
+    static let pageVersionCapacity = 4 << 20
     /// How many manifests are kept (the newest).
     public static let keptManifests = 8
 
@@ -59,25 +64,50 @@ public final class SharedChunkStore: @unchecked Sendable {
         try lock.withLock { try store.sync() }
     }
 
-    /// Keeps a chunk of a migration stream, indexed by its resemblance features so a later stream can send
-    /// its next version as a delta.
+    /// Keeps a chunk of a migration stream, indexed by its resemblance features or as its page slot's latest
+    /// version, so a later stream can send its next version as a delta.
     /// - Throws: The store's error (a full disk, say).
-    func keep(_ bytes: UnsafeRawBufferPointer, key: ChunkKey?, features: ChunkFeatures?) throws {
+    func keep(_ bytes: UnsafeRawBufferPointer, key: ChunkKey?, features: ChunkFeatures?, slot: PageSlot? = nil) throws {
         try lock.withLock {
             let stored = try key.map { key throws(EncodingError) in try store.put(bytes, key: key) } ?? store.put(bytes)
             if let features { similarity.insert(features, key: stored) }
+            if let slot { notePageLocked(slot, key: stored) }
         }
+    }
+
+    /// Records `key` as the latest version of the page in `slot` (a chunk the store holds: a reference).
+    func notePage(_ slot: PageSlot, key: ChunkKey) {
+        lock.withLock { notePageLocked(slot, key: key) }
+    }
+
+    private func notePageLocked(_ slot: PageSlot, key: ChunkKey) {
+        if pageVersions.count >= Self.pageVersionCapacity && pageVersions[slot] == nil {
+            pageVersions.removeAll(keepingCapacity: true)
+        }
+        pageVersions[slot] = key
+    }
+
+    /// The latest version of the page in `slot` this node sent or received, if any.
+    func previousVersion(of slot: PageSlot) -> ChunkKey? {
+        lock.withLock { pageVersions[slot] }
     }
 
     /// Keeps a chunk that arrived in a migration stream now, and leaves its resemblance features to
     /// ``indexUnindexed()``: the destination's guest is paused while the stream arrives, and the features only
     /// matter when this node sends the VM on.
     /// - Throws: The store's error (a full disk, say).
-    /// - Parameter key: The chunk's key if the caller computed it from these bytes (else the store hashes them).
-    func keepUnindexed(_ bytes: UnsafeRawBufferPointer, key: ChunkKey? = nil) throws {
+    /// - Parameters:
+    ///   - key: The chunk's key if the caller computed it from these bytes (else the store hashes them).
+    ///   - slot: The page slot of a chunk that is a QEMU page record: recorded as its latest version, and not
+    ///     indexed by features (a page's next version is found by its slot).
+    func keepUnindexed(_ bytes: UnsafeRawBufferPointer, key: ChunkKey? = nil, slot: PageSlot? = nil) throws {
         try lock.withLock {
-            unindexed.append(
-                try key.map { key throws(EncodingError) in try store.put(bytes, key: key) } ?? store.put(bytes))
+            let stored = try key.map { key throws(EncodingError) in try store.put(bytes, key: key) } ?? store.put(bytes)
+            if let slot {
+                notePageLocked(slot, key: stored)
+            } else {
+                unindexed.append(stored)
+            }
         }
     }
 

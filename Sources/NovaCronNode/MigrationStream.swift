@@ -62,13 +62,16 @@ public final class MigrationStreamProducer: TransferProducer, @unchecked Sendabl
         let summary = reply.isEmpty ? nil : try ChunkSummary(serialized: reply)
         let store = self.store
         encoder = try StreamEncoder(
-            chunker: MigrationStream.chunker(), level: level,
+            chunker: MigrationStream.chunker(), level: level, pageSlots: PageSlotTracker(stream: name),
             hooks: .init(
                 receiverHolds: { summary?.mayContain($0) ?? false },
                 similar: store.map { store in { store.similar(to: $0) } },
+                previousVersion: { store?.previousVersion(of: $0) },
                 content: { store?.contents(of: $0) },
                 // The source's own store only serves later transfers: a failed write costs them ratio, not this one.
-                cut: { bytes, key, features in try? store?.keep(bytes, key: key, features: features) }))
+                cut: { bytes, key, features, slot in
+                    try? store?.keep(bytes, key: key, features: features, slot: slot)
+                }))
         return nil
     }
 
@@ -152,7 +155,7 @@ public struct MigrationStreamConsumerFactory: TransferConsumerFactory {
         guard let descriptor = destination.streamDescriptor, descriptor != STDOUT_FILENO else {
             throw TransportError(.invalidArgument, expected: "a descriptor destination", found: "\(destination)")
         }
-        return try MigrationStreamConsumer(descriptor: descriptor, store: store)
+        return try MigrationStreamConsumer(descriptor: descriptor, store: store, stream: offer.name)
     }
 }
 
@@ -164,10 +167,13 @@ final class MigrationStreamConsumer: TransferConsumer, @unchecked Sendable {
     private let descriptor: Int32
     private let store: SharedChunkStore?
     private var decoder: StreamDecoder
+    /// Names the pages that arrive as the source named them (the stream's chunks, in order).
+    private var pageSlots: PageSlotTracker
 
-    init(descriptor: Int32, store: SharedChunkStore?) throws {
+    init(descriptor: Int32, store: SharedChunkStore?, stream: String) throws {
         self.descriptor = descriptor
         self.store = store
+        pageSlots = PageSlotTracker(stream: stream)
         reply = store?.summary(falsePositiveRate: MigrationStream.summaryFalsePositiveRate).serialized() ?? []
         decoder = try StreamDecoder()
     }
@@ -197,15 +203,19 @@ final class MigrationStreamConsumer: TransferConsumer, @unchecked Sendable {
                 storing: { chunk, key in
                     // The sender refers to every chunk it sent earlier in the stream: one not kept fails the
                     // migration later and obscurely, so a store that cannot keep it fails it now, saying why.
+                    let slot = pageSlots.slot(of: chunk)
                     guard failure == nil else { return }
                     do {
-                        try store?.keepUnindexed(chunk, key: key)
+                        try store?.keepUnindexed(chunk, key: key, slot: slot)
                     } catch {
                         failure = TransportError(
                             .destinationFailed, expected: "to keep the stream's chunks in the chunk store",
                             found: "\(error)",
                             advice: "free space on the destination's --store, or lower --store-capacity")
                     }
+                },
+                referenced: { chunk, key in
+                    if let slot = pageSlots.slot(of: chunk) { store?.notePage(slot, key: key) }
                 },
                 output: { decoded in
                     guard failure == nil else { return }

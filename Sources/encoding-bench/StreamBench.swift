@@ -11,22 +11,26 @@ import DWCPEncoding
 final class StreamBenchNode {
     var chunks: [ChunkKey: [UInt8]] = [:]
     var index = SimilarityIndex()
+    var pages: [PageSlot: ChunkKey] = [:]
 }
 
 /// Encodes `stream` in 1 MiB reads and returns (encoded bytes, seconds, statistics).
 func encodeStream(
-    _ stream: [UInt8], level: Int?, deltas: Bool, keep: Bool, receiverHolds: Set<ChunkKey>, node: StreamBenchNode
+    _ stream: [UInt8], level: Int?, deltas: Bool, pages: Bool, keep: Bool, receiverHolds: Set<ChunkKey>,
+    node: StreamBenchNode
 )
     -> ([UInt8], Double, StreamEncoder.Statistics)
 {
     let chunker = try! Chunker.FastCDC(minimumSize: 4096, averageSize: 16384, maximumSize: 65536)
     var encoder = try! StreamEncoder(
-        chunker: chunker, level: level,
+        chunker: chunker, level: level, pageSlots: pages ? PageSlotTracker(stream: "bench") : nil,
         hooks: .init(
             receiverHolds: { receiverHolds.contains($0) },
             similar: deltas ? { node.index.candidates(for: $0) } : nil,
+            previousVersion: { node.pages[$0] },
             content: { node.chunks[$0] },
-            cut: { bytes, key, features in
+            cut: { bytes, key, features, slot in
+                if let slot { node.pages[slot] = key }  // this stream's own pages: kept as the receiver keeps them
                 guard keep else { return }
                 node.chunks[key] = Array(bytes)
                 if let features { node.index.insert(features, key: key) }
@@ -71,16 +75,18 @@ func runStreamBench(paths: [String], runs: Int) -> Never {
     let megabytes = Double(first.count) / 1e6
     print("| stages | ratio | encode MB/s (one core) | decode MB/s |")
     print("|---|---:|---:|---:|")
-    for (name, level, deltas) in [
-        ("chunks + SHA-256 + references", nil, false), ("+ zstd 1", 1, false), ("+ resemblance features", 1, true),
-        ("zstd 3 instead of 1", 3, true),
-    ] as [(String, Int?, Bool)] {
+    for (name, level, deltas, pages) in [
+        ("chunks + SHA-256 + references", nil, false, false), ("+ zstd 1", 1, false, false),
+        ("+ resemblance features", 1, true, false), ("+ page records (what migrations run)", 1, true, true),
+        ("zstd 3 instead of 1", 3, true, true),
+    ] as [(String, Int?, Bool, Bool)] {
         var times: [Double] = []
         var decodeTimes: [Double] = []
         var encodedCount = 0
         for _ in 0..<runs {
             let (encoded, time, _) = encodeStream(
-                first, level: level, deltas: deltas, keep: false, receiverHolds: [], node: StreamBenchNode())
+                first, level: level, deltas: deltas, pages: pages, keep: deltas, receiverHolds: [],
+                node: StreamBenchNode())
             let (decoded, decodeTime) = decodeStream(encoded, chunks: [:])
             guard decoded == first else { fail("\(name): the stream did not decode to itself") }
             times.append(time)
@@ -108,10 +114,10 @@ func runStreamBench(paths: [String], runs: Int) -> Never {
         let second = readFile(paths[1])
         let node = StreamBenchNode()
         let (firstEncoded, _, _) = encodeStream(
-            first, level: 1, deltas: true, keep: true, receiverHolds: [], node: node)
+            first, level: 1, deltas: true, pages: true, keep: true, receiverHolds: [], node: node)
         let held = Set(node.chunks.keys)
         let (encoded, time, statistics) = encodeStream(
-            second, level: 1, deltas: true, keep: true, receiverHolds: held, node: node)
+            second, level: 1, deltas: true, pages: true, keep: true, receiverHolds: held, node: node)
         let (decoded, _) = decodeStream(encoded, chunks: node.chunks)
         guard decoded == second else { fail("the second stream did not decode to itself") }
         print(

@@ -30,7 +30,13 @@ struct StreamCodecTests {
             chunker: chunker, level: level,
             hooks: .init(
                 receiverHolds: { known.contains($0) }, similar: deltas ? { sender.index.candidates(for: $0) } : nil,
-                content: { sender.chunks[$0] }, cut: { sender.keep($0, $1, $2) }))
+                content: { sender.chunks[$0] },
+                cut: { bytes, key, features, _ in sender.keep(bytes, key, features) }))
+        return (try feed(input, to: &encoder, piece: piece), encoder.statistics)
+    }
+
+    /// Feeds `input` to `encoder` in pieces of `piece` bytes, finishes it and returns what it made.
+    static func feed(_ input: [UInt8], to encoder: inout StreamEncoder, piece: Int) throws -> [UInt8] {
         var output: [UInt8] = []
         var offset = 0
         while offset < input.count {
@@ -40,8 +46,7 @@ struct StreamCodecTests {
             offset = end
         }
         try encoder.finish()
-        output += encoder.takeOutput()
-        return (output, encoder.statistics)
+        return output + encoder.takeOutput()
     }
 
     /// Decodes `encoded` fed in pieces drawn from `pieces` (cycled), resolving references from `chunks`.

@@ -261,12 +261,24 @@ struct AgentMigrationTests {
         let (a, b) = (cluster.a, cluster.b)
 
         // There with the RAM compared while both are paused; back without, the destination running on arrival.
+        var firstWire = 0
         for (source, destination, verify) in [(a, b, true), (b, a, false)] {
             let (report, status) = try await Self.migrate(
                 name, from: source, to: destination, extra: verify ? ["--verify-ram"] : [])
             #expect(status == 0, "\(report)")
             #expect(report["outcome"] as? String == "migrated")
             #expect(report["ramIdentical"] as? Bool == (verify ? true : nil))
+            let wire = try #require(report["wireBytes"] as? Int, "\(report)")
+            if verify {
+                firstWire = wire
+            } else {
+                // Both agents keep the first stream's pages by slot: the way back refers to the pages that did
+                // not change and sends the ones the guest wrote as deltas against their earlier versions.
+                let deltas = report["deltaBytes"] as? Int ?? 0
+                let references = report["referencedBytes"] as? Int ?? 0
+                #expect(deltas > 0 && references > 0, "\(report)")
+                #expect(wire * 10 < firstWire * 3, "back \(wire) B on the wire against \(firstWire) B there")
+            }
             if !verify {
                 // One clock here: the pause the QEMUs saw is measured; it fits in what the source agent saw, give or take
                 // its 100 ms poll of QEMU's status.
