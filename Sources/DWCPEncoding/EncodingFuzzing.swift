@@ -226,8 +226,18 @@ public enum EncodingFuzzing {
     /// The chunk a stream decoder's receiver holds.
     public static let heldStreamChunk: [UInt8] = pattern(300, seed: 11)
 
+    /// Two QEMU page records of one page, the second changed in a byte, and a section's end: what the page
+    /// framing cuts and sends as a delta when these bytes are encoded again.
+    static func qemuPageRecords() -> [UInt8] {
+        func word(_ value: UInt64) -> [UInt8] { withUnsafeBytes(of: value.bigEndian) { Array($0) } }
+        let page = pattern(4096, seed: 14)
+        var changed = page
+        changed[2000] ^= 1
+        return word(0x1000 | 0x08) + [6] + Array("pc.ram".utf8) + page + word(0x1000 | 0x28) + changed + word(0x10)
+    }
+
     /// Valid opaque streams: raw and compressed batches, a reference to ``heldStreamChunk`` and a delta against
-    /// it, empty.
+    /// it, empty, QEMU page records.
     public static func streamSeeds() throws(EncodingError) -> [[UInt8]] {
         let held = ChunkKey(of: heldStreamChunk)
         var seeds: [[UInt8]] = []
@@ -235,7 +245,7 @@ public enum EncodingFuzzing {
         nearlyHeld[100] ^= 1
         let inputs = [
             pattern(3000, seed: 12), [UInt8](repeating: 65, count: 2000) + heldStreamChunk + pattern(500, seed: 13), [],
-            nearlyHeld,
+            nearlyHeld, qemuPageRecords(),
         ]
         for (index, input) in inputs.enumerated() {
             var encoder = try StreamEncoder(
@@ -252,7 +262,8 @@ public enum EncodingFuzzing {
 
     /// Decodes `input` as an opaque HDE stream, in two pieces, against a store holding ``heldStreamChunk``,
     /// and traps when a promise breaks: decoding either throws an ``EncodingError`` or yields bytes whose
-    /// count is what the decoder reports, that encode and decode back to themselves.
+    /// count is what the decoder reports, that encode (with QEMU page framing: arbitrary bytes must cut and
+    /// round-trip whatever records they seem to hold) and decode back to themselves.
     /// - Parameter input: Arbitrary bytes.
     public static func exerciseStreamDecoder(_ input: UnsafeRawBufferPointer) {
         let held = ChunkKey(of: heldStreamChunk)
@@ -271,7 +282,16 @@ public enum EncodingFuzzing {
             return  // a typed error: the promise holds
         }
         do {
-            var encoder = try StreamEncoder(chunker: streamChunker, level: 1, batchBytes: 1024)
+            var sent: [ChunkKey: [UInt8]] = [:]
+            var versions: [PageSlot: ChunkKey] = [:]
+            var encoder = try StreamEncoder(
+                chunker: streamChunker, level: 1, batchBytes: 1024, pageSlots: PageSlotTracker(stream: "fuzz"),
+                hooks: .init(
+                    previousVersion: { versions[$0] }, content: { sent[$0] },
+                    cut: { bytes, key, _, slot in
+                        sent[key] = Array(bytes)
+                        if let slot { versions[slot] = key }
+                    }))
             try output.withUnsafeBytes { raw in try encoder.append(raw) }
             try encoder.finish()
             var again: [UInt8] = []

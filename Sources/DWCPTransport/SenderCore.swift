@@ -26,6 +26,8 @@ actor SenderCore {
     private var token = SessionMessage.Token(bytes: Array(repeating: 0, count: 16))
     private var acceptWaiters: [Int: [CheckedContinuation<(Int, ChunkBitmap), Never>]] = [:]
     private var readerWaiters: [CheckedContinuation<Void, Never>] = []
+    /// Bytes of each object handed to the session (read and delivered).
+    private var deliveredBytes: [Int: UInt64] = [:]
 
     private var chunks: [ChunkAddress: ByteBuffer] = [:]
     private var outlets: [Int: Outlet.Continuation] = [:]
@@ -123,10 +125,19 @@ actor SenderCore {
     /// - Returns: The most blocks the chunk may hold (short of the next block the receiver holds).
     func reserve(_ object: Int, at index: Int) async throws -> Int {
         while outcome == nil {
-            if let blocks = session.claimGrant(object: object, at: index) { return blocks }
+            if !producerHoldsBack(object), let blocks = session.claimGrant(object: object, at: index) { return blocks }
             await withCheckedContinuation { readerWaiters.append($0) }
         }
         throw CancellationError()
+    }
+
+    /// Whether the object's producer wants more of what was delivered acknowledged before its next read.
+    private func producerHoldsBack(_ object: Int) -> Bool {
+        guard readers.indices.contains(object), let producer = readers[object].producer else { return false }
+        let acknowledged = session.acknowledgedBytesByObject[object] ?? 0
+        let holdsBack = producer.holdsBack(acknowledged: acknowledged)
+        // Waiting is only safe while something is in flight: its acknowledgement ends the wait.
+        return holdsBack && deliveredBytes[object, default: 0] > acknowledged
     }
 
     /// Hands over the chunk of `object` from block `index`, read on a grant from ``reserve(_:)``.
@@ -138,6 +149,7 @@ actor SenderCore {
         }
         guard outcome == nil else { throw CancellationError() }
         chunks[ChunkAddress(object: object, index: index)] = chunk
+        deliveredBytes[object, default: 0] += UInt64(chunk.readableBytes)
         perform(session.chunkRead(index, size: chunk.readableBytes, object: object, now: now))
     }
 

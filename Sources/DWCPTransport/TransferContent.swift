@@ -23,6 +23,18 @@ public protocol TransferProducer: AnyObject, Sendable {
     func read(maximum: Int) throws -> ByteBuffer?
     /// The session ended (whatever the outcome): a producer waiting for an answer must stop waiting.
     func sessionEnded()
+    /// Whether the sender should wait for more acknowledgements before it reads the object's next chunk.
+    /// The receiver acknowledges a chunk once its consumer took it, so a producer whose bytes stand for many
+    /// more (an HDE stream) can bound what waits to be decoded, which the session's window, in these bytes,
+    /// does not. Asked between reads, never during one, and again after each acknowledgement; the sender
+    /// only waits while some of what was read is unacknowledged. Default: never.
+    /// - Parameter acknowledged: The object's bytes the receiver acknowledged so far.
+    func holdsBack(acknowledged: UInt64) -> Bool
+}
+
+extension TransferProducer {
+    /// Never holds the sender back: the session's window alone paces the reads.
+    public func holdsBack(acknowledged: UInt64) -> Bool { false }
 }
 
 /// Makes the receiving side of objects whose offer carries content (``SessionMessage/Offer/content``).

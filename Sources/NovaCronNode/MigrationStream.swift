@@ -23,6 +23,14 @@ public enum MigrationStream {
     static let summaryFalsePositiveRate = 1e-9
     /// How long the source waits for more of QEMU's stream before it sends what it has.
     static let idleMilliseconds: Int32 = 20
+    /// How much of QEMU's stream may wait to be decoded, as a multiple of the session's window (which counts
+    /// encoded bytes): a stream of references and deltas is 20–70 times its encoded size, and QEMU paces its
+    /// pre-copy by what the source agent reads. Unbounded, the migration back left ~1 s of decoding behind the
+    /// guest's pause (1 224 ms on continental, 1 700 ms on global, medians of 3); 3 × bounded it well (515 and
+    /// 1 064 ms) but held the way back to 5.2 and 8.9 s from 3.4 and 6.1 (chunks of ≥ 256 KiB stand for
+    /// ≥ 13 MB of such a stream, so few are in flight); 8 × kept most of the speed (3.5–4.2 s, 6.3–7.0 s) with
+    /// pauses of 382–1 192 and 747–1 179 ms. A first migration (~2.6 times) stays within the window's bound.
+    static let streamWindowFactor = 8
 }
 
 /// The source side: reads QEMU's stream from `descriptor` and makes the encoded stream the transport sends.
@@ -35,7 +43,11 @@ public final class MigrationStreamProducer: TransferProducer, @unchecked Sendabl
     private let descriptor: Int32
     private let store: SharedChunkStore?
     private let level: Int?
+    private let streamWindow: UInt64?
     private var encoder: StreamEncoder?
+    /// (encoded bytes made, stream bytes read) after each read of QEMU's stream, oldest first from the last
+    /// one the receiver acknowledged past.
+    private var marks: [(encoded: UInt64, stream: UInt64)] = []
     private var output: [UInt8] = []
     private var outputStart = 0
     private var finished = false
@@ -47,11 +59,13 @@ public final class MigrationStreamProducer: TransferProducer, @unchecked Sendabl
     ///   - descriptor: The agent's end of the socket QEMU migrates into (read to its end; not closed here).
     ///   - store: This node's chunk store: every chunk sent goes in it.
     ///   - level: The zstd level for new chunks, or nil for none.
-    public init(name: String, descriptor: Int32, store: SharedChunkStore?, level: Int?) {
+    ///   - streamWindow: The most stream bytes read beyond what the receiver acknowledged (decoded), or nil.
+    public init(name: String, descriptor: Int32, store: SharedChunkStore?, level: Int?, streamWindow: Int? = nil) {
         self.name = name
         self.descriptor = descriptor
         self.store = store
         self.level = level
+        self.streamWindow = streamWindow.map { UInt64($0) }
     }
 
     /// What the encoder did (valid after the stream ended).
@@ -80,6 +94,15 @@ public final class MigrationStreamProducer: TransferProducer, @unchecked Sendabl
 
     /// Nothing waits on the session.
     public func sessionEnded() {}
+
+    /// Holds the sender back while more than the stream window of QEMU's stream was read beyond what the
+    /// receiver acknowledged, so QEMU's writes wait for the destination's decoding too.
+    public func holdsBack(acknowledged: UInt64) -> Bool {
+        guard let streamWindow, let read = encoder?.statistics.inputBytes else { return false }
+        while marks.count > 1 && marks[1].encoded <= acknowledged { marks.removeFirst() }
+        let decoded = marks.first.map { $0.encoded <= acknowledged ? $0.stream : 0 } ?? 0
+        return read > decoded + streamWindow
+    }
 
     /// The next encoded bytes, reading and encoding QEMU's stream as needed; nil after the end record.
     public func read(maximum: Int) throws -> ByteBuffer? {
@@ -124,6 +147,9 @@ public final class MigrationStreamProducer: TransferProducer, @unchecked Sendabl
             }
         }
         encoder.takeOutput(appendingTo: &output)
+        if streamWindow != nil {
+            marks.append((encoder.statistics.outputBytes, encoder.statistics.inputBytes))
+        }
     }
 
     private static func failure(_ action: String) -> TransportError {

@@ -314,14 +314,17 @@ private final class Driver {
         send.windowBytes = migration.configuration.migrationWindow
         let source: TransferSource
         let name = "\(vm.spec.name).migration"
+        let streamWindow = migration.configuration.migrationWindow * MigrationStream.streamWindowFactor
         switch EncodingMode(request.encoding) ?? .auto {
         case .none:
             source = .descriptor(streamEnd, name: name)
         case .auto:
-            producer = MigrationStreamProducer(name: name, descriptor: streamEnd, store: migration.store, level: 1)
+            producer = MigrationStreamProducer(
+                name: name, descriptor: streamEnd, store: migration.store, level: 1, streamWindow: streamWindow)
             source = .producer(producer!)
         case .level(let level):
-            producer = MigrationStreamProducer(name: name, descriptor: streamEnd, store: migration.store, level: level)
+            producer = MigrationStreamProducer(
+                name: name, descriptor: streamEnd, store: migration.store, level: level, streamWindow: streamWindow)
             source = .producer(producer!)
         }
         let feed = self.feed

@@ -118,13 +118,14 @@ func runStreamBench(paths: [String], runs: Int) -> Never {
         let held = Set(node.chunks.keys)
         let (encoded, time, statistics) = encodeStream(
             second, level: 1, deltas: true, pages: true, keep: true, receiverHolds: held, node: node)
-        let (decoded, _) = decodeStream(encoded, chunks: node.chunks)
+        let (decoded, decodeTime) = decodeStream(encoded, chunks: node.chunks)
         guard decoded == second else { fail("the second stream did not decode to itself") }
         print(
             "\nsecond capture against the first's chunks: \(second.count) bytes → \(encoded.count) "
                 + "(\(format(Double(encoded.count) / Double(firstEncoded.count) * 100, 1)) % of the first's "
                 + "\(firstEncoded.count)); references \(statistics.referencedBytes), deltas \(statistics.deltaBytes) "
-                + "bytes; \(format(Double(second.count) / 1e6 / time)) MB/s")
+                + "bytes (\(statistics.pageDeltaChunks) page deltas); encode \(format(Double(second.count) / 1e6 / time)) "
+                + "MB/s, decode \(format(Double(second.count) / 1e6 / decodeTime)) MB/s")
     }
     exit(0)
 }
