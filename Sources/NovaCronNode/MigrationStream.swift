@@ -24,13 +24,13 @@ public enum MigrationStream {
     /// How long the source waits for more of QEMU's stream before it sends what it has.
     static let idleMilliseconds: Int32 = 20
     /// How much of QEMU's stream may wait to be decoded, as a multiple of the session's window (which counts
-    /// encoded bytes): a stream of references and deltas is 20–70 times its encoded size, and QEMU paces its
-    /// pre-copy by what the source agent reads. Unbounded, the migration back left ~1 s of decoding behind the
-    /// guest's pause (1 224 ms on continental, 1 700 ms on global, medians of 3); 3 × bounded it well (515 and
-    /// 1 064 ms) but held the way back to 5.2 and 8.9 s from 3.4 and 6.1 (chunks of ≥ 256 KiB stand for
-    /// ≥ 13 MB of such a stream, so few are in flight); 8 × kept most of the speed (3.5–4.2 s, 6.3–7.0 s) with
-    /// pauses of 382–1 192 and 747–1 179 ms. A first migration (~2.6 times) stays within the window's bound.
-    static let streamWindowFactor = 8
+    /// encoded bytes): page references and deltas are 20–70 times their encoded size, and QEMU paces its
+    /// pre-copy by what the source agent reads. What waits when QEMU stops the guest drains inside the pause;
+    /// too little in flight slows a stream of references. Measured on wanem global (2026-12-01, 3 runs each,
+    /// medians; docs/migration.md): unbounded, the way back paused 1 700 ms (6.1 s); 8 × paused the first
+    /// migration 1 227 ms against QEMU native's 1 179 (way back 6.8 s); 4 × 789 ms (way back 8.1 s); 2 × 537 ms
+    /// (way back 10.3 s).
+    static let streamWindowFactor = 4
 }
 
 /// The source side: reads QEMU's stream from `descriptor` and makes the encoded stream the transport sends.
