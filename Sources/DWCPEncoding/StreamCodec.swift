@@ -87,14 +87,14 @@ public struct StreamEncoder {
         public var referencedChunks = 0
         /// Their bytes.
         public var referencedBytes: UInt64 = 0
-        /// Chunks sent as deltas against a resembling chunk the receiver holds.
+        /// Chunks sent as deltas against a resembling chunk (or a page's previous version) the receiver holds.
         public var deltaChunks = 0
-        /// Of those, page records sent as deltas against their page's previous version (page framing).
-        public var pageDeltaChunks = 0
-        /// Chunks that are QEMU page records (page framing).
-        public var pageChunks = 0
         /// Their bytes (before encoding).
         public var deltaBytes: UInt64 = 0
+        /// Chunks that are QEMU page records (page framing).
+        public var pageChunks = 0
+        /// Page records sent as deltas against their page's previous version (counted in ``deltaChunks`` too).
+        public var pageDeltaChunks = 0
         /// Batches sent compressed.
         public var compressedBatches = 0
         /// Batches sent raw because zstd did not shrink them enough.
