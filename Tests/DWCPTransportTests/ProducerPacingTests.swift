@@ -47,7 +47,7 @@ struct ProducerPacingTests {
         }
     }
 
-    /// Takes the bytes slowly (5 ms a chunk), so acknowledgements lag behind what the sender could send.
+    /// Takes the bytes slowly (20 ms a chunk), so acknowledgements lag behind what the sender could send.
     final class SlowConsumer: TransferConsumer, @unchecked Sendable {
         let reply: [UInt8] = []
         var path: String? { nil }
@@ -56,7 +56,7 @@ struct ProducerPacingTests {
         func answer(query: [UInt8]) throws -> [UInt8] { [] }
         func consume(_ bytes: ByteBuffer) throws {
             received += UInt64(bytes.readableBytes)
-            usleep(5000)
+            usleep(20_000)
         }
         func commit() throws -> UInt64 { received }
         func discard() {}
@@ -101,6 +101,7 @@ struct ProducerPacingTests {
         let held = try await Self.send(limit: 1 << 20)
         #expect(held <= (1 << 20) + (256 << 10), "read \(held) bytes ahead of the acknowledgements")
         let unheld = try await Self.send(limit: nil)
-        #expect(unheld > 3 << 20, "read \(unheld) bytes ahead without a limit")
+        // The control: without a limit only the 8 MiB window holds it (a loaded CI machine measured 3 MiB).
+        #expect(unheld > 2 << 20, "read \(unheld) bytes ahead without a limit")
     }
 }
