@@ -86,13 +86,11 @@ public enum QEMUPageFraming {
         return bytes.count >= end ? .record(end - position) : .absent
     }
 
-    /// The next chunk at the start of `bytes`: a page record with the short run of other records after it, or
+    /// The length of the next chunk at the start of `bytes`: a page record with the short run of other records after it, or
     /// the bytes up to the next page record (cut content-defined by `fallback` when no page record starts
     /// within its maximum). Returns nil when more bytes are needed.
-    static func nextChunk(in bytes: UnsafeRawBufferPointer, fallback: Chunker.FastCDC, isFinal: Bool) -> (
-        length: Int, isPage: Bool
-    )? {
-        guard !bytes.isEmpty else { return isFinal ? (0, false) : nil }
+    static func nextChunkLength(in bytes: UnsafeRawBufferPointer, fallback: Chunker.FastCDC, isFinal: Bool) -> Int? {
+        guard !bytes.isEmpty else { return isFinal ? 0 : nil }
         switch pageRecord(bytes, at: 0, isFinal: isFinal) {
         case .needMore:
             return nil
@@ -101,27 +99,26 @@ public enum QEMUPageFraming {
             var position = length
             while position < min(limit, bytes.count) {
                 switch pageRecord(bytes, at: position, isFinal: isFinal) {
-                case .record: return (position, true)
+                case .record: return position
                 case .needMore: return nil
                 case .absent: position += 1
                 }
             }
-            if position >= limit { return (length, true) }  // a long run of other records follows
-            return isFinal ? (bytes.count, true) : nil
+            if position >= limit { return length }  // a long run of other records follows
+            return isFinal ? bytes.count : nil
         case .absent:
             let window = min(bytes.count, fallback.maximumSize)
             var position = 1
             while position < window {
                 switch pageRecord(bytes, at: position, isFinal: isFinal) {
-                case .record: return (position, false)
+                case .record: return position
                 case .needMore: return nil
                 case .absent: position += 1
                 }
             }
             guard window == fallback.maximumSize || isFinal else { return nil }
-            let cut = fallback.nextChunkLength(
-                in: UnsafeRawBufferPointer(rebasing: bytes[..<window]), isFinal: true)
-            return (cut ?? window, false)
+            return fallback.nextChunkLength(in: UnsafeRawBufferPointer(rebasing: bytes[..<window]), isFinal: true)
+                ?? window
         }
     }
 }

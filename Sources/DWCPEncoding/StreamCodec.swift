@@ -118,6 +118,9 @@ public struct StreamEncoder {
     private var batchLengths: [Int] = []
     private var output: [UInt8]
     private var finished = false
+    /// (output bytes taken, input bytes taken in) after each ``takeOutput(appendingTo:)`` that took bytes, from
+    /// the last one ``inputBytes(carriedBy:)`` passed.
+    private var coverage: [(output: UInt64, input: UInt64)] = []
 
     /// Creates an encoder.
     /// - Parameters:
@@ -185,6 +188,19 @@ public struct StreamEncoder {
         statistics.outputBytes += UInt64(output.count)
         destination.append(contentsOf: output)
         output.removeAll(keepingCapacity: true)
+        if coverage.last?.output != statistics.outputBytes {
+            coverage.append((statistics.outputBytes, statistics.inputBytes))
+        }
+    }
+
+    /// How much input the encoder had taken in when it had made the first `outputBytes` encoded bytes (at the
+    /// last ``takeOutput(appendingTo:)`` within them): about what a receiver that decoded that much has of the
+    /// stream, counting what the encoder then still held (at most a batch and a chunk's lookahead). A producer
+    /// paces its reads by it. Calls must not go back in `outputBytes`: what they pass is forgotten.
+    public mutating func inputBytes(carriedBy outputBytes: UInt64) -> UInt64 {
+        while coverage.count > 1 && coverage[1].output <= outputBytes { coverage.removeFirst() }
+        guard let first = coverage.first, first.output <= outputBytes else { return 0 }
+        return first.input
     }
 
     /// How many encoded bytes wait in ``takeOutput()``.
@@ -203,7 +219,7 @@ public struct StreamEncoder {
                 let rest = UnsafeRawBufferPointer(rebasing: raw[start...])
                 let next =
                     framed
-                    ? QEMUPageFraming.nextChunk(in: rest, fallback: chunker, isFinal: isFinal)?.length
+                    ? QEMUPageFraming.nextChunkLength(in: rest, fallback: chunker, isFinal: isFinal)
                     : chunker.nextChunkLength(in: rest, isFinal: isFinal)
                 guard let length = next, length > 0 else { break }
                 chunks.append(start..<(start + length))

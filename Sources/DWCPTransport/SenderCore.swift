@@ -26,8 +26,6 @@ actor SenderCore {
     private var token = SessionMessage.Token(bytes: Array(repeating: 0, count: 16))
     private var acceptWaiters: [Int: [CheckedContinuation<(Int, ChunkBitmap), Never>]] = [:]
     private var readerWaiters: [CheckedContinuation<Void, Never>] = []
-    /// Bytes of each object handed to the session (read and delivered).
-    private var deliveredBytes: [Int: UInt64] = [:]
 
     private var chunks: [ChunkAddress: ByteBuffer] = [:]
     private var outlets: [Int: Outlet.Continuation] = [:]
@@ -137,7 +135,7 @@ actor SenderCore {
         let acknowledged = session.acknowledgedBytesByObject[object] ?? 0
         let holdsBack = producer.holdsBack(acknowledged: acknowledged)
         // Waiting is only safe while something is in flight: its acknowledgement ends the wait.
-        return holdsBack && deliveredBytes[object, default: 0] > acknowledged
+        return holdsBack && session.readBytesByObject[object, default: 0] > acknowledged
     }
 
     /// Hands over the chunk of `object` from block `index`, read on a grant from ``reserve(_:)``.
@@ -149,7 +147,6 @@ actor SenderCore {
         }
         guard outcome == nil else { throw CancellationError() }
         chunks[ChunkAddress(object: object, index: index)] = chunk
-        deliveredBytes[object, default: 0] += UInt64(chunk.readableBytes)
         perform(session.chunkRead(index, size: chunk.readableBytes, object: object, now: now))
     }
 

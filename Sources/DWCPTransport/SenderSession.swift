@@ -105,6 +105,8 @@ public struct SenderSession: Sendable {
     public private(set) var acknowledgedBytes: UInt64 = 0
     /// Bytes acknowledged in this attempt, per object.
     public private(set) var acknowledgedBytesByObject: [Int: UInt64] = [:]
+    /// Bytes read (handed to the session) in this attempt, per object.
+    public private(set) var readBytesByObject: [Int: UInt64] = [:]
     /// Streams that failed or stalled.
     public private(set) var streamFailures = 0
     /// The most data streams attached at once.
@@ -215,6 +217,7 @@ public struct SenderSession: Sendable {
         guard !isOver, transfer != nil else { return [] }
         transfer!.chunkRead(index, size: size, object: object)
         sizes[ChunkAddress(object: object, index: index)] = size
+        readBytesByObject[object, default: 0] += UInt64(size)
         return assign(now: now)
     }
 

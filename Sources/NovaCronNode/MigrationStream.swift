@@ -45,9 +45,6 @@ public final class MigrationStreamProducer: TransferProducer, @unchecked Sendabl
     private let level: Int?
     private let streamWindow: UInt64?
     private var encoder: StreamEncoder?
-    /// (encoded bytes made, stream bytes read) after each read of QEMU's stream, oldest first from the last
-    /// one the receiver acknowledged past.
-    private var marks: [(encoded: UInt64, stream: UInt64)] = []
     private var output: [UInt8] = []
     private var outputStart = 0
     private var finished = false
@@ -98,9 +95,9 @@ public final class MigrationStreamProducer: TransferProducer, @unchecked Sendabl
     /// Holds the sender back while more than the stream window of QEMU's stream was read beyond what the
     /// receiver acknowledged, so QEMU's writes wait for the destination's decoding too.
     public func holdsBack(acknowledged: UInt64) -> Bool {
-        guard let streamWindow, let read = encoder?.statistics.inputBytes else { return false }
-        while marks.count > 1 && marks[1].encoded <= acknowledged { marks.removeFirst() }
-        let decoded = marks.first.map { $0.encoded <= acknowledged ? $0.stream : 0 } ?? 0
+        guard let streamWindow, let read = encoder?.statistics.inputBytes,
+            let decoded = encoder?.inputBytes(carriedBy: acknowledged)
+        else { return false }
         return read > decoded + streamWindow
     }
 
@@ -147,9 +144,6 @@ public final class MigrationStreamProducer: TransferProducer, @unchecked Sendabl
             }
         }
         encoder.takeOutput(appendingTo: &output)
-        if streamWindow != nil {
-            marks.append((encoder.statistics.outputBytes, encoder.statistics.inputBytes))
-        }
     }
 
     private static func failure(_ action: String) -> TransportError {

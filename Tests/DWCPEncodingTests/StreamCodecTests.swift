@@ -92,6 +92,26 @@ struct StreamCodecTests {
         }
     }
 
+    @Test("The encoder says how much input its output so far stands for, as a paced producer asks")
+    func inputCarriedByOutput() throws {
+        var encoder = try StreamEncoder(chunker: Self.chunker, level: 1)
+        let input = TestData.text(3 << 20, seed: 9)
+        var taken: [(output: UInt64, input: UInt64)] = []
+        var output: [UInt8] = []
+        for start in stride(from: 0, to: input.count, by: 1 << 20) {
+            try input[start..<(start + (1 << 20))].withUnsafeBytes { try encoder.append($0) }
+            encoder.takeOutput(appendingTo: &output)
+            taken.append((UInt64(output.count), UInt64(start + (1 << 20))))
+        }
+        try encoder.finish()
+        encoder.takeOutput(appendingTo: &output)
+        #expect(encoder.inputBytes(carriedBy: 0) == 0 || taken[0].output == 0)
+        #expect(encoder.inputBytes(carriedBy: taken[0].output) == taken[0].input)
+        #expect(encoder.inputBytes(carriedBy: taken[1].output - 1) == taken[0].input, "not before the mark")
+        #expect(encoder.inputBytes(carriedBy: taken[2].output) == taken[2].input)
+        #expect(encoder.inputBytes(carriedBy: UInt64(output.count)) == UInt64(input.count))
+    }
+
     @Test("Text compresses; random data costs at most 1 % more than itself")
     func sizes() throws {
         let text = try Self.encode(TestData.text(4 << 20, seed: 1))
