@@ -127,8 +127,9 @@ public enum ControlChannel {
 
     /// Listens on `host:port` and runs `handler` for each connection that passes TLS and the hello, each
     /// in its own task, until the calling task is cancelled; then the listener closes and the handlers are
-    /// cancelled.
+    /// cancelled. A connection that has not completed TLS and the hello within `helloTimeout` is closed.
     /// - Parameters:
+    ///   - helloTimeout: How long a new connection may take for TLS and the hello.
     ///   - onListening: Called with the bound port once the listener is up.
     ///   - handler: Serves one connection; the connection closes when it returns.
     /// - Throws: ``TransportError`` when the listener cannot start.
@@ -137,6 +138,7 @@ public enum ControlChannel {
         port: Int,
         security: TransportSecurity,
         nodeName: String,
+        helloTimeout: Duration = ControlChannel.helloTimeout,
         onListening: @escaping @Sendable (Int) -> Void = { _ in },
         handler: @escaping @Sendable (ControlConnection) async -> Void
     ) async throws {
@@ -155,9 +157,16 @@ public enum ControlChannel {
                                 else { return }
                                 try? await adopted.executeThenClose { inbound, outbound in
                                     var iterator = inbound.makeAsyncIterator()
+                                    // A client that connects and stays silent would hold this task
+                                    // until TCP gave up, which on an idle connection is never.
                                     guard
-                                        let peer = try? await TransportConnection.answerHello(
-                                            inbound: &iterator, outbound: outbound, nodeName: nodeName)
+                                        let peer = try? await closing(
+                                            adopted.channel, after: helloTimeout,
+                                            expecting: "TLS and the hello from a client",
+                                            {
+                                                try await TransportConnection.answerHello(
+                                                    inbound: &iterator, outbound: outbound, nodeName: nodeName)
+                                            })
                                     else { return }
                                     await handler(
                                         ControlConnection(
@@ -179,7 +188,7 @@ public enum ControlChannel {
 /// Runs `body`, closing `channel` if it has not finished after `timeout`: what that close makes `body` throw, or a
 /// result it makes `silent`, becomes ``TransportError/Code/stalled``, naming what was `expecting`. A peer on a cut link
 /// sends no FIN, so without a bound a wait could last as long as TCP's own timeouts.
-private func closing<Result>(
+func closing<Result>(
     _ channel: any Channel, after timeout: Duration, expecting what: String,
     silent: (Result) -> Bool = { _ in false }, _ body: () async throws -> Result
 ) async throws -> Result {

@@ -60,6 +60,11 @@ public struct ReceiveConfiguration: Sendable {
     /// after `receive` then takes no unsent answer with it. About one round trip more; a long-lived caller
     /// that acts on the result at once (a migration's destination, its guest paused until then) turns it off.
     public var waitsForGoodbye = true
+    /// How long a new connection may take for TLS, the hello and its first message (an offer or an attach)
+    /// before it is closed: a client that connects and stays silent must not hold a task of the receiver.
+    /// Generous, because a sender opens its data streams while its offer is being answered and sends their
+    /// hello only once the session is accepted.
+    public var helloTimeout: Duration = .seconds(60)
 
     /// Creates a configuration.
     public init(host: String, port: Int, security: TransportSecurity, nodeName: String, destination: ReceiveDestination)

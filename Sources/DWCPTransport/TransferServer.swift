@@ -101,9 +101,17 @@ public enum TransferServer {
         let peerAddress = connection.channel.remoteAddress.map { "\($0)" } ?? "unknown peer"
         try? await connection.executeThenClose { inbound, outbound in
             var iterator = inbound.makeAsyncIterator()
-            let peer = try await TransportConnection.answerHello(
-                inbound: &iterator, outbound: outbound, nodeName: registry.nodeName)
-            guard let first = try await iterator.next(), first.type == .control else { return }
+            // A client that connects and stays silent would hold this task until TCP gave up (never, on an
+            // idle connection); senders follow their hello with an offer or an attach at once.
+            let (peer, first) = try await closing(
+                connection.channel, after: registry.configuration.helloTimeout,
+                expecting: "TLS, the hello and an offer or attach from a sender"
+            ) {
+                let peer = try await TransportConnection.answerHello(
+                    inbound: &iterator, outbound: outbound, nodeName: registry.nodeName)
+                return (peer, try await iterator.next())
+            }
+            guard let first, first.type == .control else { return }
             switch try SessionMessage(decoding: first.payload) {
             case .offer(let offer):
                 try await serveControl(

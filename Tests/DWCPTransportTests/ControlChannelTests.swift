@@ -13,12 +13,14 @@ struct ControlChannelTests {
     }
 
     /// Serves an echo handler on a free loopback port for the duration of `body`.
-    func withEchoServer(_ body: (Int) async throws -> Void) async throws {
+    func withEchoServer(
+        helloTimeout: Duration = ControlChannel.helloTimeout, _ body: (Int) async throws -> Void
+    ) async throws {
         let (ports, continuation) = AsyncStream<Int>.makeStream()
         let server = Task {
             try await ControlChannel.serve(
                 host: "127.0.0.1", port: 0, security: .insecurePlaintext, nodeName: "server",
-                onListening: { continuation.yield($0) }
+                helloTimeout: helloTimeout, onListening: { continuation.yield($0) }
             ) { connection in
                 while let message = try? await connection.receive() {
                     try? await connection.send(Array(message.reversed()) + Array(connection.peerName.utf8))
@@ -96,5 +98,22 @@ struct ControlChannelTests {
         }
         // Generous: on 2 cores the suite's other tests can delay the timer by seconds (9 s seen in CI).
         #expect(ContinuousClock.now - started < .seconds(45))
+    }
+
+    @Test(
+        "A client that connects and never speaks is closed after the hello timeout; others are still served",
+        .timeLimit(.minutes(1)))
+    func silentClient() async throws {
+        try await withEchoServer(helloTimeout: .milliseconds(300)) { port in
+            let silent = try #require(SilentClient(port: port))
+            // Without the bound the server would hold the connection (and a task) as long as the client does.
+            #expect(await silent.closedByPeer(within: .seconds(20)))
+            try await ControlChannel.withConnection(
+                host: "127.0.0.1", port: port, security: .insecurePlaintext, nodeName: "client"
+            ) { connection in
+                try await connection.send([1, 2])
+                #expect(try await connection.receive() == [2, 1] + Array("client".utf8))
+            }
+        }
     }
 }

@@ -35,13 +35,15 @@ struct LoopbackTransferTests {
     /// Starts a receiver for `scratch` and returns its task and port.
     static func startReceiver(
         _ scratch: Scratch,
-        security: TransportSecurity = .mutualTLS(receiverIdentity)
+        security: TransportSecurity = .mutualTLS(receiverIdentity),
+        helloTimeout: Duration = .seconds(60)
     ) async -> (Task<ReceiveReport, any Error>, Int) {
         let (ports, portSink) = AsyncStream.makeStream(of: Int.self)
         var configuration = ReceiveConfiguration(
             host: "127.0.0.1", port: 0, security: security, nodeName: "receiver",
             destination: .path(scratch.directory + "/out"))
         configuration.windowBytes = 8 << 20
+        configuration.helloTimeout = helloTimeout
         let task = Task {
             try await TransferServer.receive(configuration: configuration, onListening: { portSink.yield($0) })
         }
@@ -102,6 +104,20 @@ struct LoopbackTransferTests {
         #expect(error?.code == .authenticationFailed, "\(error.map { "\($0)" } ?? "no error")")
         let leftovers = try FileManager.default.contentsOfDirectory(atPath: scratch.directory + "/out")
         #expect(leftovers.isEmpty, "no session was opened, so nothing was written: \(leftovers)")
+    }
+
+    @Test("A client that connects and never speaks is closed after the hello timeout; the transfer still runs")
+    func silentClient() async throws {
+        let scratch = try Scratch(size: 1 << 20)
+        defer { scratch.remove() }
+        let (receiver, port) = await Self.startReceiver(scratch, helloTimeout: .seconds(1))
+        defer { receiver.cancel() }
+        let silent = try #require(SilentClient(port: port))
+        // Without the bound the receiver would hold the connection (and a task) as long as the client does.
+        #expect(await silent.closedByPeer(within: .seconds(20)))
+        let sent = try await TransferClient.send(
+            .file(path: scratch.source), configuration: Self.sendConfiguration(port: port))
+        #expect(try await receiver.value.sha256 == sent.sha256)
     }
 
     @Test("A data stream that dies mid-transfer is replaced and the file still verifies")
