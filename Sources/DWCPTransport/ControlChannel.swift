@@ -1,5 +1,4 @@
 import DWCPWire
-import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 import NIOSSL
@@ -182,31 +181,5 @@ public enum ControlChannel {
         } onCancel: {
             serverChannel.close(promise: nil)
         }
-    }
-}
-
-/// Runs `body`, closing `channel` if it has not finished after `timeout`: what that close makes `body` throw, or a
-/// result it makes `silent`, becomes ``TransportError/Code/stalled``, naming what was `expecting`. A peer on a cut link
-/// sends no FIN, so without a bound a wait could last as long as TCP's own timeouts.
-func closing<Result>(
-    _ channel: any Channel, after timeout: Duration, expecting what: String,
-    silent: (Result) -> Bool = { _ in false }, _ body: () async throws -> Result
-) async throws -> Result {
-    let expired = NIOLockedValueBox(false)
-    let timer = channel.eventLoop.scheduleTask(in: TimeAmount(timeout)) {
-        expired.withLockedValue { $0 = true }
-        channel.close(promise: nil)
-    }
-    defer { timer.cancel() }
-    let stalled = TransportError(
-        .stalled, expected: "\(what) within \(timeout)", found: "silence: the connection was closed",
-        advice: "check the link and that the peer is alive")
-    do {
-        let result = try await body()
-        if silent(result) && expired.withLockedValue({ $0 }) { throw stalled }
-        return result
-    } catch {
-        if expired.withLockedValue({ $0 }) { throw stalled }
-        throw error
     }
 }

@@ -110,7 +110,8 @@ struct LoopbackTransferTests {
     func silentClient() async throws {
         let scratch = try Scratch(size: 1 << 20)
         defer { scratch.remove() }
-        let (receiver, port) = await Self.startReceiver(scratch, helloTimeout: .seconds(1))
+        // 5 s: the real sender after it sends its data streams' hellos only once its offer is accepted.
+        let (receiver, port) = await Self.startReceiver(scratch, helloTimeout: .seconds(5))
         defer { receiver.cancel() }
         let silent = try #require(SilentClient(port: port))
         // Without the bound the receiver would hold the connection (and a task) as long as the client does.
